@@ -1,0 +1,1 @@
+"""What plays: TTS engines, recordings, loudness, encoding, media cache."""

@@ -1,0 +1,71 @@
+"""``loudspeaker``: the command line of the commune's broadcast controller.
+
+A thin Typer face: each area's commands live in ``loudspeaker/commands/``. Commands
+validate input, write to the database and poke the running controller
+(``loudspeaker serve``), which is the only process that dispatches or schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loudspeaker.commands import broadcast, clusters, demo, serve, simulate, site
+from loudspeaker.commands.common import State
+from loudspeaker.config import Settings
+
+app = typer.Typer(
+    name="loudspeaker",
+    help="Broadcast controller for a commune's smart public-address system.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+site_app = typer.Typer(help="The commune's hamlets and clusters (a TOML site file).")
+site_app.command("load")(site.site_load)
+site_app.command("show")(site.site_show)
+app.add_typer(site_app, name="site")
+
+app.command()(serve.serve)
+app.command()(broadcast.broadcast)
+app.command()(simulate.simulate)
+app.command()(demo.demo)
+app.command()(clusters.clusters)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where the database, media and runtime files live "
+            "[env LOUDSPEAKER_HOME; default ~/.local/share/loudspeaker]",
+        ),
+    ] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL [env LOUDSPEAKER_DB_URL; default SQLite]"),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    ] = "WARNING",
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = State(Settings.from_env(data_dir, db_url=db_url))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

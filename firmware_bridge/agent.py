@@ -1,0 +1,379 @@
+"""The cluster agent: what runs on a speaker cluster's receiver box.
+
+It keeps one MQTT session (fixed client id, persistent, retained ``online`` status with a
+retained ``offline`` last will), takes commands, fetches and verifies their audio, plays it
+through an :class:`~firmware_bridge.abc.AudioSink` and acknowledges every step. Commands
+are idempotent by id: a QoS 1 redelivery, even after a restart, is answered with the state
+already reached and never played twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from firmware_bridge import __version__
+from firmware_bridge.abc import AudioSink, PlayResult
+from firmware_bridge.exceptions import MediaError, ProtocolError, SinkError
+from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
+from firmware_bridge.protocol import (
+    Ack,
+    AckState,
+    Kind,
+    MediaRef,
+    PlayCommand,
+    Status,
+    StopCommand,
+    decode_command,
+    encode,
+    offline_will,
+    topic,
+    utcnow,
+    validate_cluster_id,
+)
+
+logger = logging.getLogger(__name__)
+
+_FINAL = {AckState.PLAYED, AckState.FAILED}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What one agent needs to know about itself."""
+
+    site: str
+    cluster: str
+    endpoint: BrokerEndpoint
+    state_dir: Path
+    keepalive: int = 15
+    download_timeout_s: float = 30.0
+    remembered_commands: int = 2000
+
+    def __post_init__(self) -> None:
+        validate_cluster_id(self.site)
+        validate_cluster_id(self.cluster)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: fixed, so the broker keeps our session across reconnects."""
+        return f"cluster-{self.site}-{self.cluster}"
+
+
+class CommandJournal:
+    """The last states of recent commands, kept on disk so a restart never replays one."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self._path = path
+        self._limit = limit
+        self._states: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Read the journal; a corrupt file is set aside, not trusted."""
+        if not self._path.exists():
+            return
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            self._states = OrderedDict((str(k), str(v)) for k, v in data.items())
+        except (OSError, ValueError) as exc:
+            bad = self._path.with_suffix(".corrupt")
+            logger.error("command journal %s unreadable (%s); moved to %s", self._path, exc, bad)
+            os.replace(self._path, bad)
+
+    def get(self, command_id: str) -> str | None:
+        """The last recorded state of a command, if any."""
+        with self._lock:
+            return self._states.get(command_id)
+
+    def set(self, command_id: str, state: str) -> None:
+        """Record a state and persist the journal atomically."""
+        with self._lock:
+            self._states[command_id] = state
+            self._states.move_to_end(command_id)
+            while len(self._states) > self._limit:
+                self._states.popitem(last=False)
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._states), encoding="utf-8")
+            os.replace(tmp, self._path)
+
+
+class MediaFetcher:
+    """Downloads announcement audio into a content-addressed cache and verifies it."""
+
+    def __init__(self, cache_dir: Path, timeout_s: float) -> None:
+        self.cache_dir = cache_dir
+        self.timeout_s = timeout_s
+
+    def fetch(self, media: MediaRef) -> Path:
+        """Return a local, verified copy of ``media``; raise ``MediaError`` otherwise."""
+        target = self.cache_dir / f"{media.sha256}.audio"
+        if target.exists() and target.stat().st_size == media.size:
+            return target
+        tmp = target.with_suffix(f".{threading.get_ident()}.part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with (
+                urllib.request.urlopen(media.url, timeout=self.timeout_s) as resp,
+                tmp.open("wb") as out,
+            ):
+                while chunk := resp.read(64 * 1024):
+                    size += len(chunk)
+                    if size > media.size:
+                        raise MediaError(
+                            f"download larger than announced {media.size} bytes; refused"
+                        )
+                    digest.update(chunk)
+                    out.write(chunk)
+        except MediaError:
+            tmp.unlink(missing_ok=True)
+            raise
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise MediaError(f"download of {media.url} failed: {exc}") from None
+        if size != media.size:
+            tmp.unlink(missing_ok=True)
+            raise MediaError(f"size mismatch: got {size} bytes, expected {media.size}")
+        if digest.hexdigest() != media.sha256:
+            tmp.unlink(missing_ok=True)
+            raise MediaError(f"sha256 mismatch: got {digest.hexdigest()}, expected {media.sha256}")
+        os.replace(tmp, target)
+        return target
+
+
+class ClusterAgent:
+    """One cluster's agent. ``start()`` connects; ``stop()`` says offline and disconnects."""
+
+    def __init__(
+        self, config: AgentConfig, sink: AudioSink, *, loop: MqttLoop | None = None
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self._shared_loop = loop
+        self._loop: MqttLoop | None = None
+        self._link: MqttLink | None = None
+        self._queue: queue.Queue[PlayCommand | None] = queue.Queue()
+        self._journal = CommandJournal(
+            config.state_dir / "commands.json", config.remembered_commands
+        )
+        self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
+        self._worker: threading.Thread | None = None
+        self._stop_current = threading.Event()
+        self._current: PlayCommand | None = None
+        self._stopped_broadcasts: set[str] = set()
+        self._shutting_down = False
+        self._lock = threading.Lock()
+
+    @property
+    def link(self) -> MqttLink:
+        """The MQTT link (after ``start()``)."""
+        if self._link is None:
+            raise RuntimeError("agent not started")
+        return self._link
+
+    def start(self) -> None:
+        """Open the state directory, start the sink, connect, and start working."""
+        cfg = self.config
+        (cfg.state_dir / "media").mkdir(parents=True, exist_ok=True)
+        self._journal.load()
+        self.sink.start()
+        if self._shared_loop is None:
+            self._loop = MqttLoop(name=f"mqtt-{cfg.cluster}")
+            self._loop.start()
+        else:
+            self._loop = self._shared_loop
+        self._link = MqttLink(
+            cfg.client_id,
+            cfg.endpoint,
+            on_message=self._on_message,
+            subscriptions=(topic(cfg.site, cfg.cluster, Kind.CMD),),
+            will=Will(
+                topic(cfg.site, cfg.cluster, Kind.STATUS), offline_will(cfg.cluster, __version__)
+            ),
+            on_connected=self._on_connected,
+            keepalive=cfg.keepalive,
+        )
+        self._worker = threading.Thread(target=self._work, name=f"agent-{cfg.cluster}", daemon=True)
+        self._worker.start()
+        self._loop.add(self._link)
+
+    def stop(self) -> None:
+        """Publish a retained ``offline``, disconnect, and stop working."""
+        cfg = self.config
+        self._shutting_down = True
+        self._stop_current.set()
+        self._queue.put(None)
+        if self._loop is not None and self._link is not None:
+            final = encode(
+                Status(
+                    cluster=cfg.cluster,
+                    state="offline",
+                    ts=utcnow(),
+                    agent=__version__,
+                    reason="agent stopped",
+                )
+            )
+            self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
+        if self._worker is not None:
+            self._worker.join(5)
+        if self._shared_loop is None and self._loop is not None:
+            self._loop.stop()
+        self.sink.close()
+
+    # -- MQTT side (loop thread: never block here) ---------------------------------------
+
+    def _on_connected(self, link: MqttLink) -> None:
+        cfg = self.config
+        status = Status(cluster=cfg.cluster, state="online", ts=utcnow(), agent=__version__)
+        link.publish(topic(cfg.site, cfg.cluster, Kind.STATUS), encode(status), retain=True)
+
+    def _on_message(self, topic_name: str, payload: bytes) -> None:
+        try:
+            command = decode_command(payload)
+        except ProtocolError as exc:
+            logger.warning(
+                "%s: refused command on %s: %s; payload %r",
+                self.config.cluster,
+                topic_name,
+                exc,
+                payload[:200],
+            )
+            self._refuse_raw(payload, str(exc))
+            return
+        if command.cluster != self.config.cluster:
+            logger.warning(
+                "%s: command %s is addressed to %s; ignored",
+                self.config.cluster,
+                command.id,
+                command.cluster,
+            )
+            return
+        if isinstance(command, StopCommand):
+            self._handle_stop(command)
+            return
+        seen = self._journal.get(command.id)
+        if seen is not None:
+            # QoS 1 redelivery or a controller retry: report where we are, play nothing.
+            logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
+            if seen in {s.value for s in _FINAL}:
+                self._ack(command, AckState(seen), reason="duplicate command; already handled")
+            return
+        if command.expires_at <= utcnow():
+            self._journal.set(command.id, AckState.FAILED.value)
+            self._ack(command, AckState.FAILED, reason="expired before it arrived")
+            return
+        self._journal.set(command.id, AckState.RECEIVED.value)
+        self._ack(command, AckState.RECEIVED)
+        self._queue.put(command)
+
+    def _refuse_raw(self, payload: bytes, reason: str) -> None:
+        # Answer a malformed command if it carries a usable id, so the sender learns why.
+        try:
+            data = json.loads(payload)
+            if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                return
+            cmd_id = data["id"]
+            broadcast = data.get("broadcast")
+            ack = Ack(
+                cluster=self.config.cluster,
+                command=cmd_id,
+                broadcast=broadcast if isinstance(broadcast, str) else None,
+                state=AckState.FAILED,
+                ts=utcnow(),
+                reason=f"refused: {reason}"[:500],
+            )
+        except (ValueError, TypeError, AttributeError):
+            return
+        cfg = self.config
+        self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
+
+    def _handle_stop(self, command: StopCommand) -> None:
+        with self._lock:
+            if command.broadcast is not None:
+                self._stopped_broadcasts.add(command.broadcast)
+            current = self._current
+            if current is not None and command.broadcast in (None, current.broadcast):
+                self._stop_current.set()
+        logger.info("%s: stop %s", self.config.cluster, command.broadcast or "everything")
+
+    def _ack(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        cfg = self.config
+        ack = Ack(
+            cluster=cfg.cluster,
+            command=command.id,
+            broadcast=command.broadcast,
+            state=state,
+            ts=utcnow(),
+            reason=reason,
+        )
+        self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            command = self._queue.get()
+            if command is None:
+                return
+            try:
+                self._play(command)
+            except Exception as exc:
+                # The box keeps serving: a bug on one item must not silence the cluster.
+                logger.exception("%s: command %s crashed", self.config.cluster, command.id)
+                self._finish(command, AckState.FAILED, f"agent error: {exc}")
+
+    def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        self._journal.set(command.id, state.value)
+        self._ack(command, state, reason)
+
+    def _play(self, command: PlayCommand) -> None:
+        if command.broadcast in self._stopped_broadcasts:
+            self._finish(command, AckState.FAILED, "stopped by operator before playback")
+            return
+        try:
+            path = self._fetcher.fetch(command.media)
+        except MediaError as exc:
+            self._finish(command, AckState.FAILED, str(exc))
+            return
+        self._journal.set(command.id, AckState.STAGED.value)
+        self._ack(command, AckState.STAGED)
+        if command.expires_at <= utcnow():
+            self._finish(command, AckState.FAILED, "expired before playback")
+            return
+        with self._lock:
+            self._current = command
+            self._stop_current.clear()
+        try:
+            self._journal.set(command.id, AckState.PLAYING.value)
+            self._ack(command, AckState.PLAYING)
+            for n in range(command.repeat):
+                if n and self._stop_current.wait(command.gap_s):
+                    break
+                result = self.sink.play(
+                    path, duration_s=command.media.duration_s, stop=self._stop_current
+                )
+                if result is PlayResult.STOPPED:
+                    break
+        except SinkError as exc:
+            self._finish(command, AckState.FAILED, f"playback failed: {exc}")
+            return
+        finally:
+            with self._lock:
+                self._current = None
+        if self._shutting_down:
+            self._finish(command, AckState.FAILED, "agent shut down during playback")
+        elif self._stop_current.is_set():
+            self._finish(command, AckState.FAILED, "stopped by operator")
+        else:
+            self._finish(command, AckState.PLAYED)

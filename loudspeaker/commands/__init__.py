@@ -1,0 +1,1 @@
+"""The CLI's commands, one module per area; ``cli.py`` registers them with Typer."""

@@ -1,0 +1,220 @@
+"""``loudspeaker broadcast``: send text or a recording now, and follow it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from firmware_bridge.protocol import Priority
+from loudspeaker.broadcasts import AudioFile, BroadcastView
+from loudspeaker.commands.common import (
+    State,
+    console,
+    err_console,
+    handle_errors,
+    local_time,
+    print_json,
+    state_of,
+)
+from loudspeaker.exceptions import LoudspeakerError
+
+
+def render_input(state: State, what: str, engine: str) -> tuple[AudioFile, str, str]:
+    """Render text or a recording; returns (audio, source kind, source)."""
+    import audio
+
+    path = Path(what)
+    media_dir = state.settings.media_dir
+    if path.is_file():
+        r = audio.render_recording(path, cache_dir=media_dir)
+        kind, source = "file", path.name
+    elif len(what) < 255 and path.suffix.lower() in (".mp3", ".wav", ".m4a", ".ogg", ".amr"):
+        raise LoudspeakerError(f"audio file {what} does not exist")
+    else:
+        r = audio.render_text(what, cache_dir=media_dir, engine=engine)
+        kind, source = "text", what
+    af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
+    return af, kind, source
+
+
+def status_table(view: BroadcastView, zone: ZoneInfo) -> Table:
+    b = view.broadcast
+    table = Table(title=f"Broadcast {b.id}: {b.title}", title_justify="left")
+    for col_name in (
+        "cluster",
+        "hamlet",
+        "state",
+        "sent",
+        "received",
+        "staged",
+        "playing",
+        "done",
+        "reason",
+    ):
+        table.add_column(col_name)
+    colours = {"played": "green", "failed": "red", "unreachable": "red", "playing": "cyan"}
+    for d in view.deliveries:
+        done_at = d.times.get("played") or d.times.get("failed") or d.times.get("unreachable")
+        colour = colours.get(d.state, "yellow")
+        table.add_row(
+            d.cluster,
+            d.hamlet,
+            f"[{colour}]{d.state}[/]",
+            local_time(d.times["sent"], zone),
+            local_time(d.times["received"], zone),
+            local_time(d.times["staged"], zone),
+            local_time(d.times["playing"], zone),
+            local_time(done_at, zone),
+            d.reason,
+        )
+    return table
+
+
+def wait_for(state: State, broadcast_id: str, timeout: float, live: bool) -> BroadcastView:
+    from loudspeaker.broadcasts import broadcast_status
+
+    zone = state.zone()
+    deadline = time.monotonic() + timeout
+
+    def current() -> BroadcastView:
+        with state.session() as s:
+            return broadcast_status(s, broadcast_id)
+
+    view = current()
+    if not live:
+        while not view.finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+            view = current()
+        return view
+    with Live(status_table(view, zone), console=console, refresh_per_second=8) as lv:
+        while not view.finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+            view = current()
+            lv.update(status_table(view, zone))
+    return view
+
+
+@handle_errors
+def broadcast(
+    ctx: typer.Context,
+    what: Annotated[
+        str,
+        typer.Argument(
+            help="An audio file or the text to speak; or `status ID`; or `list`",
+            metavar="AUDIO_FILE_OR_TEXT",
+        ),
+    ],
+    broadcast_id: Annotated[
+        str | None, typer.Argument(help="With `status`: the id", metavar="[ID]")
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="all | hamlet:NAME | cluster:ID")] = None,
+    title: Annotated[str | None, typer.Option(help="Title shown in logs and reports")] = None,
+    priority: Annotated[Priority, typer.Option(help="normal or priority")] = Priority.NORMAL,
+    repeat: Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")] = 1,
+    gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
+    engine: Annotated[str, typer.Option(help="TTS engine: auto, gtts, offline")] = "auto",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every cluster is done")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --wait: give up after this many seconds")
+    ] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Broadcast text (spoken by TTS) or a recording now; `broadcast status ID` shows progress."""
+    from loudspeaker.broadcasts import (
+        broadcast_status,
+        create_broadcast,
+        recent_broadcasts,
+        register_media,
+    )
+    from loudspeaker.media import MediaStore
+    from loudspeaker.targets import resolve_targets
+
+    state = state_of(ctx)
+    if what == "status":
+        if not broadcast_id:
+            raise LoudspeakerError("usage: loudspeaker broadcast status ID")
+        if wait:
+            view = wait_for(state, broadcast_id, timeout, live=False)
+        else:
+            with state.session() as s:
+                view = broadcast_status(s, broadcast_id)
+        if as_json:
+            print_json(view.to_json())
+        else:
+            console.print(status_table(view, state.zone()))
+        return
+    if what == "list":
+        zone = state.zone()
+        with state.session() as s:
+            rows = recent_broadcasts(s)
+            data = [(b, broadcast_status(s, b.id)) for b in rows]
+        if as_json:
+            print_json([v.to_json() for _, v in data])
+            return
+        table = Table("id", "created", "priority", "title", "target", "states")
+        for b, v in data:
+            states = ", ".join(f"{k} {n}" for k, n in sorted(v.counts.items()))
+            table.add_row(
+                b.id,
+                b.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
+                b.priority,
+                b.title,
+                b.target,
+                states,
+            )
+        console.print(table)
+        return
+    if broadcast_id is not None:
+        raise LoudspeakerError("give the text as one quoted argument")
+    if to is None:
+        raise LoudspeakerError("say where: --to all | hamlet:NAME | cluster:ID")
+    if priority is Priority.EMERGENCY:
+        raise LoudspeakerError("emergencies use `loudspeaker emergency`")
+    with state.session() as s:
+        clusters = resolve_targets(s, to)
+    af, kind, source = render_input(state, what, engine)
+    with state.session() as s:
+        media = register_media(s, MediaStore(state.settings.media_dir), af)
+        b = create_broadcast(
+            s,
+            media=media,
+            title=title or (Path(what).stem if kind == "file" else what[:60]),
+            target=to,
+            clusters=clusters,
+            priority=priority,
+            source_kind=kind,
+            source=source,
+            repeat=repeat,
+            gap_s=gap,
+            created_by=os.environ.get("USER", ""),
+        )
+        bid = b.id
+    card = state.controller()
+    if card is None:
+        err_console.print(
+            "[yellow]warning:[/] the controller is not running; the broadcast is queued and "
+            "goes out when `loudspeaker serve` starts"
+        )
+    else:
+        card.poke()
+    if not as_json:
+        console.print(
+            f"Broadcast [bold]{bid}[/] queued for {len(clusters)} clusters "
+            f"({af.engine}, {af.duration_s:.1f} s)."
+        )
+    if wait:
+        view = wait_for(state, bid, timeout, live=not as_json)
+        if as_json:
+            print_json(view.to_json())
+        if not all(d.state == "played" for d in view.deliveries):
+            raise typer.Exit(1)
+    elif as_json:
+        with state.session() as s:
+            print_json(broadcast_status(s, bid).to_json())

@@ -1,0 +1,63 @@
+"""``loudspeaker simulate``: run the site's clusters as simulated agents."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from loudspeaker.commands.common import err_console, handle_errors, state_of
+from loudspeaker.exceptions import ControllerNotRunning, LoudspeakerError
+
+
+@handle_errors
+def simulate(
+    ctx: typer.Context,
+    clusters: Annotated[
+        int | None, typer.Option(help="How many of the site's clusters (default all)")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT (default: the running controller's)")
+    ] = None,
+    time_scale: Annotated[float, typer.Option(help="Play each item for duration x this")] = 1.0,
+) -> None:
+    """Run simulated clusters of the site (real MQTT agents, pretend amplifiers)."""
+    from firmware_bridge.mqtt import BrokerEndpoint
+    from firmware_bridge.simulator import Fleet
+    from loudspeaker.site import current_site
+
+    state = state_of(ctx)
+    with state.session() as s:
+        site = current_site(s)
+    ids = [c.id for c in site.clusters if c.transport == "mqtt"]
+    if clusters is not None:
+        if clusters > len(ids):
+            raise LoudspeakerError(
+                f"the site has {len(ids)} MQTT clusters; "
+                f"load a bigger site file to simulate {clusters}"
+            )
+        ids = ids[:clusters]
+    if broker is None:
+        card = state.controller()
+        if card is None:
+            raise ControllerNotRunning("start `loudspeaker serve` first, or give --broker")
+        broker = card.broker_url
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    fleet = Fleet(
+        site.site.id,
+        ids,
+        BrokerEndpoint.parse(broker),
+        state.settings.data_dir / "simulated",
+        time_scale=time_scale,
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    fleet.start()
+    err_console.print(f"{len(ids)} simulated clusters running; Ctrl-C to stop")
+    done.wait()
+    fleet.stop()

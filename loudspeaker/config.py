@@ -1,0 +1,84 @@
+"""Settings of the controller and the CLI: command-line options, then environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from loudspeaker.exceptions import ConfigError
+
+ENV_HOME = "LOUDSPEAKER_HOME"
+ENV_DB_URL = "LOUDSPEAKER_DB_URL"
+ENV_BROKER = "LOUDSPEAKER_BROKER"
+ENV_HTTP_HOST = "LOUDSPEAKER_HTTP_HOST"
+ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
+ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
+
+
+def default_data_dir() -> Path:
+    """``$LOUDSPEAKER_HOME``, else ``$XDG_DATA_HOME/loudspeaker``, else ``~/.local/share``."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "loudspeaker"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the controller needs; defaults work out of the box (embedded all)."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    db_url: str | None = None
+    broker_url: str | None = None  # None: start a private mosquitto
+    broker_port: int = 0  # embedded broker port; 0 picks a free one
+    broker_host: str = "127.0.0.1"
+    http_host: str = "127.0.0.1"
+    http_port: int = 0  # 0 picks a free one; clusters learn it from each command's URL
+    public_url: str | None = None  # base URL clusters use to fetch media
+    ack_timeout_s: float = 10.0
+    command_ttl_s: float = 600.0
+    poll_interval_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.ack_timeout_s <= 0 or self.command_ttl_s <= self.ack_timeout_s:
+            raise ConfigError("ack timeout must be > 0 and shorter than the command TTL")
+        if not 0 <= self.http_port <= 65535 or not 0 <= self.broker_port <= 65535:
+            raise ConfigError("ports must be between 0 and 65535")
+
+    @classmethod
+    def from_env(cls, data_dir: Path | None = None, **overrides: object) -> Settings:
+        """Settings from the environment, with explicit ``overrides`` winning."""
+        env: dict[str, object] = {}
+        if os.environ.get(ENV_DB_URL):
+            env["db_url"] = os.environ[ENV_DB_URL]
+        if os.environ.get(ENV_BROKER):
+            env["broker_url"] = os.environ[ENV_BROKER]
+        if os.environ.get(ENV_HTTP_HOST):
+            env["http_host"] = os.environ[ENV_HTTP_HOST]
+        if os.environ.get(ENV_HTTP_PORT):
+            try:
+                env["http_port"] = int(os.environ[ENV_HTTP_PORT])
+            except ValueError:
+                raise ConfigError(f"{ENV_HTTP_PORT} must be a port number") from None
+        if os.environ.get(ENV_PUBLIC_URL):
+            env["public_url"] = os.environ[ENV_PUBLIC_URL]
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        base = cls(data_dir=data_dir.expanduser() if data_dir else default_data_dir())
+        return replace(base, **env)  # type: ignore[arg-type]
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL; SQLite under the data directory by default."""
+        return self.db_url or f"sqlite:///{self.data_dir / 'loudspeaker.db'}"
+
+    @property
+    def media_dir(self) -> Path:
+        """Where rendered announcement audio lives, named by sha256."""
+        return self.data_dir / "media"
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime files: the controller's address card, the embedded broker's files."""
+        return self.data_dir / "run"

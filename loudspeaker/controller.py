@@ -1,0 +1,126 @@
+"""``loudspeaker serve``: the one controller process of a commune, wired together here.
+
+It owns the only dispatcher (and, later, the only scheduler) on the database; the CLI
+talks to it by inserting rows and poking it over HTTP, never by running its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlmodel import Session
+
+from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
+from firmware_bridge.protocol import controller_subscriptions
+from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.config import Settings
+from loudspeaker.db import init_db, make_engine
+from loudspeaker.dispatcher import Dispatcher
+from loudspeaker.media import MediaServer, MediaStore
+from loudspeaker.models import now
+from loudspeaker.runtime import ControllerCard
+from loudspeaker.site import current_site
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    """Storage, broker (embedded or external), media server, MQTT link and dispatcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.endpoint: BrokerEndpoint | None = None
+        self.media: MediaServer | None = None
+        self.loop: MqttLoop | None = None
+        self.link: MqttLink | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.site_id = ""
+
+    def start(self) -> None:
+        """Open everything in order; on failure, close what was opened and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        st = self.settings
+        engine = make_engine(st.database_url)
+        init_db(engine)
+        with Session(engine) as s:
+            self.site_id = current_site(s).site.id
+        if st.broker_url:
+            self.endpoint = BrokerEndpoint.parse(st.broker_url)
+        else:
+            self.broker = EmbeddedBroker(
+                st.run_dir / "mosquitto", host=st.broker_host, port=st.broker_port
+            )
+            self.broker.start()
+            self.endpoint = self.broker.endpoint
+        store = MediaStore(st.media_dir)
+        self.media = MediaServer(store, st.http_host, st.http_port, on_poke=self._poke)
+        self.media.start()
+        http_url = f"http://{st.http_host}:{self.media.port}"
+        self.loop = MqttLoop(name="controller-mqtt")
+        self.loop.start()
+        self.link = MqttLink(
+            f"controller-{self.site_id}",
+            self.endpoint,
+            on_message=self._on_message,
+            subscriptions=tuple(controller_subscriptions(self.site_id)),
+            keepalive=10,
+        )
+        self.dispatcher = Dispatcher(
+            engine,
+            self.link,
+            site=self.site_id,
+            media_base_url=st.public_url or http_url,
+            ack_timeout_s=st.ack_timeout_s,
+            command_ttl_s=st.command_ttl_s,
+            poll_interval_s=st.poll_interval_s,
+        )
+        self.dispatcher.start()
+        self.loop.add(self.link)
+        ControllerCard(
+            pid=os.getpid(),
+            site=self.site_id,
+            broker_url=self.endpoint.url,
+            http_url=http_url,
+            started_at=now().isoformat(),
+        ).write(st.run_dir)
+        logger.info(
+            "controller for %s up: broker %s, media %s", self.site_id, self.endpoint.url, http_url
+        )
+
+    def _poke(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.poke()
+
+    def _on_message(self, topic_name: str, payload: bytes) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.on_message(topic_name, payload)
+
+    def stop(self) -> None:
+        """Stop in reverse order and remove the address card."""
+        card = ControllerCard.read(self.settings.run_dir)
+        if card is not None and card.pid == os.getpid():
+            ControllerCard.path(self.settings.run_dir).unlink(missing_ok=True)
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        if self.loop is not None:
+            if self.link is not None:
+                self.loop.close_link(self.link)
+            self.loop.stop()
+        if self.media is not None:
+            self.media.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory in use."""
+        return self.settings.data_dir

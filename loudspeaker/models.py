@@ -1,0 +1,208 @@
+"""Stored records. Times are timezone-aware and stored in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Dialect, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from firmware_bridge.protocol import utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: times must carry a zone")
+        value = value.astimezone(UTC)
+        # SQLite keeps no offset; storing naive UTC keeps its text sortable.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+class DeliveryState(StrEnum):
+    """Where one broadcast stands on one cluster (see docs/protocol.md, state machine)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    RECEIVED = "received"
+    STAGED = "staged"
+    PLAYING = "playing"
+    PLAYED = "played"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+
+    @property
+    def final(self) -> bool:
+        """True for the states a delivery ends in."""
+        return self in FINAL_STATES
+
+    @property
+    def rank(self) -> int:
+        """Position in the forward order; transitions never go backwards."""
+        return _RANK[self]
+
+
+FINAL_STATES = frozenset({DeliveryState.PLAYED, DeliveryState.FAILED, DeliveryState.UNREACHABLE})
+_RANK = {s: i for i, s in enumerate(DeliveryState)}
+
+
+class SiteRecord(SQLModel, table=True):
+    """The commune this controller serves (one per database)."""
+
+    __tablename__ = "site"
+
+    id: str = Field(primary_key=True)
+    name: str
+    timezone: str = "Asia/Ho_Chi_Minh"
+    source: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    loaded_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class HamletRecord(SQLModel, table=True):
+    """A hamlet (thôn)."""
+
+    __tablename__ = "hamlet"
+
+    id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    name: str
+
+
+class ClusterRecord(SQLModel, table=True):
+    """A speaker cluster (cụm loa) as the site file describes it."""
+
+    __tablename__ = "cluster"
+
+    id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    hamlet_id: str = Field(index=True)
+    name: str = ""
+    transport: str = "mqtt"
+    lat: float | None = None
+    lon: float | None = None
+    location: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class ClusterStatus(SQLModel, table=True):
+    """What the controller last heard from a cluster."""
+
+    __tablename__ = "cluster_status"
+
+    cluster_id: str = Field(primary_key=True)
+    online: bool = False
+    since: datetime | None = _when()
+    last_seen: datetime | None = _when()
+    agent: str = ""
+    reason: str = ""
+
+
+class ClusterAvailability(SQLModel, table=True):
+    """An online or offline interval of a cluster (``ended_at`` null while it lasts)."""
+
+    __tablename__ = "cluster_availability"
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: str = Field(index=True)
+    online: bool
+    started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    ended_at: datetime | None = _when()
+    reason: str = ""
+
+
+class MediaRecord(SQLModel, table=True):
+    """Rendered announcement audio, stored under ``media/<sha256>.<format>``."""
+
+    __tablename__ = "media"
+
+    sha256: str = Field(primary_key=True, min_length=64, max_length=64)
+    size: int
+    duration_s: float
+    format: str = "mp3"
+    mime: str = "audio/mpeg"
+    engine: str = ""
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Broadcast(SQLModel, table=True):
+    """One broadcast: one announcement sent to a set of clusters."""
+
+    __tablename__ = "broadcast"
+
+    id: str = Field(primary_key=True)
+    title: str
+    priority: str = "normal"
+    target: str
+    media_sha256: str = Field(index=True)
+    source_kind: str = "text"  # text | file | tone
+    source: str = ""  # the text, or the original file name
+    engine: str = ""
+    repeat: int = 1
+    gap_s: float = 0.0
+    created_by: str = ""
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class Delivery(SQLModel, table=True):
+    """One broadcast on one cluster, with a timestamp for every step it reached."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("broadcast_id", "cluster_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    broadcast_id: str = Field(index=True)
+    cluster_id: str = Field(index=True)
+    command_id: str = Field(unique=True)
+    state: str = Field(default=DeliveryState.QUEUED.value, index=True)
+    reason: str = ""
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: datetime | None = _when()
+    received_at: datetime | None = _when()
+    staged_at: datetime | None = _when()
+    playing_at: datetime | None = _when()
+    played_at: datetime | None = _when()
+    failed_at: datetime | None = _when()
+    unreachable_at: datetime | None = _when()
+    expires_at: datetime | None = _when()
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class DeliveryEvent(SQLModel, table=True):
+    """Append-only trail of every acknowledgement and decision about a delivery."""
+
+    __tablename__ = "delivery_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(index=True)
+    state: str
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    cluster_ts: datetime | None = _when()
+    reason: str = ""
+
+
+def now() -> datetime:
+    """The current UTC time (re-exported for the controller side)."""
+    return utcnow()

@@ -1,0 +1,1 @@
+"""When things play: programmes, priorities, quiet hours (APScheduler lives in the controller)."""

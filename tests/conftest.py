@@ -1,0 +1,99 @@
+"""Fixtures: a real mosquitto per test, SQLite or a throwaway PostgreSQL, real agents."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from firmware_bridge.simulator import Fleet
+from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.config import Settings
+from loudspeaker.controller import Controller
+from loudspeaker.db import init_db, make_engine
+from loudspeaker.site import load_site_file, store_site
+from tests.pg import PgCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE_FILE = ROOT / "sites" / "luc-binh.toml"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A real mosquitto on a free loopback port, private to the test."""
+    broker = EmbeddedBroker(tmp_path / "mosquitto", supervise=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL server for the session (each test gets its own database)."""
+    cluster = PgCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The integration suite runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLite only, for tests whose subject is not the database."""
+    return f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
+
+
+def make_settings(tmp_path: Path, db: str, broker: EmbeddedBroker, **kw: object) -> Settings:
+    """Settings for a controller on ``broker`` with data under ``tmp_path``."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        db_url=db,
+        broker_url=broker.endpoint.url,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def load_site(db: str, site_file: Path = SITE_FILE) -> None:
+    """Store a site file in the database."""
+    engine = make_engine(db)
+    init_db(engine)
+    with Session(engine) as s:
+        store_site(s, load_site_file(site_file))
+    engine.dispose()
+
+
+@pytest.fixture
+def controller(tmp_path: Path, db_url: str, mosquitto: EmbeddedBroker) -> Iterator[Controller]:
+    """A started controller (in this process) on the test's broker and database."""
+    load_site(db_url)
+    ctl = Controller(make_settings(tmp_path, db_url, mosquitto, ack_timeout_s=5.0))
+    ctl.start()
+    yield ctl
+    ctl.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
+    """The site's ten clusters as simulated agents (audio plays 4x faster than real time)."""
+    ids = [f"lb-{i:02d}" for i in range(1, 11)]
+    f = Fleet("luc-binh", ids, mosquitto.endpoint, tmp_path / "fleet", time_scale=0.25)
+    f.start()
+    assert f.wait_connected(20), "simulated clusters did not connect"
+    yield f
+    f.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Subprocesses started by tests (serve, simulate, agent) import the checkout.
+    os.environ.setdefault("PYTHONPATH", str(ROOT))

@@ -1,0 +1,60 @@
+"""Helpers shared by the tests: real processes, real files, bounded waits."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio_ffmpeg
+
+from loudspeaker.broadcasts import AudioFile
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFile:
+    """Encode a real MP3 tone with ffmpeg (no TTS involved) and describe it."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run(
+        [
+            ffmpeg,
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={freq}:duration={seconds}",
+            "-ac",
+            "1",
+            "-ar",
+            "22050",
+            "-b:a",
+            "32k",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
+    data = path.read_bytes()
+    return AudioFile(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        duration_s=seconds,
+        format="mp3",
+        mime="audio/mpeg",
+        engine="tone",
+    )
