@@ -51,8 +51,9 @@ def _check_id(value: str) -> str:
     return value
 
 
-ClusterId = Annotated[str, AfterValidator(_check_id)]
-SiteId = Annotated[str, AfterValidator(_check_id)]
+# The pattern is repeated as a Field so it shows in the published JSON Schema.
+ClusterId = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(_check_id)]
+SiteId = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(_check_id)]
 CommandId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -271,3 +272,24 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "Ack": Ack.model_json_schema(),
         "Status": Status.model_json_schema(),
     }
+
+
+def write_schemas(directory: str) -> list[str]:
+    """Write each payload's JSON Schema to ``directory`` (what docs/schemas holds)."""
+    from pathlib import Path
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(str(path))
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    for p in write_schemas(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas"):
+        print(p)

@@ -150,12 +150,14 @@ class EmbeddedBroker:
             self._watch.start()
 
     def _spawn(self, binary: str, timeout: float) -> None:
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # stderr to a file, not a pipe: nobody reads a pipe of a long-running daemon.
+        with (self.work_dir / "mosquitto.stderr").open("ab") as err:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         if not wait_listening(self.host, self.port, timeout):
             err = self._tail()
             self._kill()
@@ -167,8 +169,9 @@ class EmbeddedBroker:
 
     def _tail(self) -> str:
         text = ""
-        if self._proc is not None and self._proc.poll() is not None and self._proc.stderr:
-            text = self._proc.stderr.read().decode(errors="replace")
+        err = self.work_dir / "mosquitto.stderr"
+        if err.exists():
+            text = err.read_text(errors="replace")[-800:]
         if self.log_path.exists():
             text += self.log_path.read_text(errors="replace")[-800:]
         return text.strip()[-800:] or "no output"
@@ -212,5 +215,3 @@ class EmbeddedBroker:
         if self._watch is not None:
             self._watch.join(5)
         self._kill()
-        if self._proc is not None and self._proc.stderr:
-            self._proc.stderr.close()

@@ -58,10 +58,14 @@ class PgCluster:
         self._run(
             [
                 str(bindir / "pg_ctl"),
-                "-D", str(data),
-                "-l", str(self.dir / "log"),
-                "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
-                "-w", "start",
+                "-D",
+                str(data),
+                "-l",
+                str(self.dir / "log"),
+                "-o",
+                f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-w",
+                "start",
             ]
         )
         if not wait_listening("127.0.0.1", self.port, 30):
@@ -74,7 +78,9 @@ class PgCluster:
 
         self._counter += 1
         name = f"ls_test_{os.getpid()}_{self._counter}"
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
+        )
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
@@ -86,7 +92,16 @@ class PgCluster:
         if self.dir is None:
             return
         try:
-            self._run([str(self._bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+            self._run(
+                [
+                    str(self._bindir / "pg_ctl"),
+                    "-D",
+                    str(self.dir / "data"),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ]
+            )
         except (subprocess.SubprocessError, OSError):
             pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -38,7 +38,9 @@ def play(**kw: object) -> PlayCommand:
         "broadcast": "b0000001",
         "issued_at": t,
         "expires_at": t + timedelta(minutes=10),
-        "media": MediaRef(url="http://127.0.0.1:1/media/x.mp3", sha256=SHA, size=10, duration_s=1.5),
+        "media": MediaRef(
+            url="http://127.0.0.1:1/media/x.mp3", sha256=SHA, size=10, duration_s=1.5
+        ),
     }
     base.update(kw)
     return PlayCommand.model_validate(base)
@@ -107,7 +109,9 @@ def test_ack_and_status_parse() -> None:
     status = decode_status(b'{"v":1,"cluster":"lb-02","state":"offline","ts":null}')
     assert status.state == "offline"
     with pytest.raises(ProtocolError, match="state"):
-        decode_ack(b'{"v":1,"cluster":"lb-02","command":"c0ffee0000000001","state":"exploded","ts":"2026-11-30T05:00:00Z"}')
+        decode_ack(
+            b'{"v":1,"cluster":"lb-02","command":"c0ffee0000000001","state":"exploded","ts":"2026-11-30T05:00:00Z"}'
+        )
 
 
 def test_topics() -> None:
@@ -115,8 +119,12 @@ def test_topics() -> None:
     parsed = Topic.parse("loudspeaker/luc-binh/lb-01/ack")
     assert (parsed.site, parsed.cluster, parsed.kind) == ("luc-binh", "lb-01", Kind.ACK)
     assert str(parsed) == "loudspeaker/luc-binh/lb-01/ack"
-    for bad in ("loudspeaker/luc-binh/lb-01", "other/luc-binh/lb-01/ack", "loudspeaker/x/LB_01/ack",
-                "loudspeaker/luc-binh/lb-01/boom"):
+    for bad in (
+        "loudspeaker/luc-binh/lb-01",
+        "other/luc-binh/lb-01/ack",
+        "loudspeaker/x/LB_01/ack",
+        "loudspeaker/luc-binh/lb-01/boom",
+    ):
         with pytest.raises(ProtocolError):
             Topic.parse(bad)
 
@@ -127,3 +135,14 @@ def test_every_schema_is_documented() -> None:
         assert f"### {name}" in doc, f"docs/protocol.md lacks a section for {name}"
         for field in schema["properties"]:
             assert f"`{field}`" in doc, f"docs/protocol.md does not describe {name}.{field}"
+
+
+def test_published_schemas_match_the_code(tmp_path: Path) -> None:
+    from firmware_bridge.protocol import write_schemas
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+    for written in write_schemas(str(tmp_path)):
+        name = Path(written).name
+        assert (docs / name).read_text() == Path(written).read_text(), (
+            f"docs/schemas/{name} is stale: run python -m firmware_bridge.protocol docs/schemas"
+        )

@@ -38,14 +38,18 @@ def _line_of(text: str, needle: str, nth: int = 1) -> int:
 def test_unknown_hamlet_names_field_and_line() -> None:
     text = GOOD.replace('hamlet = "na-pai"', 'hamlet = "na-paj"')
     line = _line_of(text, 'hamlet = "na-paj"')
-    with pytest.raises(SiteError, match=rf"clusters\[7\]\.hamlet \(line {line}\): unknown hamlet 'na-paj'"):
+    with pytest.raises(
+        SiteError, match=rf"clusters\[7\]\.hamlet \(line {line}\): unknown hamlet 'na-paj'"
+    ):
         parse_site(text)
 
 
 def test_duplicate_cluster_id_names_line() -> None:
     text = GOOD.replace('id = "lb-05"', 'id = "lb-04"')
     line = _line_of(text, 'id = "lb-04"', nth=2)
-    with pytest.raises(SiteError, match=rf"clusters\[4\]\.id \(line {line}\): duplicate cluster id"):
+    with pytest.raises(
+        SiteError, match=rf"clusters\[4\]\.id \(line {line}\): duplicate cluster id"
+    ):
         parse_site(text)
 
 
@@ -67,7 +71,9 @@ def test_serial_cluster_needs_gateway_and_address() -> None:
     text = GOOD.replace('transport = "mqtt"', 'transport = "serial"', 1)
     with pytest.raises(SiteError, match="gateway"):
         parse_site(text)
-    ok = GOOD.replace('transport = "mqtt"', 'transport = "serial"\ngateway = "hall"\naddress = 3', 1)
+    ok = GOOD.replace(
+        'transport = "mqtt"', 'transport = "serial"\ngateway = "hall"\naddress = 3', 1
+    )
     assert parse_site(ok).clusters[0].address == 3
 
 
