@@ -159,11 +159,11 @@ class EmbeddedBroker:
                 stderr=err,
             )
         if not wait_listening(self.host, self.port, timeout):
-            err = self._tail()
+            tail = self._tail()
             self._kill()
             raise BrokerStartError(
                 f"mosquitto did not start listening on {self.host}:{self.port} "
-                f"within {timeout:.0f} s: {err}"
+                f"within {timeout:.0f} s: {tail}"
             )
         logger.info("embedded mosquitto pid %s on %s:%s", self._proc.pid, self.host, self.port)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -91,7 +92,7 @@ class PgCluster:
         """Stop the server and delete its files."""
         if self.dir is None:
             return
-        try:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
             self._run(
                 [
                     str(self._bindir / "pg_ctl"),
@@ -102,6 +103,4 @@ class PgCluster:
                     "stop",
                 ]
             )
-        except (subprocess.SubprocessError, OSError):
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -141,7 +141,7 @@ def test_redelivered_command_never_plays_twice_even_after_restart(
     url, root = media_server
     make_tone_mp3(root / "a.mp3", 0.5)
     cmd = _command(url, root / "a.mp3", 0.5)
-    agent, sink = _agent(tmp_path, mosquitto)
+    agent, _sink = _agent(tmp_path, mosquitto)
     agent.start()
     with Controller(mosquitto) as ctl:
         assert agent.link.connected.wait(10)

@@ -21,6 +21,7 @@ def test_demo_json_reports_every_cluster_played(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=110,
+        check=False,
     )
     assert res.returncode == 0, res.stderr + res.stdout
     summary = json.loads(res.stdout)
@@ -47,6 +48,7 @@ def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path: Path) -> Non
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert res.returncode == 1
     assert "not a demo directory" in res.stderr
