@@ -1,0 +1,42 @@
+"""Errors raised by the cluster side (``firmware_bridge``), all under one root."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error raised by ``firmware_bridge``."""
+
+
+class FrameError(BridgeError):
+    """A serial frame could not be decoded (bad CRC, truncated, oversize, wrong version...).
+
+    ``data`` holds the offending bytes so the receive loop can log them before dropping.
+    """
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class SerialLinkError(BridgeError):
+    """The serial link could not carry a request."""
+
+
+class LinkDownError(SerialLinkError):
+    """The serial port is closed, unplugged or the link was stopped."""
+
+
+class LinkTimeoutError(SerialLinkError):
+    """No valid answer arrived after every retransmission allowed by the retry policy."""
+
+
+class NakError(SerialLinkError):
+    """The receiver got the request intact but refused it (NAK); ``reason`` is its code."""
+
+    def __init__(self, message: str, reason: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class McuResponseError(BridgeError):
+    """The microcontroller answered with a payload that does not make sense."""
