@@ -64,7 +64,7 @@ class Faults:
     corrupt_probability: float = 0.0
     """Chance that each byte, in either direction, is replaced by a different value."""
     drop_request_probability: float = 0.0
-    """Chance that a well-formed request is lost before any unit sees it."""
+    """Chance that a well-formed frame from the master (request or ACK) is lost."""
     drop_response_probability: float = 0.0
     """Chance that an answer is executed but lost on the way back."""
     no_answer: bool = False
@@ -416,6 +416,11 @@ class McuEmulator:
         with self._executed_lock:
             return list(self._executed)
 
+    @property
+    def pending_events(self) -> int:
+        """Events sent but not yet acknowledged (nor given up on)."""
+        return len(self._events)
+
     def unplug(self) -> None:
         """Make the port vanish: close the pty master and remove the symlink."""
         self._call(self._unplug)
@@ -526,15 +531,15 @@ class McuEmulator:
                 self._on_frame(item)
 
     def _on_frame(self, frame: Frame) -> None:
+        if frame.type not in (FrameType.REQUEST, FrameType.ACK):
+            return
+        if self._rng.random() < self.faults.drop_request_probability:
+            self.dropped_frames += 1
+            return
         if frame.type is FrameType.ACK:
             pending = self._events.get(frame.address)
             if pending is not None and pending.frame.seq == frame.seq:
                 del self._events[frame.address]
-            return
-        if frame.type is not FrameType.REQUEST:
-            return
-        if self._rng.random() < self.faults.drop_request_probability:
-            self.dropped_frames += 1
             return
         if self.faults.no_answer:
             return
