@@ -33,6 +33,20 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def executed_as_sent(sent: list[int], failed: set[int], executed: list[int]) -> bool:
+    """True if the MCU executed every successful request once, in order, and nothing else.
+
+    A failed request may or may not have executed (its answers may be what was lost).
+    """
+    position = 0
+    for index, value in enumerate(sent):
+        if position < len(executed) and executed[position] == value:
+            position += 1
+        elif index not in failed:
+            return False
+    return position == len(executed)
+
+
 def run(count: int, corrupt_probability: float, seed: int) -> dict[str, Any]:
     with McuEmulator(seed=seed) as emulator, SerialLink(emulator.port) as link:
         if not link.wait_for_state(LinkState.CONNECTED, timeout=5):
@@ -42,18 +56,20 @@ def run(count: int, corrupt_probability: float, seed: int) -> dict[str, Any]:
             client.volume()
         emulator.faults.corrupt_probability = corrupt_probability
         before = link.stats
+        already_executed = len(emulator.executed)
         round_trips_us: list[float] = []
-        failures = 0
+        failed: set[int] = set()
         started = time.perf_counter()
         for index in range(count):
             t0 = time.perf_counter_ns()
             try:
                 client.set_volume(index % 101)
             except Exception:
-                failures += 1
+                failed.add(index)
             round_trips_us.append((time.perf_counter_ns() - t0) / 1000)
         elapsed = time.perf_counter() - started
         after = link.stats
+        executed = [c.payload[0] for c in emulator.executed[already_executed:]]
     frames = (after.frames_sent - before.frames_sent) + (
         after.frames_received - before.frames_received
     )
@@ -68,7 +84,10 @@ def run(count: int, corrupt_probability: float, seed: int) -> dict[str, Any]:
         "retransmissions": after.retransmissions - before.retransmissions,
         "bad_frames_at_master": after.bad_frames - before.bad_frames,
         "bad_frames_at_mcu": emulator.bad_frames,
-        "failed_requests": failures,
+        "failed_requests": len(failed),
+        "executed_exactly_as_sent": executed_as_sent(
+            [index % 101 for index in range(count)], failed, executed
+        ),
         "seconds": round(elapsed, 2),
     }
 
