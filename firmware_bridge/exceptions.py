@@ -21,3 +21,38 @@ class MediaError(BridgeError):
 
 class SinkError(BridgeError):
     """The audio sink could not play an item."""
+
+
+class FrameError(BridgeError):
+    """A serial frame could not be decoded (bad CRC, truncated, oversize, wrong version...).
+
+    ``data`` holds the offending bytes so the receive loop can log them before dropping.
+    """
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class SerialLinkError(BridgeError):
+    """The serial link could not carry a request."""
+
+
+class LinkDownError(SerialLinkError):
+    """The serial port is closed, unplugged or the link was stopped."""
+
+
+class LinkTimeoutError(SerialLinkError):
+    """No valid answer arrived after every retransmission allowed by the retry policy."""
+
+
+class NakError(SerialLinkError):
+    """The receiver got the request intact but refused it (NAK); ``reason`` is its code."""
+
+    def __init__(self, message: str, reason: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class McuResponseError(BridgeError):
+    """The microcontroller answered with a payload that does not make sense."""

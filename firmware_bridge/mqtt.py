@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from firmware_bridge.backoff import Backoff
+from firmware_bridge.backoff import Backoff, Retrier
 from firmware_bridge.exceptions import BrokerError
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class MqttLink:
         self._loop: MqttLoop | None = None
         self._client: paho.Client | None = None
         self._pending: dict[int, PublishDone] = {}
-        self._backoff = Backoff(initial=0.2, cap=10.0)
+        self._backoff = Retrier(Backoff(initial=0.2, cap=10.0, jitter=0.2))
         self._next_attempt = 0.0
         self._closing = False
         self._connect_called = False

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from firmware_bridge.backoff import Backoff
+from firmware_bridge.backoff import Backoff, Retrier
 from firmware_bridge.mqtt import BrokerEndpoint
 from loudspeaker.exceptions import BrokerStartError
 
@@ -177,7 +177,7 @@ class EmbeddedBroker:
         return text.strip()[-800:] or "no output"
 
     def _supervise(self, binary: str) -> None:
-        backoff = Backoff(initial=0.2, cap=10.0)
+        backoff = Retrier(Backoff(initial=0.2, cap=10.0))
         while not self._stop.wait(0.2):
             proc = self._proc
             if proc is None or proc.poll() is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.backoff import Backoff
+from firmware_bridge.backoff import Backoff, Retrier
 from firmware_bridge.exceptions import BrokerError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from loudspeaker.broker import EmbeddedBroker
@@ -17,10 +17,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_backoff_grows_to_the_cap_and_resets() -> None:
-    b = Backoff(initial=1.0, cap=8.0, jitter=0.0)
+    b = Retrier(Backoff(initial=1.0, cap=8.0))
     assert [b.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     b.reset()
     assert b.next_delay() == 1.0
+    jittered = Backoff(initial=1.0, cap=8.0, jitter=0.2)
+    delays = {round(jittered.delay(3), 6) for _ in range(50)}
+    assert len(delays) > 1 and all(6.4 <= d <= 9.6 for d in delays)
 
 
 def test_endpoint_parse() -> None:
