@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_bridge import __version__
-from firmware_bridge.abc import AudioSink, PlayResult
-from firmware_bridge.exceptions import MediaError, ProtocolError, SinkError
+from firmware_bridge.abc import AudioSink
+from firmware_bridge.exceptions import MediaError, ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
+from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
     Ack,
     AckState,
@@ -152,6 +153,40 @@ class MediaFetcher:
         return target
 
 
+class PendingStore:
+    """Accepted commands not yet finished, one JSON file each, so a reboot loses none."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def add(self, command: PlayCommand) -> None:
+        """Remember a command (atomically)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._dir / f"{command.id}.tmp"
+        tmp.write_bytes(encode(command))
+        os.replace(tmp, self._dir / f"{command.id}.json")
+
+    def remove(self, command_id: str) -> None:
+        """Forget a finished command."""
+        (self._dir / f"{command_id}.json").unlink(missing_ok=True)
+
+    def load(self) -> list[PlayCommand]:
+        """Commands still to play; unreadable files are set aside, not trusted."""
+        out: list[PlayCommand] = []
+        if not self._dir.exists():
+            return out
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                command = decode_command(path.read_bytes())
+            except (OSError, ProtocolError) as exc:
+                logger.error("pending item %s unreadable (%s); set aside", path, exc)
+                os.replace(path, path.with_suffix(".corrupt"))
+                continue
+            if isinstance(command, PlayCommand):
+                out.append(command)
+        return out
+
+
 class ClusterAgent:
     """One cluster's agent. ``start()`` connects; ``stop()`` says offline and disconnects."""
 
@@ -168,12 +203,10 @@ class ClusterAgent:
             config.state_dir / "commands.json", config.remembered_commands
         )
         self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
+        self._pending = PendingStore(config.state_dir / "pending")
+        self.player = Player(sink, self._on_outcome)
         self._worker: threading.Thread | None = None
-        self._stop_current = threading.Event()
-        self._current: PlayCommand | None = None
         self._stopped_broadcasts: set[str] = set()
-        self._shutting_down = False
-        self._lock = threading.Lock()
 
     @property
     def link(self) -> MqttLink:
@@ -188,6 +221,10 @@ class ClusterAgent:
         (cfg.state_dir / "media").mkdir(parents=True, exist_ok=True)
         self._journal.load()
         self.sink.start()
+        self.player.start()
+        for command in self._pending.load():
+            # Staged before a restart: fetch again if needed, play at its time.
+            self._queue.put(command)
         if self._shared_loop is None:
             self._loop = MqttLoop(name=f"mqtt-{cfg.cluster}")
             self._loop.start()
@@ -204,16 +241,17 @@ class ClusterAgent:
             on_connected=self._on_connected,
             keepalive=cfg.keepalive,
         )
-        self._worker = threading.Thread(target=self._work, name=f"agent-{cfg.cluster}", daemon=True)
+        self._worker = threading.Thread(
+            target=self._fetch_loop, name=f"fetch-{cfg.cluster}", daemon=True
+        )
         self._worker.start()
         self._loop.add(self._link)
 
     def stop(self) -> None:
         """Publish a retained ``offline``, disconnect, and stop working."""
         cfg = self.config
-        self._shutting_down = True
-        self._stop_current.set()
         self._queue.put(None)
+        self.player.stop()
         if self._loop is not None and self._link is not None:
             final = encode(
                 Status(
@@ -274,6 +312,7 @@ class ClusterAgent:
             self._ack(command, AckState.FAILED, reason="expired before it arrived")
             return
         self._journal.set(command.id, AckState.RECEIVED.value)
+        self._pending.add(command)
         self._ack(command, AckState.RECEIVED)
         self._queue.put(command)
 
@@ -299,12 +338,12 @@ class ClusterAgent:
         self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
 
     def _handle_stop(self, command: StopCommand) -> None:
-        with self._lock:
-            if command.broadcast is not None:
-                self._stopped_broadcasts.add(command.broadcast)
-            current = self._current
-            if current is not None and command.broadcast in (None, current.broadcast):
-                self._stop_current.set()
+        if command.expires_at <= utcnow():
+            logger.info("%s: expired stop %s ignored", self.config.cluster, command.id)
+            return
+        if command.broadcast is not None:
+            self._stopped_broadcasts.add(command.broadcast)
+        self.player.stop_broadcast(command.broadcast)
         logger.info("%s: stop %s", self.config.cluster, command.broadcast or "everything")
 
     def _ack(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
@@ -319,25 +358,21 @@ class ClusterAgent:
         )
         self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
 
-    # -- worker thread ---------------------------------------------------------------------
+    # -- fetch thread and player callbacks ---------------------------------------------------
 
-    def _work(self) -> None:
+    def _fetch_loop(self) -> None:
         while True:
             command = self._queue.get()
             if command is None:
                 return
             try:
-                self._play(command)
+                self._stage(command)
             except Exception as exc:
                 # The box keeps serving: a bug on one item must not silence the cluster.
                 logger.exception("%s: command %s crashed", self.config.cluster, command.id)
                 self._finish(command, AckState.FAILED, f"agent error: {exc}")
 
-    def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
-        self._journal.set(command.id, state.value)
-        self._ack(command, state, reason)
-
-    def _play(self, command: PlayCommand) -> None:
+    def _stage(self, command: PlayCommand) -> None:
         if command.broadcast in self._stopped_broadcasts:
             self._finish(command, AckState.FAILED, "stopped by operator before playback")
             return
@@ -346,34 +381,20 @@ class ClusterAgent:
         except MediaError as exc:
             self._finish(command, AckState.FAILED, str(exc))
             return
-        self._journal.set(command.id, AckState.STAGED.value)
-        self._ack(command, AckState.STAGED)
-        if command.expires_at <= utcnow():
-            self._finish(command, AckState.FAILED, "expired before playback")
+        if self._journal.get(command.id) != AckState.STAGED.value:
+            self._journal.set(command.id, AckState.STAGED.value)
+            self._ack(command, AckState.STAGED)
+        self.player.submit(command, path)
+
+    def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
+        state = AckState(outcome.value)
+        if state in _FINAL:
+            self._finish(command, state, reason)
             return
-        with self._lock:
-            self._current = command
-            self._stop_current.clear()
-        try:
-            self._journal.set(command.id, AckState.PLAYING.value)
-            self._ack(command, AckState.PLAYING)
-            for n in range(command.repeat):
-                if n and self._stop_current.wait(command.gap_s):
-                    break
-                result = self.sink.play(
-                    path, duration_s=command.media.duration_s, stop=self._stop_current
-                )
-                if result is PlayResult.STOPPED:
-                    break
-        except SinkError as exc:
-            self._finish(command, AckState.FAILED, f"playback failed: {exc}")
-            return
-        finally:
-            with self._lock:
-                self._current = None
-        if self._shutting_down:
-            self._finish(command, AckState.FAILED, "agent shut down during playback")
-        elif self._stop_current.is_set():
-            self._finish(command, AckState.FAILED, "stopped by operator")
-        else:
-            self._finish(command, AckState.PLAYED)
+        self._journal.set(command.id, state.value)
+        self._ack(command, state, reason)
+
+    def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        self._journal.set(command.id, state.value)
+        self._pending.remove(command.id)
+        self._ack(command, state, reason)

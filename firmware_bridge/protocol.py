@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from firmware_bridge.exceptions import ProtocolError
@@ -90,6 +91,7 @@ class AckState(StrEnum):
     RECEIVED = "received"
     STAGED = "staged"
     PLAYING = "playing"
+    INTERRUPTED = "interrupted"
     PLAYED = "played"
     FAILED = "failed"
 
@@ -169,6 +171,15 @@ class PlayCommand(_Message):
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
     gap_s: Annotated[float, Field(ge=0, le=7200)] = 0
     volume: Annotated[int | None, Field(ge=0, le=100)] = None
+    start_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _times_in_order(self) -> PlayCommand:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        if self.start_at is not None and self.start_at >= self.expires_at:
+            raise ValueError("start_at must be before expires_at")
+        return self
 
 
 class StopCommand(_Message):
