@@ -403,7 +403,12 @@ def expand_units(text: str, lexicon: Lexicon | None = None) -> str:
     "50%" -> "50 phần trăm", "-5°C" -> "âm 5 độ xê"; "đồng/kg" -> "đồng/ki lô gam"."""
     lexicon = lexicon or load_lexicon()
     text = _NEGATIVE_RE.sub("âm ", text)
-    return _unit_re(lexicon).sub(lambda m: " " + lexicon.units[m.group(1)], text)
+
+    def unit(m: re.Match[str]) -> str:
+        after_slash = m.start() > 0 and m.string[m.start() - 1] == "/"
+        return ("" if after_slash else " ") + lexicon.units[m.group(1)]
+
+    return _unit_re(lexicon).sub(unit, text)
 
 
 _NUMBER_RE = re.compile(r"(?<![\w])(\d{1,3}(?:\.\d{3})+|\d+)(?:([,.])(\d+))?(?!\w)")
@@ -435,7 +440,7 @@ def _whole(digits: str) -> str:
 
 _BULLET_RE = re.compile(r"^\s*(?:[-*•+–—]|\d+[.)])\s+", re.MULTILINE)
 _QUOTES_RE = re.compile(r"[\"“”«»„‘’`*_#]")
-_BRACKETS_RE = re.compile(r"\s*[()\[\]{}]\s*")
+_BRACKETS_RE = re.compile(r"[ \t]*[()\[\]{}][ \t]*")
 _WORD_SLASH_RE = re.compile(rf"(?<={_LETTER})\s?/\s?(?={_LETTER})")
 _SENTENCE_END = ".!?;:…"
 

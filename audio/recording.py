@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 _DURATION_RE = re.compile(rb"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 # Decoder complaints that mean damaged data even when ffmpeg exits 0.
 _DECODE_ERROR_RE = re.compile(
-    rb"Error submitting packet to decoder|Header missing|Error while decoding|"
-    rb"error while decoding|corrupt|Invalid data found when processing input|"
-    rb"Packet corrupt|invalid frame|decode_band_types",
+    rb"Error submitting packet to decoder|Header missing|[Ee]rror while decoding|"
+    rb"Invalid data found when processing input|[Pp]acket corrupt|corrupt decoded frame|"
+    rb"invalid frame|decode_band_types",
 )
 # A decode shorter than this share of the declared length means the file was cut off.
 _TRUNCATED_SHARE = 0.9
@@ -67,7 +67,8 @@ def load_recording(path: Path, settings: AudioSettings) -> tuple[Pcm, str]:
         )
     except FfmpegFailed as exc:
         raise _classify_failure(name, exc) from exc
-    stderr = proc.stderr
+    # The file name is echoed in the log and could contain any of the words we look for.
+    stderr = proc.stderr.replace(str(path).encode(), b"<input>")
     pcm = Pcm(data=proc.stdout, rate=settings.sample_rate)
     declared = _declared_duration(stderr)
     if pcm.duration_s > limit or (declared is not None and declared > limit + 1):
@@ -84,14 +85,14 @@ def load_recording(path: Path, settings: AudioSettings) -> tuple[Pcm, str]:
             f"{name} is damaged: ffmpeg reported {len(errors)} decoding error(s) "
             f"({errors[0].decode(errors='replace')}). Export or record it again",
         )
-    if pcm.frames == 0:
-        raise RecordingRejected("corrupt", f"{name} contains no audio samples; record it again")
     if declared is not None and declared > 1.0 and pcm.duration_s < _TRUNCATED_SHARE * declared:
         raise RecordingRejected(
             "corrupt",
             f"{name} is cut off: it declares {_fmt_duration(declared)} but only "
             f"{_fmt_duration(pcm.duration_s)} decodes. Copy or upload the file again",
         )
+    if pcm.frames == 0:
+        raise RecordingRejected("corrupt", f"{name} contains no audio samples; record it again")
     peak = peak_dbfs(pcm)
     if peak < settings.silence_threshold_db:
         raise RecordingRejected(
