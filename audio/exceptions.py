@@ -20,7 +20,11 @@ class FfmpegNotFound(AudioError):
 
 
 class FfmpegFailed(AudioError):
-    """ffmpeg ran but failed or timed out."""
+    """ffmpeg ran but failed or timed out; ``stderr`` holds its log."""
+
+    def __init__(self, message: str, stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stderr = stderr
 
 
 class EmptyText(AudioError, ValueError):

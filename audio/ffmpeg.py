@@ -118,7 +118,7 @@ def run_ffmpeg(
     except OSError as exc:
         raise FfmpegNotFound(f"could not start ffmpeg ({exc}); reinstall imageio-ffmpeg") from exc
     if proc.returncode != 0:
-        raise FfmpegFailed(f"ffmpeg failed while {what}: {last_error(proc.stderr)}")
+        raise FfmpegFailed(f"ffmpeg failed while {what}: {last_error(proc.stderr)}", proc.stderr)
     return proc
 
 
@@ -126,7 +126,9 @@ def last_error(stderr: bytes) -> str:
     """The most telling line of an ffmpeg error log."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     for line in reversed(lines):
-        if not line.startswith(("Conversion failed", "Exiting", "[out#", "Error opening output")):
+        if not line.startswith(
+            ("Conversion failed", "Exiting", "[out#", "Error opening output", "Error parsing")
+        ):
             return line
     return lines[-1] if lines else "no error output"
 
@@ -227,3 +229,14 @@ def loudnorm_json(stderr: bytes) -> dict[str, float | str]:
         else:
             out[key] = number if math.isfinite(number) else (-99.0 if number < 0 else 99.0)
     return out
+
+
+def change_tempo(pcm: Pcm, speed: float) -> Pcm:
+    """Speed speech up or down (0.5-2.0) without changing its pitch."""
+    proc = run_ffmpeg(
+        [*pcm_input_args(pcm.rate), "-af", f"atempo={speed}", "-f", "s16le", "pipe:1"],
+        what="changing speech tempo",
+        input_data=pcm.data,
+        timeout_s=pcm_timeout(pcm.duration_s),
+    )
+    return Pcm(data=proc.stdout, rate=pcm.rate)

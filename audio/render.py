@@ -20,6 +20,7 @@ from audio.settings import AudioSettings
 from audio.tones import TONE_KINDS, tone
 from audio.tts.abc import TtsEngine
 from audio.tts.espeak import EspeakEngine
+from audio.tts.gtts import GttsEngine
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,22 @@ class EngineSet:
 
     @classmethod
     def default(cls, settings: AudioSettings) -> EngineSet:
-        return cls(online=None, offline=EspeakEngine())
+        """gTTS online (settings' timeout and retries), espeak-ng offline, and for
+        engine="auto" a gTTS with the short ``auto_tts_timeout_s`` and at most one retry."""
+        return cls(
+            online=GttsEngine(
+                timeout_s=settings.tts_timeout_s,
+                retries=settings.gtts_retries,
+                sentence_pause_s=settings.sentence_pause_s,
+            ),
+            offline=EspeakEngine(),
+            auto_online=GttsEngine(
+                timeout_s=settings.auto_tts_timeout_s,
+                retries=min(1, settings.gtts_retries),
+                backoff_s=0.5,
+                sentence_pause_s=settings.sentence_pause_s,
+            ),
+        )
 
 
 def render_text(
@@ -96,12 +112,15 @@ def render_text(
     if not spoken.strip():
         raise EmptyText("the bulletin text is empty; type something to read out")
     engines = engines or EngineSet.default(settings)
-    if engine == "offline" or engines.online is None:
+    candidates: list[TtsEngine]
+    if engine == "offline" or (engine == "auto" and engines.online is None):
         candidates = [engines.offline]
     elif engine == "gtts":
+        if engines.online is None:
+            raise UnknownEngine("no online engine is configured; use engine='offline'")
         candidates = [engines.online]
     else:
-        candidates = [engines.auto_online or engines.online, engines.offline]
+        candidates = [engines.auto_online or engines.online or engines.offline, engines.offline]
     last_error: TtsError | None = None
     for tts in candidates:
         key = render_key(
@@ -273,13 +292,14 @@ def _finish(
     record["file"] = final.name
     RenderIndex(cache_dir).put(key, record)
     logger.info(
-        "rendered %s with %s: %.1f s, %d bytes, loudnorm %s -> %.1f LUFS",
+        "rendered %s with %s: %.1f s, %d bytes, loudnorm %s -> %.1f LUFS %.1f dBTP",
         final.name,
         engine,
         rendered.duration_s,
         rendered.size,
         result.normalization_type,
-        result.loudnorm_output_lufs,
+        result.output_lufs,
+        result.output_true_peak_dbtp,
     )
     return rendered
 
