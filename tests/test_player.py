@@ -69,6 +69,7 @@ def test_ready_items_play_by_priority_then_arrival(audio: Path) -> None:
     player, _ = make(rec)
     try:
         player.submit(cmd("first", 0.3), audio)
+        assert wait_until(lambda: Outcome.PLAYING in rec.of("first"), 5)
         # Submitted while "first" plays: priority beats normal, arrival order within a level.
         for c in (cmd("n1", 0.05), cmd("n2", 0.05), cmd("p1", 0.05, Priority.PRIORITY)):
             player.submit(c, audio)

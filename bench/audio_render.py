@@ -9,7 +9,7 @@ For each length it times, in one run and on the same speech:
   - cache hit: render_text() again with the same input;
 and reports output bytes per minute of audio.
 
-Usage: PYTHONPATH=. python bench/audio.py [--minutes 1 5 15]
+Usage: .venv/bin/python bench/audio_render.py [--minutes 1 5 15]
 Prints one JSON document on stdout.
 """
 
@@ -27,15 +27,12 @@ import wave
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's directory leads sys.path and its name ("audio") would
-# shadow the package it measures.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio import AudioSettings, render_recording, render_text  # noqa: E402
-from audio.ffmpeg import find_ffmpeg  # noqa: E402
-from audio.normalize import normalize_text  # noqa: E402
-from audio.tts.espeak import EspeakEngine  # noqa: E402
+from audio import AudioSettings, render_recording, render_text
+from audio.ffmpeg import find_ffmpeg
+from audio.normalize import normalize_text
+from audio.tts.espeak import EspeakEngine
 
 PARAGRAPH = (
     "UBND xã Lục Bình thông báo: ngày 30/11/2026, lúc 8h30, tại nhà văn hóa thôn Đông tổ "
