@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
@@ -103,16 +104,16 @@ def log(
             head = i == 0
             table.add_row(
                 local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S") if head else "",
-                f"{e.id} {e.title}" if head else "",
+                escape(f"{e.id} {e.title}") if head else "",
                 e.priority if head else "",
-                f"{e.what}, {length}" if head else "",
-                e.created_by if head else "",
+                escape(f"{e.what}, {length}") if head else "",
+                escape(e.created_by) if head else "",
                 d.cluster,
                 d.hamlet,
                 local_time(d.started_at, zone),
                 "-" if delay is None else f"{delay:+.0f} s",
                 f"[{style}]{d.outcome}[/]",
-                d.reason,
+                escape(d.reason),
             )
     console.print(table)
     if not entries:

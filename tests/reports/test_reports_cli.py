@@ -20,6 +20,7 @@ def run(month_sqlite: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     def invoke(*args: str):  # type: ignore[no-untyped-def]
         return runner.invoke(app, ["--data-dir", str(tmp_path), "--db-url", month_sqlite, *args])
 
+    invoke.db_url = month_sqlite  # type: ignore[attr-defined]
     return invoke
 
 
@@ -91,6 +92,23 @@ def test_log_table(run, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignor
     assert res.exit_code == 0, res.output
     assert "Thông báo họp thôn" in res.stdout
     assert "stopped by operator" in res.stdout
+    # Cluster-supplied text is shown as is, never read as rich markup.
+    from sqlmodel import Session, select
+
+    from loudspeaker.db import make_engine
+    from loudspeaker.models import Delivery
+
+    engine = make_engine(run.db_url)
+    with Session(engine) as s:
+        d = s.exec(select(Delivery).where(Delivery.cluster_id == "lb-02")).all()
+        for row in d:
+            row.reason = "refused: [bold]x[/bold] [/]"
+            s.add(row)
+        s.commit()
+    engine.dispose()
+    res = run("log", "--from", "2026-11-15", "--to", "2026-11-15")
+    assert res.exit_code == 0, res.output
+    assert "refused: [bold]x[/bold] [/]" in res.stdout
     res = run("log", "--from", "2026-06-01", "--to", "2026-06-02")
     assert "No broadcasts in this period." in res.stdout
 
