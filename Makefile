@@ -47,6 +47,7 @@ unit: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

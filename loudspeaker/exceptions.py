@@ -36,3 +36,7 @@ class TargetError(LoudspeakerError):
 
 class ControllerNotRunning(LoudspeakerError):
     """The command needs ``loudspeaker serve`` and it is not running."""
+
+
+class ReportError(LoudspeakerError):
+    """A log or report cannot be produced (bad period, filter or output path)."""

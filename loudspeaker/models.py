@@ -164,6 +164,9 @@ class Broadcast(SQLModel, table=True):
     gap_s: float = 0.0
     created_by: str = ""
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    # When the broadcast was meant to air (set by the scheduler); None: sent on creation,
+    # so the log and reports fall back to ``created_at``.
+    scheduled_for: datetime | None = _when(index=True)
 
 
 class Delivery(SQLModel, table=True):

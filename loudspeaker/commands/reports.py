@@ -1,0 +1,170 @@
+"""``loudspeaker log`` (the broadcast log) and ``loudspeaker report monthly``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.exceptions import ReportError
+
+_OUTCOME_STYLE = {
+    "played": "green",
+    "failed": "red",
+    "unreachable": "red",
+    "missed": "magenta",
+    "pending": "yellow",
+}
+
+
+@handle_errors
+def log(
+    ctx: typer.Context,
+    date_from: Annotated[
+        str | None,
+        typer.Option("--from", help="First day, YYYY-MM-DD (or today, yesterday) [yesterday]"),
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Last day, inclusive, YYYY-MM-DD [today]")
+    ] = None,
+    hamlet: Annotated[str | None, typer.Option(help="Only this hamlet (id or name)")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Only this cluster (id)")] = None,
+    priority: Annotated[
+        str | None, typer.Option(help="Only this priority: normal, priority, emergency")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV, one row per broadcast x cluster")
+    ] = False,
+) -> None:
+    """The broadcast log: what played where, scheduled vs actual start, and every outcome.
+
+    Days are the site's local days (Asia/Ho_Chi_Minh); times are shown in that zone.
+    """
+    from loudspeaker.logbook import make_filter, read_log, write_log_csv
+
+    if as_json and as_csv:
+        raise ReportError("choose one of --json and --csv")
+    state = state_of(ctx)
+    zone = state.zone()
+    with state.engine.connect() as conn:
+        flt = make_filter(
+            conn,
+            zone,
+            date_from=date_from,
+            date_to=date_to,
+            hamlet=hamlet,
+            cluster=cluster,
+            priority=priority,
+        )
+        entries = read_log(conn, flt)
+    if as_json:
+        print_json(
+            {
+                "from": flt.start.isoformat(),
+                "to": flt.end.isoformat(),
+                "zone": zone.key,
+                "broadcasts": [e.to_json() for e in entries],
+            }
+        )
+        return
+    if as_csv:
+        write_log_csv(entries, zone, sys.stdout)
+        return
+    first = flt.start.astimezone(zone).strftime("%d/%m/%Y")
+    last = (flt.end - timedelta(seconds=1)).astimezone(zone).strftime("%d/%m/%Y")
+    table = Table(
+        "scheduled",
+        "broadcast",
+        "priority",
+        "what",
+        "by",
+        "cluster",
+        "hamlet",
+        "started",
+        "delay",
+        "outcome",
+        "reason",
+        title=f"Broadcast log {first} - {last} ({zone.key})",
+        title_justify="left",
+    )
+    for e in entries:
+        length = "-" if e.duration_s is None else f"{e.duration_s:.0f} s"
+        if e.repeat > 1:
+            length += f" x{e.repeat}"
+        for i, d in enumerate(e.deliveries):
+            delay = d.delay_s(e.scheduled_at)
+            style = _OUTCOME_STYLE.get(d.outcome, "white")
+            head = i == 0
+            table.add_row(
+                local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S") if head else "",
+                escape(f"{e.id} {e.title}") if head else "",
+                e.priority if head else "",
+                escape(f"{e.what}, {length}") if head else "",
+                escape(e.created_by) if head else "",
+                d.cluster,
+                d.hamlet,
+                local_time(d.started_at, zone),
+                "-" if delay is None else f"{delay:+.0f} s",
+                f"[{style}]{d.outcome}[/]",
+                escape(d.reason),
+            )
+    console.print(table)
+    if not entries:
+        console.print("No broadcasts in this period.")
+
+
+report_app = typer.Typer(help="Reports sent upward (monthly: XLSX or CSV, with charts).")
+
+
+@report_app.command("monthly")
+@handle_errors
+def report_monthly(
+    ctx: typer.Context,
+    month: Annotated[str, typer.Argument(help="The month, YYYY-MM", metavar="YYYY-MM")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Report file: .xlsx (with charts) or .csv")
+    ],
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also write the charts as PNG into this folder")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as JSON")] = False,
+) -> None:
+    """The monthly report: totals per hamlet and cluster, availability, failures, charts."""
+    from loudspeaker.report_xlsx import check_output, write_csv, write_xlsx
+    from loudspeaker.reports import Month, monthly_report
+
+    state = state_of(ctx)
+    m = Month.parse(month)
+    suffix = output.suffix.lower()
+    check_output(output, (".xlsx", ".csv"))
+    if png is not None and png.exists() and not png.is_dir():
+        raise ReportError(f"--png {png} is a file; give a folder")
+    zone = state.zone()
+    with state.engine.connect() as conn:
+        report = monthly_report(conn, m, zone)
+    if suffix == ".csv":
+        write_csv(report, output)
+    else:
+        write_xlsx(report, output)
+    written = [output]
+    if png is not None:
+        from loudspeaker.report_png import write_pngs
+
+        written += write_pngs(report, png)
+    if as_json:
+        print_json({"files": [str(p) for p in written], "report": report.to_json()})
+        return
+    t = report.total
+    console.print(
+        f"Report {m.label}: {t.total_bulletins} bulletins, {t.minutes_on_air:.1f} min on air, "
+        f"{t.outcomes['played']}/{t.deliveries} deliveries played."
+    )
+    for p in written:
+        console.print(f"  wrote {p}")
