@@ -22,6 +22,10 @@ system-deps:
 	  echo "Installing Debian's mosquitto (MQTT broker)..."; \
 	  apt-get update -qq && $(APT_INSTALL) mosquitto; \
 	fi
+	@if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	  echo "Installing a font with Vietnamese glyphs for report charts..."; \
+	  apt-get update -qq && $(APT_INSTALL) fonts-dejavu-core; \
+	fi
 
 postgres-deps:
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \

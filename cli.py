@@ -13,7 +13,16 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands import broadcast, clusters, demo, reports, serve, simulate, site
+from loudspeaker.commands import (
+    announce,
+    broadcast,
+    clusters,
+    demo,
+    reports,
+    serve,
+    simulate,
+    site,
+)
 from loudspeaker.commands.common import State
 from loudspeaker.config import Settings
 
@@ -29,6 +38,7 @@ site_app.command("load")(site.site_load)
 site_app.command("show")(site.site_show)
 app.add_typer(site_app, name="site")
 
+app.add_typer(announce.announce_app, name="announce")
 app.command()(serve.serve)
 app.command()(broadcast.broadcast)
 app.command()(simulate.simulate)

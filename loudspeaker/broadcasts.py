@@ -74,6 +74,7 @@ def create_broadcast(
     repeat: int = 1,
     gap_s: float = 0.0,
     created_by: str = "",
+    announcement_id: str | None = None,
 ) -> Broadcast:
     """Insert a broadcast and one queued delivery per cluster, in one transaction."""
     if not 1 <= repeat <= 10:
@@ -87,6 +88,7 @@ def create_broadcast(
         priority=priority.value,
         target=target,
         media_sha256=media.sha256,
+        announcement_id=announcement_id,
         source_kind=source_kind,
         source=source,
         engine=media.engine,

@@ -147,6 +147,25 @@ class MediaRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class Announcement(SQLModel, table=True):
+    """A bulletin ready to play: typed text rendered by TTS, a recording, or a tone."""
+
+    __tablename__ = "announcement"
+
+    id: str = Field(primary_key=True)
+    title: str
+    kind: str  # text | file | tone
+    source: str = ""  # the text as typed, or the original file name
+    spoken_text: str = ""  # the text after normalization, as the engine read it
+    engine: str = ""  # espeak-ng | gtts | recording | tone
+    media_sha256: str = Field(index=True)
+    duration_s: float
+    size: int
+    created_by: str = ""
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    removed_at: datetime | None = _when()
+
+
 class Broadcast(SQLModel, table=True):
     """One broadcast: one announcement sent to a set of clusters."""
 
@@ -157,6 +176,7 @@ class Broadcast(SQLModel, table=True):
     priority: str = "normal"
     target: str
     media_sha256: str = Field(index=True)
+    announcement_id: str | None = Field(default=None, index=True)
     source_kind: str = "text"  # text | file | tone
     source: str = ""  # the text, or the original file name
     engine: str = ""

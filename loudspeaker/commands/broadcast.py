@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -12,6 +13,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+import audio
 from firmware_bridge.protocol import Priority
 from loudspeaker.broadcasts import AudioFile, BroadcastView
 from loudspeaker.commands.common import (
@@ -25,23 +27,58 @@ from loudspeaker.commands.common import (
 )
 from loudspeaker.exceptions import LoudspeakerError
 
+AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".ogg", ".opus", ".amr", ".3gp", ".aac", ".flac")
 
-def render_input(state: State, what: str, engine: str) -> tuple[AudioFile, str, str]:
-    """Render text or a recording; returns (audio, source kind, source)."""
-    import audio
 
+@dataclass(frozen=True)
+class Source:
+    """What a broadcast plays, however it was given."""
+
+    audio: AudioFile
+    kind: str  # text | file | tone
+    source: str
+    title: str
+    announcement_id: str | None = None
+
+
+def resolve_source(state: State, what: str, engine: str) -> Source:
+    """An existing recording, an announcement id, or text to speak."""
+    from loudspeaker import announcements
+    from loudspeaker.media import MediaStore
+    from loudspeaker.models import Announcement
+
+    data_dir = state.settings.data_dir
     path = Path(what)
-    media_dir = state.settings.media_dir
     if path.is_file():
-        r = audio.render_recording(path, cache_dir=media_dir)
-        kind, source = "file", path.name
-    elif len(what) < 255 and path.suffix.lower() in (".mp3", ".wav", ".m4a", ".ogg", ".amr"):
+        r = audio.render_recording(
+            path,
+            cache_dir=state.settings.media_dir,
+            settings=announcements.audio_settings(data_dir),
+        )
+        af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
+        return Source(af, "file", path.name, path.stem)
+    if len(what) < 255 and path.suffix.lower() in AUDIO_SUFFIXES:
         raise LoudspeakerError(f"audio file {what} does not exist")
-    else:
-        r = audio.render_text(what, cache_dir=media_dir, engine=engine)
-        kind, source = "text", what
+    with state.session() as s:
+        ann = s.get(Announcement, what)
+        if ann is not None and ann.removed_at is None:
+            stored = MediaStore(state.settings.media_dir).path_for(ann.media_sha256)
+            if stored is None:
+                raise LoudspeakerError(
+                    f"the audio of announcement {ann.id} is gone from the media directory"
+                )
+            af = AudioFile(
+                stored, ann.media_sha256, ann.size, ann.duration_s, "mp3", "audio/mpeg", ann.engine
+            )
+            return Source(af, ann.kind, ann.source, ann.title, ann.id)
+    r = audio.render_text(
+        what,
+        cache_dir=state.settings.media_dir,
+        engine=engine,
+        settings=announcements.audio_settings(data_dir),
+    )
     af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
-    return af, kind, source
+    return Source(af, "text", what, what[:60])
 
 
 def status_table(view: BroadcastView, zone: ZoneInfo) -> Table:
@@ -179,18 +216,20 @@ def broadcast(
         raise LoudspeakerError("emergencies use `loudspeaker emergency`")
     with state.session() as s:
         clusters = resolve_targets(s, to)
-    af, kind, source = render_input(state, what, engine)
+    src = resolve_source(state, what, engine)
+    af = src.audio
     with state.session() as s:
         media = register_media(s, MediaStore(state.settings.media_dir), af)
         b = create_broadcast(
             s,
             media=media,
-            title=title or (Path(what).stem if kind == "file" else what[:60]),
+            title=title or src.title,
             target=to,
             clusters=clusters,
             priority=priority,
-            source_kind=kind,
-            source=source,
+            source_kind=src.kind,
+            source=src.source,
+            announcement_id=src.announcement_id,
             repeat=repeat,
             gap_s=gap,
             created_by=os.environ.get("USER", ""),

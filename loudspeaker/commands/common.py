@@ -67,7 +67,7 @@ class State:
 
     def session(self) -> Session:
         """A new session; one per command, never shared across threads."""
-        return Session(self.engine)
+        return Session(self.engine, expire_on_commit=False)
 
     def controller(self) -> ControllerCard | None:
         """The running controller's address card, or None."""

@@ -21,7 +21,7 @@ import typer
 from sqlmodel import col, select
 
 from loudspeaker.broadcasts import BroadcastView, create_broadcast, register_media
-from loudspeaker.commands.broadcast import render_input, wait_for
+from loudspeaker.commands.broadcast import resolve_source, wait_for
 from loudspeaker.commands.common import State, console, handle_errors, print_json, state_of
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.media import MediaStore
@@ -135,7 +135,7 @@ def _online(state: State) -> int:
 def _broadcast(
     state: State, card: ControllerCard, say: Callable[[str], None], *, live: bool
 ) -> BroadcastView:
-    af, _kind, _src = render_input(state, DEMO_TEXT, "offline")
+    af = resolve_source(state, DEMO_TEXT, "offline").audio
     say(f"4. Rendered the bulletin offline ({af.engine}): {af.duration_s:.1f} s, {af.size} bytes")
     with state.session() as s:
         media = register_media(s, MediaStore(state.settings.media_dir), af)
