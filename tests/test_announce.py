@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from loudspeaker.controller import Controller
 from firmware_bridge.simulator import Fleet
+from loudspeaker.controller import Controller
 from tests.conftest import SITE_FILE
 
 runner = CliRunner()
