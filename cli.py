@@ -18,6 +18,7 @@ from loudspeaker.commands import (
     broadcast,
     clusters,
     demo,
+    emergency,
     reports,
     serve,
     simulate,
@@ -44,6 +45,7 @@ app.command()(broadcast.broadcast)
 app.command()(simulate.simulate)
 app.command()(demo.demo)
 app.command()(clusters.clusters)
+app.command()(emergency.emergency)
 app.command("log")(reports.log)
 app.add_typer(reports.report_app, name="report")
 

@@ -26,6 +26,9 @@ class AudioSink(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`start` acquired."""
 
+    def set_volume(self, percent: int) -> None:  # noqa: B027 - optional hook
+        """Set the output volume (0-100) for what plays next; sinks without one ignore it."""
+
     @abstractmethod
     def play(self, path: Path, *, duration_s: float, stop: threading.Event) -> PlayResult:
         """Play ``path`` to the end, or until ``stop`` is set; raise ``SinkError`` on failure."""

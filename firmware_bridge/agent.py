@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from firmware_bridge import __version__
 from firmware_bridge.abc import AudioSink
+from firmware_bridge.backoff import Backoff, Retrier
 from firmware_bridge.exceptions import MediaError, ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.player import Outcome, Player
@@ -32,6 +34,7 @@ from firmware_bridge.protocol import (
     Kind,
     MediaRef,
     PlayCommand,
+    Priority,
     Status,
     StopCommand,
     decode_command,
@@ -204,7 +207,7 @@ class ClusterAgent:
         )
         self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
         self._pending = PendingStore(config.state_dir / "pending")
-        self.player = Player(sink, self._on_outcome)
+        self.player = Player(sink, self._on_outcome, prepare=self._prepare)
         self._worker: threading.Thread | None = None
         self._stopped_broadcasts: set[str] = set()
 
@@ -377,7 +380,7 @@ class ClusterAgent:
             self._finish(command, AckState.FAILED, "stopped by operator before playback")
             return
         try:
-            path = self._fetcher.fetch(command.media)
+            path = self._fetch(command)
         except MediaError as exc:
             self._finish(command, AckState.FAILED, str(exc))
             return
@@ -385,6 +388,33 @@ class ClusterAgent:
             self._journal.set(command.id, AckState.STAGED.value)
             self._ack(command, AckState.STAGED)
         self.player.submit(command, path)
+
+    def _fetch(self, command: PlayCommand) -> Path:
+        # An emergency is worth a few more tries over a flaky 4G link before giving up.
+        tries = 5 if command.priority is Priority.EMERGENCY else 1
+        retry = Retrier(Backoff(initial=0.5, cap=4.0))
+        for attempt in range(1, tries + 1):
+            try:
+                return self._fetcher.fetch(command.media)
+            except MediaError as exc:
+                if attempt == tries or command.expires_at <= utcnow():
+                    raise
+                delay = retry.next_delay()
+                logger.warning(
+                    "%s: fetch of %s failed (%s); retry %d in %.1f s",
+                    self.config.cluster,
+                    command.id,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                time.sleep(delay)
+        raise MediaError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _prepare(self, command: PlayCommand) -> None:
+        """Just before an item starts: its volume (the site's emergency volume, for one)."""
+        if command.volume is not None:
+            self.sink.set_volume(command.volume)
 
     def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
         state = AckState(outcome.value)

@@ -34,6 +34,7 @@ class PlayRecord:
     started_at: str
     ended_at: str
     result: str
+    volume: int | None = None
 
 
 class SimulatedSink(AudioSink):
@@ -49,7 +50,11 @@ class SimulatedSink(AudioSink):
         self.log_path = log_path
         self.time_scale = time_scale
         self.plays: list[PlayRecord] = []
+        self.volume: int | None = None
         self._lock = threading.Lock()
+
+    def set_volume(self, percent: int) -> None:
+        self.volume = percent
 
     def play(self, path: Path, *, duration_s: float, stop: threading.Event) -> PlayResult:
         if not path.is_file():
@@ -57,7 +62,9 @@ class SimulatedSink(AudioSink):
         started = utcnow()
         interrupted = stop.wait(max(0.0, duration_s * self.time_scale))
         result = PlayResult.STOPPED if interrupted else PlayResult.COMPLETED
-        record = PlayRecord(path.name, started.isoformat(), utcnow().isoformat(), result.value)
+        record = PlayRecord(
+            path.name, started.isoformat(), utcnow().isoformat(), result.value, self.volume
+        )
         with self._lock:
             self.plays.append(record)
             if self.log_path is not None:

@@ -6,7 +6,7 @@ The CLI only inserts ``queued`` deliveries here; the controller's dispatcher sen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlmodel import Session, col, select
@@ -75,6 +75,8 @@ def create_broadcast(
     gap_s: float = 0.0,
     created_by: str = "",
     announcement_id: str | None = None,
+    volume: int | None = None,
+    validity_s: float | None = None,
 ) -> Broadcast:
     """Insert a broadcast and one queued delivery per cluster, in one transaction."""
     if not 1 <= repeat <= 10:
@@ -94,9 +96,13 @@ def create_broadcast(
         engine=media.engine,
         repeat=repeat,
         gap_s=gap_s,
+        volume=volume,
+        validity_s=validity_s,
         created_by=created_by,
         created_at=t,
     )
+    # An emergency is valid for its validity from the moment it is triggered.
+    expires = t + timedelta(seconds=validity_s) if validity_s else None
     session.add(b)
     for c in clusters:
         session.add(
@@ -107,6 +113,7 @@ def create_broadcast(
                 state=DeliveryState.QUEUED.value,
                 queued_at=t,
                 updated_at=t,
+                expires_at=expires,
             )
         )
     session.commit()

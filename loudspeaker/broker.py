@@ -8,10 +8,13 @@ it (same port, same persistence file) if it dies.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -25,6 +28,16 @@ from loudspeaker.exceptions import BrokerStartError
 logger = logging.getLogger(__name__)
 
 _CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def running_broker(work_dir: Path) -> BrokerEndpoint | None:
+    """The embedded broker left running in ``work_dir`` (even if its controller died)."""
+    try:
+        card = json.loads((work_dir / "broker.json").read_text())
+        endpoint = BrokerEndpoint(host=str(card["host"]), port=int(card["port"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return endpoint if wait_listening(endpoint.host, endpoint.port, 0.5) else None
 
 
 def find_mosquitto() -> str:
@@ -136,9 +149,38 @@ class EmbeddedBroker:
             encoding="utf-8",
         )
 
+    @property
+    def card_path(self) -> Path:
+        """Where the running broker's pid and address are written."""
+        return self.work_dir / "broker.json"
+
+    def _reclaim_orphan(self) -> None:
+        # A controller killed with SIGKILL leaves its mosquitto running (it kept serving the
+        # clusters and the CLI's direct emergency path meanwhile). Stop it and take over its
+        # port, so boxes configured with that port find the new one.
+        try:
+            card = json.loads(self.card_path.read_text())
+            pid, port = int(card["pid"]), int(card["port"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if str(self.config_path).encode() not in cmdline:
+            return
+        logger.warning("stopping mosquitto pid %s left by a previous controller", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if self.port == 0:
+            self.port = port
+
     def start(self, timeout: float = 10.0) -> None:
         """Spawn mosquitto and wait until it listens; supervise it if asked."""
         binary = find_mosquitto()
+        self._reclaim_orphan()
         if self.port == 0:
             self.port = free_port(self.host)
         self.write_config()
@@ -166,6 +208,9 @@ class EmbeddedBroker:
                 f"within {timeout:.0f} s: {tail}"
             )
         logger.info("embedded mosquitto pid %s on %s:%s", self._proc.pid, self.host, self.port)
+        tmp = self.card_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": self._proc.pid, "host": self.host, "port": self.port}))
+        os.replace(tmp, self.card_path)
 
     def _tail(self) -> str:
         text = ""
@@ -215,3 +260,4 @@ class EmbeddedBroker:
         if self._watch is not None:
             self._watch.join(5)
         self._kill()
+        self.card_path.unlink(missing_ok=True)

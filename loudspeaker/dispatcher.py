@@ -26,8 +26,6 @@ from firmware_bridge.protocol import (
     Ack,
     AckState,
     Kind,
-    MediaRef,
-    PlayCommand,
     Priority,
     Status,
     Topic,
@@ -36,6 +34,7 @@ from firmware_bridge.protocol import (
     encode,
     topic,
 )
+from loudspeaker import outbox
 from loudspeaker.db import as_utc
 from loudspeaker.models import (
     Broadcast,
@@ -46,6 +45,7 @@ from loudspeaker.models import (
     DeliveryEvent,
     DeliveryState,
     MediaRecord,
+    StopRequest,
     now,
 )
 
@@ -104,6 +104,7 @@ class Dispatcher:
         ack_timeout_s: float,
         command_ttl_s: float,
         poll_interval_s: float = 0.2,
+        emergency_retry_s: float = 3.0,
     ) -> None:
         self.engine = engine
         self.link = link
@@ -118,6 +119,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inflight: set[int] = set()
+        self._last_sent: dict[int, datetime] = {}
+        self.emergency_retry = timedelta(seconds=emergency_retry_s)
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
 
@@ -211,6 +214,7 @@ class Dispatcher:
             self._retry = events
             return
         with Session(self.engine) as s:
+            self._stop_requests(s)
             self._dispatch(s)
             self._deadlines(s)
             s.commit()
@@ -250,6 +254,22 @@ class Dispatcher:
             self.dropped_messages += 1
             return
         self._touch(s, ack.cluster, at)
+        if ack.state is AckState.INTERRUPTED:
+            # Pre-empted by an emergency; the cluster re-queued it and will play it again.
+            s.add(
+                DeliveryEvent(
+                    delivery_id=d.id or 0,
+                    state="interrupted",
+                    at=at,
+                    cluster_ts=ack.ts,
+                    reason=ack.reason or "",
+                )
+            )
+            if not DeliveryState(d.state).final:
+                d.reason = ack.reason or "interrupted"
+                d.updated_at = at
+                s.add(d)
+            return
         self._advance(s, d, _ACK_TO_STATE[ack.state], at, ack.ts, ack.reason or "")
 
     def _advance(
@@ -278,7 +298,14 @@ class Dispatcher:
         ):
             # A cluster we gave up on reports later: the truth wins, and the trail shows it.
             logger.info("late %s from %s for %s", state.value, d.cluster_id, d.broadcast_id)
-        elif current.final or state.rank <= current.rank:
+        elif current.final or state.rank < current.rank:
+            return
+        elif state.rank == current.rank:
+            # The same step reported again (a replay after an interruption): still alive.
+            d.updated_at = at
+            if state is DeliveryState.PLAYING:
+                d.reason = ""
+            s.add(d)
             return
         d.state = state.value
         setattr(d, f"{state.value}_at", at)
@@ -319,9 +346,25 @@ class Dispatcher:
                 f" ({status.reason})" if status.reason else "",
             )
         s.add(st)
+        if online and changed:
+            waiting = s.exec(
+                select(Delivery)
+                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+                .where(
+                    Delivery.cluster_id == status.cluster,
+                    Delivery.state == DeliveryState.SENT.value,
+                    Broadcast.priority == Priority.EMERGENCY.value,
+                )
+            ).all()
+            for d in waiting:
+                self._resend(s, d, at, "cluster came back online")
         if not online:
+            # An emergency is not given up when its cluster drops: the box keeps it on disk
+            # and the controller sends it again when it returns, until it expires.
             active = s.exec(
-                select(Delivery).where(
+                select(Delivery)
+                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+                .where(
                     Delivery.cluster_id == status.cluster,
                     col(Delivery.state).in_(
                         [
@@ -330,6 +373,7 @@ class Dispatcher:
                             DeliveryState.PLAYING.value,
                         ]
                     ),
+                    Broadcast.priority != Priority.EMERGENCY.value,
                 )
             ).all()
             for d in active:
@@ -395,32 +439,78 @@ class Dispatcher:
                     "not sent before it expired (broker down?)",
                 )
                 continue
-            cmd = PlayCommand(
-                id=d.command_id,
-                cluster=d.cluster_id,
-                broadcast=b.id,
-                issued_at=t,
-                expires_at=expires,
-                priority=Priority(b.priority),
-                title=b.title[:200],
-                media=MediaRef(
-                    url=f"{self.media_base_url}/media/{m.sha256}.{m.format}",
-                    sha256=m.sha256,
-                    size=m.size,
-                    duration_s=m.duration_s,
-                    mime=m.mime,
-                ),
-                repeat=b.repeat,
-                gap_s=b.gap_s,
-            )
-            assert d.id is not None
-            self._inflight.add(d.id)
-            self.link.publish(
-                topic(self.site, d.cluster_id, Kind.CMD),
-                encode(cmd),
-                qos=1,
-                on_done=functools.partial(self._sent, d.id),
-            )
+            self._send(d, b, m, t, expires)
+
+    def _send(
+        self, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
+    ) -> None:
+        cmd = outbox.play_command(
+            d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
+        )
+        assert d.id is not None
+        self._inflight.add(d.id)
+        self._last_sent[d.id] = t
+        self.link.publish(
+            topic(self.site, d.cluster_id, Kind.CMD),
+            encode(cmd),
+            qos=1,
+            on_done=functools.partial(self._sent, d.id),
+        )
+
+    def _resend(self, s: Session, d: Delivery, t: datetime, why: str) -> None:
+        """Send an emergency again (same command id: a cluster that has it plays it once)."""
+        if d.id in self._inflight or not self.link.connected.is_set():
+            return
+        b = s.get(Broadcast, d.broadcast_id)
+        m = s.get(MediaRecord, b.media_sha256) if b else None
+        expires = as_utc(d.expires_at)
+        if b is None or m is None or expires is None or expires <= t:
+            return
+        s.add(DeliveryEvent(delivery_id=d.id or 0, state="resent", at=t, reason=why))
+        self._send(d, b, m, t, expires)
+
+    def _stop_requests(self, s: Session) -> None:
+        if not self.link.connected.is_set():
+            return
+        pending = s.exec(select(StopRequest).where(col(StopRequest.handled_at).is_(None))).all()
+        t = now()
+        for req in pending:
+            deliveries = s.exec(
+                select(Delivery).where(Delivery.broadcast_id == req.broadcast_id)
+            ).all()
+            for d in deliveries:
+                state = DeliveryState(d.state)
+                if state.final:
+                    continue
+                if state is DeliveryState.QUEUED and d.id not in self._inflight:
+                    self._advance(
+                        s,
+                        d,
+                        DeliveryState.FAILED,
+                        t,
+                        None,
+                        "stopped by operator before it was sent",
+                    )
+                    continue
+                # The cluster answers with the item's fate ("stopped by operator...").
+                stop = outbox.stop_command(
+                    d.cluster_id,
+                    req.broadcast_id,
+                    issued_at=t,
+                    expires_at=as_utc(d.expires_at) or t + self.command_ttl,
+                )
+                self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(stop), qos=1)
+                s.add(
+                    DeliveryEvent(
+                        delivery_id=d.id or 0,
+                        state="stop-sent",
+                        at=t,
+                        reason=f"stop requested by {req.requested_by or 'operator'}",
+                    )
+                )
+            req.handled_at = t
+            s.add(req)
+            logger.info("stop of broadcast %s sent", req.broadcast_id)
 
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
         self._inbound.put(_Sent(delivery_id, ok, reason))
@@ -434,7 +524,11 @@ class Dispatcher:
         if not active:
             return
         lengths: dict[str, timedelta] = {}
+        priorities = self._priorities(s, {d.broadcast_id for d in active})
         for d in active:
+            if priorities.get(d.broadcast_id) == Priority.EMERGENCY.value:
+                self._emergency_deadline(s, d, t)
+                continue
             if d.state == DeliveryState.SENT.value:
                 sent = as_utc(d.sent_at) or t
                 if t - sent > self.ack_timeout:
@@ -445,8 +539,13 @@ class Dispatcher:
                 continue
             if d.broadcast_id not in lengths:
                 lengths[d.broadcast_id] = self._air_time(s, d.broadcast_id)
-            start = as_utc(d.received_at) or as_utc(d.sent_at) or t
-            if t - start > _FETCH_ALLOWANCE + lengths[d.broadcast_id] + _FINAL_MARGIN:
+            # Counted from the last sign of progress; an item interrupted by an emergency
+            # waits for the emergency to end, up to the command's lifetime.
+            start = as_utc(d.updated_at) or t
+            allowance = _FETCH_ALLOWANCE + lengths[d.broadcast_id] + _FINAL_MARGIN
+            if d.reason.startswith("interrupted"):
+                allowance = max(allowance, self.command_ttl)
+            if t - start > allowance:
                 self._advance(
                     s,
                     d,
@@ -455,6 +554,30 @@ class Dispatcher:
                     None,
                     f"no final acknowledgement (last state {d.state})",
                 )
+
+    def _priorities(self, s: Session, ids: set[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        rows = s.exec(
+            select(Broadcast.id, Broadcast.priority).where(col(Broadcast.id).in_(list(ids)))
+        ).all()
+        return {bid: prio for bid, prio in rows}
+
+    def _emergency_deadline(self, s: Session, d: Delivery, t: datetime) -> None:
+        """Emergencies are retried until they expire, not given up after one timeout."""
+        expires = as_utc(d.expires_at)
+        if expires is not None and t >= expires:
+            if d.state == DeliveryState.SENT.value:
+                why = "no answer before the emergency expired (cluster offline?)"
+            else:
+                why = f"emergency expired before a final answer (last state {d.state})"
+            self._advance(s, d, DeliveryState.UNREACHABLE, t, None, why)
+            return
+        if d.state != DeliveryState.SENT.value or d.id is None:
+            return
+        last = self._last_sent.get(d.id) or as_utc(d.sent_at) or t
+        if t - last >= self.emergency_retry:
+            self._resend(s, d, t, "no answer yet; sent again")
 
     def _air_time(self, s: Session, broadcast_id: str) -> timedelta:
         b = s.get(Broadcast, broadcast_id)

@@ -182,6 +182,10 @@ class Broadcast(SQLModel, table=True):
     engine: str = ""
     repeat: int = 1
     gap_s: float = 0.0
+    volume: int | None = None  # emergencies: the site's emergency volume
+    validity_s: float | None = None  # emergencies: how long a late cluster still gets it
+    stopped_at: datetime | None = _when()
+    stopped_by: str = ""
     created_by: str = ""
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
     # When the broadcast was meant to air (set by the scheduler); None: sent on creation,
@@ -224,6 +228,18 @@ class DeliveryEvent(SQLModel, table=True):
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     cluster_ts: datetime | None = _when()
     reason: str = ""
+
+
+class StopRequest(SQLModel, table=True):
+    """An operator's stop of a broadcast, carried out by the controller."""
+
+    __tablename__ = "stop_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    broadcast_id: str = Field(index=True)
+    requested_by: str = ""
+    requested_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    handled_at: datetime | None = _when()
 
 
 def now() -> datetime:

@@ -42,6 +42,9 @@ class SiteInfo(_Strict):
     timezone: Annotated[str, AfterValidator(_check_zone)] = "Asia/Ho_Chi_Minh"
     province: str = ""
     district: str = ""
+    emergency_volume: int = Field(
+        default=100, ge=0, le=100, description="Volume (%) clusters play emergencies at"
+    )
 
 
 class HamletSpec(_Strict):

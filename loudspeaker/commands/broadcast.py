@@ -114,11 +114,20 @@ def status_table(view: BroadcastView, zone: ZoneInfo) -> Table:
     return table
 
 
-def wait_for(state: State, broadcast_id: str, timeout: float, live: bool) -> BroadcastView:
+def wait_for(
+    state: State, broadcast_id: str, timeout: float, live: bool, until: str = "finished"
+) -> BroadcastView:
+    """Follow a broadcast until every cluster is done (or, ``until="playing"``, started)."""
     from loudspeaker.broadcasts import broadcast_status
 
     zone = state.zone()
     deadline = time.monotonic() + timeout
+    started = {"playing", "played", "failed", "unreachable"}
+
+    def done(v: BroadcastView) -> bool:
+        if until == "playing":
+            return all(d.state in started for d in v.deliveries)
+        return v.finished
 
     def current() -> BroadcastView:
         with state.session() as s:
@@ -126,15 +135,16 @@ def wait_for(state: State, broadcast_id: str, timeout: float, live: bool) -> Bro
 
     view = current()
     if not live:
-        while not view.finished and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while not done(view) and time.monotonic() < deadline:
+            time.sleep(0.1)
             view = current()
         return view
     with Live(status_table(view, zone), console=console, refresh_per_second=8) as lv:
-        while not view.finished and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while not done(view) and time.monotonic() < deadline:
+            time.sleep(0.1)
             view = current()
             lv.update(status_table(view, zone))
+    console.print()
     return view
 
 

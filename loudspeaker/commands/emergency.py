@@ -1,0 +1,203 @@
+"""``loudspeaker emergency``: trigger, stop and follow emergency broadcasts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from firmware_bridge.mqtt import BrokerEndpoint
+from loudspeaker import emergency as em
+from loudspeaker.broker import running_broker
+from loudspeaker.commands.broadcast import status_table, wait_for
+from loudspeaker.commands.common import (
+    State,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    state_of,
+)
+from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.runtime import ControllerCard
+
+
+def _actor() -> str:
+    return os.environ.get("USER", "")
+
+
+def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
+    """Broker endpoint and media address to use while the controller is down."""
+    st = state.settings
+    endpoint = (
+        BrokerEndpoint.parse(st.broker_url)
+        if st.broker_url
+        else running_broker(st.run_dir / "mosquitto")
+    )
+    if endpoint is None:
+        raise LoudspeakerError(
+            "the controller is not running and no broker is reachable: the emergency is "
+            "recorded and goes out as soon as `loudspeaker serve` starts"
+        )
+    host, port = st.http_host, st.http_port
+    try:
+        last = json.loads(ControllerCard.path(st.run_dir).read_text())
+        url = str(last["http_url"]).removeprefix("http://")
+        host, _, p = url.rpartition(":")
+        port = int(p)
+    except (OSError, ValueError, KeyError):
+        pass
+    return endpoint, host, port
+
+
+@handle_errors
+def emergency(
+    ctx: typer.Context,
+    text: Annotated[
+        str,
+        typer.Argument(
+            help="What the emergency is (spoken by TTS unless --recording/--siren); "
+            "or `stop [ID]`, or `status ID`",
+            metavar="TEXT",
+        ),
+    ],
+    emergency_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="With stop/status")
+    ] = None,
+    hamlet: Annotated[
+        list[str] | None, typer.Option("--hamlet", help="Hamlet name or id (repeat for several)")
+    ] = None,
+    all_hamlets: Annotated[bool, typer.Option("--all", help="Every hamlet of the commune")] = False,
+    recording: Annotated[
+        Path | None, typer.Option(help="Play this recording instead of TTS")
+    ] = None,
+    siren: Annotated[bool, typer.Option("--siren", help="Play the alert siren")] = False,
+    repeat: Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")] = 1,
+    gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
+    valid: Annotated[
+        float, typer.Option(help="Seconds a cluster offline now still gets it when back")
+    ] = em.DEFAULT_VALIDITY_S,
+    engine: Annotated[str, typer.Option(help="TTS engine (offline is fastest)")] = "offline",
+    wait: Annotated[float, typer.Option(help="Seconds to follow the acknowledgements")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Emergency broadcast: plays at once on the target hamlets' clusters, pre-empting all."""
+    state = state_of(ctx)
+    if text == "status":
+        if not emergency_id:
+            _list_active(state, as_json)
+            return
+        with state.session() as s:
+            view = em.status(s, emergency_id)
+        _show(state, view, as_json)
+        return
+    if text == "stop":
+        with state.session() as s:
+            stopped = em.request_stop(s, emergency_id, _actor())
+            ids = [b.id for b in stopped]
+        card = state.controller()
+        if card is not None:
+            card.poke()
+        else:
+            err_console.print(
+                "[yellow]warning:[/] the controller is not running; the stop takes effect when "
+                "it starts"
+            )
+        if as_json:
+            print_json({"stopped": ids})
+        else:
+            console.print(f"Stop requested for {', '.join(ids)}.")
+        return
+    if emergency_id is not None:
+        raise LoudspeakerError("give the emergency text as one quoted argument")
+    if bool(hamlet) == all_hamlets:
+        raise LoudspeakerError("say where: --hamlet NAME (repeatable) or --all")
+    req = em.EmergencyRequest(
+        text=text,
+        hamlets=tuple(hamlet or ()),
+        recording=recording,
+        siren=siren,
+        repeat=repeat,
+        gap_s=gap,
+        validity_s=valid,
+        engine=engine,
+        actor=_actor(),
+    )
+    with state.session() as s:
+        b = em.trigger(s, state.settings.data_dir, req)
+        bid = b.id
+    card = state.controller()
+    direct = None
+    if card is not None:
+        card.poke()
+    else:
+        endpoint, host, port = _broker_for_direct(state)
+        from loudspeaker.site import current_site
+
+        with state.session() as s:
+            site_id = current_site(s).site.id
+            direct = em.send_direct(
+                s,
+                bid,
+                endpoint=endpoint,
+                site=site_id,
+                media_dir=state.settings.media_dir,
+                http_host=host,
+                http_port=port,
+                wait_s=wait,
+            )
+        err_console.print(
+            f"[yellow]controller not running:[/] sent directly over the broker to "
+            f"{len(direct.sent)} clusters; the controller records their answers when it starts"
+        )
+    if not as_json:
+        console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {req.target}.")
+    if card is not None and wait > 0:
+        wait_for(state, bid, wait, live=not as_json, until="playing")
+    with state.session() as s:
+        view = em.status(s, bid)
+    if as_json:
+        data = view.to_json()
+        if direct is not None:
+            data["direct"] = {"sent": direct.sent, "acks": direct.acks}
+        print_json(data)
+    elif card is not None:
+        _show(state, view, as_json=False)
+    elif direct is not None:
+        for cluster in direct.sent:
+            console.print(f"  {cluster}: {direct.acks.get(cluster, 'no answer yet')}")
+
+
+def _show(state: State, view: em.EmergencyView, as_json: bool) -> None:
+    if as_json:
+        print_json(view.to_json())
+        return
+    console.print(status_table(view.view, state.zone()))
+    b = view.view.broadcast
+    if b.stopped_at:
+        console.print(f"Stopped by {b.stopped_by or '?'}.")
+    for miss in view.not_played:
+        console.print(
+            f"[red]{miss['cluster']}[/] ({miss['hamlet']}): {miss['why']}", highlight=False
+        )
+
+
+def _list_active(state: State, as_json: bool) -> None:
+    with state.session() as s:
+        rows = [em.status(s, b.id) for b in em.active(s)]
+    if as_json:
+        print_json([v.to_json() for v in rows])
+        return
+    if not rows:
+        console.print("No emergency is active.")
+        return
+    table = Table("id", "target", "title", "states")
+    for v in rows:
+        b = v.view.broadcast
+        states = ", ".join(f"{k} {n}" for k, n in sorted(v.view.counts.items()))
+        table.add_row(b.id, b.target, b.title, states)
+    console.print(table)

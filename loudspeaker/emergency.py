@@ -1,0 +1,369 @@
+"""Emergency broadcasts (phát khẩn cấp): immediate, pre-empting, retried, hard to lose.
+
+An emergency is a broadcast with priority ``emergency``: clusters play it at once,
+interrupting (and afterwards replaying) whatever plays, at the site's emergency volume,
+ignoring quiet hours. The controller re-sends it to clusters that have not answered until
+it expires (its validity), and to clusters that come back online meanwhile.
+
+If the controller is not running, :func:`send_direct` lets the CLI reach the clusters
+itself through the broker, serving the audio from a temporary media server on the
+controller's own address; the controller reconciles the record when it starts again
+(the acknowledgements wait for it in its persistent MQTT session).
+
+Two emergencies at once (overlapping hamlets) both play in full, in the order they were
+triggered: an emergency never interrupts another (docs/emergency.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+import audio
+from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
+from firmware_bridge.protocol import (
+    Kind,
+    Priority,
+    decode_ack,
+    encode,
+    new_id,
+    topic,
+)
+from loudspeaker import outbox
+from loudspeaker.announcements import audio_settings
+from loudspeaker.broadcasts import (
+    AudioFile,
+    BroadcastView,
+    broadcast_status,
+    create_broadcast,
+    register_media,
+)
+from loudspeaker.exceptions import LoudspeakerError, NotFoundError
+from loudspeaker.media import MediaServer, MediaStore
+from loudspeaker.models import (
+    Broadcast,
+    ClusterRecord,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    HamletRecord,
+    MediaRecord,
+    StopRequest,
+    now,
+)
+from loudspeaker.site import current_site
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VALIDITY_S = 1800.0
+SIREN_SECONDS = 8.0
+
+
+@dataclass(frozen=True)
+class EmergencyRequest:
+    """What a hamlet head asked for."""
+
+    text: str
+    hamlets: tuple[str, ...] = ()  # empty: every hamlet (--all)
+    recording: Path | None = None
+    siren: bool = False
+    repeat: int = 1
+    gap_s: float = 0.0
+    validity_s: float = DEFAULT_VALIDITY_S
+    engine: str = "offline"
+    actor: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise LoudspeakerError("say what the emergency is: the text is its title or message")
+        if self.recording is not None and self.siren:
+            raise LoudspeakerError("choose --recording or --siren, not both")
+        if not 1 <= self.repeat <= 10:
+            raise LoudspeakerError("--repeat must be between 1 and 10")
+        if not 0 <= self.gap_s <= 7200:
+            raise LoudspeakerError("--gap must be between 0 and 7200 seconds")
+        if not 60 <= self.validity_s <= 24 * 3600:
+            raise LoudspeakerError("--valid must be between 60 and 86400 seconds")
+
+    @property
+    def target(self) -> str:
+        """The target spec stored with the broadcast."""
+        return ",".join(f"hamlet:{h}" for h in self.hamlets) if self.hamlets else "all"
+
+
+def target_clusters(session: Session, hamlets: tuple[str, ...]) -> list[ClusterRecord]:
+    """The clusters of the named hamlets (ids or names), or of all hamlets."""
+    known = session.exec(select(HamletRecord)).all()
+    chosen: set[str] = set()
+    for ref in hamlets:
+        match = [h for h in known if ref in (h.id,) or ref.casefold() == h.name.casefold()]
+        if not match:
+            names = ", ".join(f"{h.id} ({h.name})" for h in known)
+            raise LoudspeakerError(f"no hamlet {ref!r}; known: {names}")
+        chosen.add(match[0].id)
+    query = select(ClusterRecord).order_by(col(ClusterRecord.id))
+    if chosen:
+        query = query.where(col(ClusterRecord.hamlet_id).in_(sorted(chosen)))
+    clusters = list(session.exec(query).all())
+    if not clusters:
+        raise LoudspeakerError("no clusters in the chosen hamlets")
+    return clusters
+
+
+def render(data_dir: Path, req: EmergencyRequest) -> tuple[AudioFile, str, str]:
+    """The audio of an emergency: the siren, a recording, or the text spoken offline."""
+    settings = audio_settings(data_dir)
+    media_dir = data_dir / "media"
+    if req.siren:
+        r = audio.render_tone("siren", cache_dir=media_dir, seconds=SIREN_SECONDS)
+        kind, source = "tone", "siren"
+    elif req.recording is not None:
+        r = audio.render_recording(req.recording, cache_dir=media_dir, settings=settings)
+        kind, source = "file", req.recording.name
+    else:
+        r = audio.render_text(req.text, cache_dir=media_dir, engine=req.engine, settings=settings)
+        kind, source = "text", req.text
+    af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
+    return af, kind, source
+
+
+def trigger(session: Session, data_dir: Path, req: EmergencyRequest) -> Broadcast:
+    """Record an emergency with one delivery per target cluster, valid for its validity."""
+    clusters = target_clusters(session, req.hamlets)
+    site = current_site(session)
+    af, kind, source = render(data_dir, req)
+    media = register_media(session, MediaStore(data_dir / "media"), af)
+    b = create_broadcast(
+        session,
+        media=media,
+        title=req.text[:200],
+        target=req.target,
+        clusters=clusters,
+        priority=Priority.EMERGENCY,
+        source_kind=kind,
+        source=source,
+        repeat=req.repeat,
+        gap_s=req.gap_s,
+        created_by=req.actor,
+        volume=site.site.emergency_volume,
+        validity_s=req.validity_s,
+    )
+    logger.warning(
+        "EMERGENCY %s by %s to %s: %s", b.id, req.actor or "?", req.target, req.text[:80]
+    )
+    return b
+
+
+def active(session: Session) -> list[Broadcast]:
+    """Emergencies with a delivery not yet final, newest first."""
+    open_states = [s.value for s in DeliveryState if not s.final]
+    return list(
+        session.exec(
+            select(Broadcast)
+            .join(Delivery, col(Delivery.broadcast_id) == col(Broadcast.id))
+            .where(
+                Broadcast.priority == Priority.EMERGENCY.value,
+                col(Delivery.state).in_(open_states),
+            )
+            .distinct()
+            .order_by(col(Broadcast.created_at).desc())
+        ).all()
+    )
+
+
+def request_stop(session: Session, broadcast_id: str | None, actor: str) -> list[Broadcast]:
+    """Ask the controller to stop one emergency (or, with None, every active one)."""
+    if broadcast_id is None:
+        targets = active(session)
+        if not targets:
+            raise NotFoundError("no emergency is active")
+    else:
+        b = session.get(Broadcast, broadcast_id)
+        if b is None or b.priority != Priority.EMERGENCY.value:
+            raise NotFoundError(
+                f"no emergency {broadcast_id!r} (see `loudspeaker emergency status`)"
+            )
+        targets = [b]
+    t = now()
+    for b in targets:
+        b.stopped_at = t
+        b.stopped_by = actor
+        session.add(b)
+        session.add(StopRequest(broadcast_id=b.id, requested_by=actor, requested_at=t))
+        logger.warning("EMERGENCY %s stop requested by %s", b.id, actor or "?")
+    session.commit()
+    return targets
+
+
+@dataclass(frozen=True)
+class EmergencyView:
+    """An emergency's status: which clusters played it, which did not and why."""
+
+    view: BroadcastView
+    not_played: list[dict[str, object]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready form."""
+        b = self.view.broadcast
+        return {
+            **self.view.to_json(),
+            "stopped_at": b.stopped_at.isoformat() if b.stopped_at else None,
+            "stopped_by": b.stopped_by or None,
+            "validity_s": b.validity_s,
+            "volume": b.volume,
+            "played": [d.cluster for d in self.view.deliveries if d.state == "played"],
+            "not_played": self.not_played,
+        }
+
+
+def status(session: Session, broadcast_id: str) -> EmergencyView:
+    """Where an emergency stands on each cluster."""
+    view = broadcast_status(session, broadcast_id)
+    if view.broadcast.priority != Priority.EMERGENCY.value:
+        raise NotFoundError(
+            f"{broadcast_id!r} is a {view.broadcast.priority} broadcast, not an emergency"
+        )
+    missing: list[dict[str, object]] = []
+    for d in view.deliveries:
+        if d.state == "played":
+            continue
+        if d.state in ("failed", "unreachable"):
+            why = d.reason
+        elif d.online is False:
+            why = "cluster offline; it gets the emergency when it returns, while still valid"
+        else:
+            why = f"in progress ({d.state})"
+        missing.append({"cluster": d.cluster, "hamlet": d.hamlet, "state": d.state, "why": why})
+    return EmergencyView(view, missing)
+
+
+# -- the CLI's path when the controller is down ----------------------------------------------
+
+
+@dataclass
+class DirectResult:
+    """What the CLI saw while sending an emergency itself."""
+
+    sent: list[str] = field(default_factory=list)
+    acks: dict[str, str] = field(default_factory=dict)
+    media_url: str = ""
+
+
+def send_direct(
+    session: Session,
+    broadcast_id: str,
+    *,
+    endpoint: BrokerEndpoint,
+    site: str,
+    media_dir: Path,
+    http_host: str,
+    http_port: int,
+    wait_s: float = 20.0,
+) -> DirectResult:
+    """Send an emergency's commands straight over the broker, serving its audio meanwhile.
+
+    The audio is served from ``http_host:http_port`` (the controller's usual address, so the
+    URLs in queued commands stay valid when the controller returns) until every target has
+    fetched it or ``wait_s`` passes. Deliveries are marked ``sent`` on the broker's PUBACK;
+    the controller applies the clusters' acknowledgements when it starts again.
+    """
+    b = session.get(Broadcast, broadcast_id)
+    m = session.get(MediaRecord, b.media_sha256) if b else None
+    if b is None or m is None:
+        raise NotFoundError(f"no emergency {broadcast_id!r}")
+    deliveries = list(
+        session.exec(
+            select(Delivery).where(
+                Delivery.broadcast_id == broadcast_id,
+                Delivery.state == DeliveryState.QUEUED.value,
+            )
+        ).all()
+    )
+    server = MediaServer(MediaStore(media_dir), http_host, http_port, on_poke=lambda: None)
+    try:
+        server.start()
+    except LoudspeakerError:
+        server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
+        server.start()
+    base = f"http://{http_host}:{server.port}"
+    result = DirectResult(media_url=outbox.media_url(base, m))
+    by_command = {d.command_id: d for d in deliveries}
+    acked = threading.Event()
+    lock = threading.Lock()
+
+    def on_ack(_topic: str, payload: bytes) -> None:
+        try:
+            ack = decode_ack(payload)
+        except ProtocolError:
+            return
+        d = by_command.get(ack.command)
+        if d is None:
+            return
+        with lock:
+            result.acks[d.cluster_id] = ack.state.value
+            if len(result.acks) == len(by_command) and all(
+                s in ("playing", "played", "failed") for s in result.acks.values()
+            ):
+                acked.set()
+
+    loop = MqttLoop("emergency-direct")
+    loop.start()
+    link = MqttLink(
+        f"cli-emergency-{new_id()[:8]}",
+        endpoint,
+        on_message=on_ack,
+        subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
+        session_expiry_s=0,
+    )
+    loop.add(link)
+    try:
+        if not link.connected.wait(5):
+            raise LoudspeakerError(
+                f"cannot reach the broker at {endpoint.url} either: the emergency is recorded "
+                "but could not be sent; start `loudspeaker serve`"
+            )
+        time.sleep(0.1)  # let the SUBSCRIBE reach the broker before the first answer
+        t = now()
+        expires = t + timedelta(seconds=b.validity_s or DEFAULT_VALIDITY_S)
+        puback = threading.Semaphore(0)
+        for d in deliveries:
+            d.expires_at = d.expires_at or expires
+            cmd = outbox.play_command(
+                d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+            )
+            link.publish(
+                topic(site, d.cluster_id, Kind.CMD),
+                encode(cmd),
+                on_done=lambda ok, _r: puback.release(),
+            )
+        for _ in deliveries:
+            puback.acquire(timeout=5)
+        t = now()
+        for d in deliveries:
+            d.state = DeliveryState.SENT.value
+            d.sent_at = t
+            d.updated_at = t
+            session.add(d)
+            session.add(
+                DeliveryEvent(
+                    delivery_id=d.id or 0,
+                    state="sent",
+                    at=t,
+                    reason="sent directly by the CLI (controller not running)",
+                )
+            )
+            result.sent.append(d.cluster_id)
+        session.commit()
+        acked.wait(wait_s)
+    finally:
+        loop.close_link(link)
+        loop.stop()
+        server.stop()
+    return result
