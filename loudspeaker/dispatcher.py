@@ -37,6 +37,7 @@ from firmware_bridge.protocol import (
     topic,
 )
 from loudspeaker.db import as_utc
+from loudspeaker.keys import CommandSigner
 from loudspeaker.models import (
     Broadcast,
     ClusterAvailability,
@@ -120,6 +121,7 @@ class Dispatcher:
         self._inflight: set[int] = set()
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
+        self.signer = CommandSigner(engine)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -413,6 +415,7 @@ class Dispatcher:
                 repeat=b.repeat,
                 gap_s=b.gap_s,
             )
+            cmd = self.signer.sign(cmd)
             assert d.id is not None
             self._inflight.add(d.id)
             self.link.publish(

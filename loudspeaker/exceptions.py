@@ -36,3 +36,11 @@ class TargetError(LoudspeakerError):
 
 class ControllerNotRunning(LoudspeakerError):
     """The command needs ``loudspeaker serve`` and it is not running."""
+
+
+class AuthError(LoudspeakerError):
+    """Who is acting could not be established (no, unknown or unsafe token)."""
+
+
+class PermissionDenied(LoudspeakerError):
+    """The acting user's role lacks the permission; the message names it."""
