@@ -13,7 +13,11 @@ from typing import Annotated
 
 import typer
 
+from loudspeaker.commands import audit as audit_cmd
 from loudspeaker.commands import broadcast, clusters, demo, serve, simulate, site
+from loudspeaker.commands import broker as broker_cmd
+from loudspeaker.commands import keys as keys_cmd
+from loudspeaker.commands import users as users_cmd
 from loudspeaker.commands.common import State
 from loudspeaker.config import Settings
 
@@ -34,6 +38,10 @@ app.command()(broadcast.broadcast)
 app.command()(simulate.simulate)
 app.command()(demo.demo)
 app.command()(clusters.clusters)
+app.add_typer(users_cmd.app, name="users")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(broker_cmd.app, name="broker")
 
 
 @app.callback()

@@ -28,4 +28,6 @@ def read_credentials(path: Path) -> BrokerEndpoint:
     except (ValueError, KeyError, TypeError) as exc:
         raise KeyFileError(f"credentials file {path} is malformed: missing or bad {exc}") from None
     tls_ca = data.get("tls_ca") or endpoint.tls_ca
+    if tls_ca and tls_ca != "system" and not Path(tls_ca).is_absolute():
+        tls_ca = str(path.parent / tls_ca)  # installed beside the credentials file
     return replace(endpoint, username=username, password=password, tls_ca=tls_ca)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from firmware_bridge.protocol import Priority
+from loudspeaker import audit
+from loudspeaker.auth import Permission, hamlets_of, require
 from loudspeaker.broadcasts import AudioFile, BroadcastView
 from loudspeaker.commands.common import (
     State,
@@ -137,6 +138,8 @@ def broadcast(
     from loudspeaker.targets import resolve_targets
 
     state = state_of(ctx)
+    if what in ("status", "list"):
+        require(state, Permission.VIEW, action=f"broadcast.{what}")
     if what == "status":
         if not broadcast_id:
             raise LoudspeakerError("usage: loudspeaker broadcast status ID")
@@ -179,6 +182,9 @@ def broadcast(
         raise LoudspeakerError("emergencies use `loudspeaker emergency`")
     with state.session() as s:
         clusters = resolve_targets(s, to)
+    actor = require(
+        state, Permission.BROADCAST, hamlets_of(clusters), action="broadcast.create", target=to
+    )
     af, kind, source = render_input(state, what, engine)
     with state.session() as s:
         media = register_media(s, MediaStore(state.settings.media_dir), af)
@@ -193,9 +199,19 @@ def broadcast(
             source=source,
             repeat=repeat,
             gap_s=gap,
-            created_by=os.environ.get("USER", ""),
+            created_by=actor.name,
         )
         bid = b.id
+        audit.record(
+            s,
+            actor.name,
+            "broadcast.create",
+            to,
+            detail={"broadcast": bid, "title": b.title, "priority": b.priority,
+                    "clusters": len(clusters), "media": media.sha256},
+            role=actor.role,
+            commit=True,
+        )
     card = state.controller()
     if card is None:
         err_console.print(
