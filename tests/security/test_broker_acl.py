@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -155,7 +156,18 @@ def test_tls_listener_with_the_private_ca(broker: Broker) -> None:
     finally:
         good.close()
     # Without the private CA the server certificate is not trusted.
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="t-untrusted", protocol=paho.MQTTv5)
-    c.tls_set()
-    with pytest.raises(ssl.SSLCertVerificationError):
-        c.connect("localhost", broker.tls_port)
+    ctx = ssl.create_default_context()
+    with (
+        socket.create_connection(("localhost", broker.tls_port), timeout=5) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+        ctx.wrap_socket(raw, server_hostname="localhost"),
+    ):
+        pass
+    # With it, the certificate holds for the configured host name.
+    assert endpoint.tls_ca is not None
+    ctx = ssl.create_default_context(cafile=endpoint.tls_ca)
+    with (
+        socket.create_connection(("localhost", broker.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
