@@ -207,8 +207,13 @@ def broadcast(
             actor.name,
             "broadcast.create",
             to,
-            detail={"broadcast": bid, "title": b.title, "priority": b.priority,
-                    "clusters": len(clusters), "media": media.sha256},
+            detail={
+                "broadcast": bid,
+                "title": b.title,
+                "priority": b.priority,
+                "clusters": len(clusters),
+                "media": media.sha256,
+            },
             role=actor.role,
             commit=True,
         )

@@ -34,8 +34,12 @@ def site_load(
             actor.name,
             "site.load",
             site.site.id,
-            detail={"file": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-                    "hamlets": len(site.hamlets), "clusters": len(site.clusters)},
+            detail={
+                "file": str(file),
+                "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                "hamlets": len(site.hamlets),
+                "clusters": len(site.clusters),
+            },
             role=actor.role,
             commit=True,
         )

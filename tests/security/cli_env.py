@@ -38,15 +38,36 @@ class CliEnv:
 
     def setup_users(self, site_file: Path) -> None:
         ok(self.run(None, "site", "load", str(site_file)))
-        ok(self.run(None, "users", "add", "admin1", "--role", "admin",
-                    "--token-file", str(self.token_file("admin"))))
+        ok(
+            self.run(
+                None,
+                "users",
+                "add",
+                "admin1",
+                "--role",
+                "admin",
+                "--token-file",
+                str(self.token_file("admin")),
+            )
+        )
         for name, role, extra in (
             ("officer1", "officer", []),
             ("head1", "hamlet-head", ["--hamlet", "ban-cau"]),
             ("tech1", "technician", []),
         ):
-            ok(self.run("admin", "users", "add", name, "--role", role, *extra,
-                        "--token-file", str(self.token_file(role))))
+            ok(
+                self.run(
+                    "admin",
+                    "users",
+                    "add",
+                    name,
+                    "--role",
+                    role,
+                    *extra,
+                    "--token-file",
+                    str(self.token_file(role)),
+                )
+            )
 
 
 def ok(result: Result) -> Result:

@@ -91,7 +91,9 @@ def rig(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Rig]:
     server = MediaServer(store, "127.0.0.1", 0, on_poke=lambda: None)
     server.start()
     media = MediaRef(
-        url=f"http://127.0.0.1:{server.port}/media/{sha}.mp3", sha256=sha, size=size,
+        url=f"http://127.0.0.1:{server.port}/media/{sha}.mp3",
+        sha256=sha,
+        size=size,
         duration_s=0.4,
     )
     state = tmp_path / "box"
@@ -99,8 +101,13 @@ def rig(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Rig]:
     write_key_file(key_file, SITE, CLUSTER, [K1])
     sink = SimulatedSink(time_scale=0.25)
     agent = ClusterAgent(
-        AgentConfig(site=SITE, cluster=CLUSTER, endpoint=mosquitto.endpoint, state_dir=state,
-                    key_rotation_window_s=0),
+        AgentConfig(
+            site=SITE,
+            cluster=CLUSTER,
+            endpoint=mosquitto.endpoint,
+            state_dir=state,
+            key_rotation_window_s=0,
+        ),
         sink,
     )
     loop = MqttLoop(name="test-controller")
@@ -112,8 +119,12 @@ def rig(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Rig]:
         with lock:
             acks.append(decode_ack(payload))
 
-    link = MqttLink("test-controller", mosquitto.endpoint, on_message=on_message,
-                    subscriptions=(topic(SITE, CLUSTER, Kind.ACK),))
+    link = MqttLink(
+        "test-controller",
+        mosquitto.endpoint,
+        on_message=on_message,
+        subscriptions=(topic(SITE, CLUSTER, Kind.ACK),),
+    )
     loop.add(link)
     agent.start()
     assert link.connected.wait(10) and agent.link.connected.wait(10)
@@ -151,8 +162,10 @@ def test_signed_command_plays(rig: Rig) -> None:
         (lambda r: sign_command(r.command(), K1.secret, "k9"), "refused: unknown or retired key"),
         (
             lambda r: sign_command(
-                r.command(issued_at=utcnow() - timedelta(minutes=10),
-                          expires_at=utcnow() - timedelta(minutes=1)),
+                r.command(
+                    issued_at=utcnow() - timedelta(minutes=10),
+                    expires_at=utcnow() - timedelta(minutes=1),
+                ),
                 K1.secret,
                 "k1",
             ),
@@ -160,8 +173,10 @@ def test_signed_command_plays(rig: Rig) -> None:
         ),
         (
             lambda r: sign_command(
-                r.command(issued_at=utcnow() + timedelta(hours=1),
-                          expires_at=utcnow() + timedelta(hours=2)),
+                r.command(
+                    issued_at=utcnow() + timedelta(hours=1),
+                    expires_at=utcnow() + timedelta(hours=2),
+                ),
                 K1.secret,
                 "k1",
             ),

@@ -16,8 +16,14 @@ def _fill(url: str, n: int = 5) -> None:
     init_db(engine)
     with Session(engine) as s:
         for i in range(n):
-            audit.record(s, "officer1", "broadcast.create", f"hamlet:h{i}",
-                         detail={"title": f"Bản tin {i}"}, role="officer")
+            audit.record(
+                s,
+                "officer1",
+                "broadcast.create",
+                f"hamlet:h{i}",
+                detail={"title": f"Bản tin {i}"},
+                role="officer",
+            )
         s.commit()
     engine.dispose()
 

@@ -41,11 +41,31 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     e.setup_users(SITE_FILE)
     port, tls_port = free_port(), free_port()
     out = root / "conf"
-    ok(e.run("admin", "broker", "config", "-o", str(out), "--port", str(port),
-             "--tls-port", str(tls_port), "--tls-bind", "127.0.0.1", "--host", "localhost",
-             "--tls-self-signed", "--run-as", "root"))
-    proc = subprocess.Popen([find_mosquitto(), "-c", str(out / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ok(
+        e.run(
+            "admin",
+            "broker",
+            "config",
+            "-o",
+            str(out),
+            "--port",
+            str(port),
+            "--tls-port",
+            str(tls_port),
+            "--tls-bind",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--tls-self-signed",
+            "--run-as",
+            "root",
+        )
+    )
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", str(out / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert wait_listening("127.0.0.1", port, 10) and wait_listening("127.0.0.1", tls_port, 10)
         yield Broker(out, port, tls_port)
@@ -74,8 +94,15 @@ class Client:
         self.c.loop_stop()
 
 
-def connect(b: Broker, user: str | None, *, password: str | None = None, tls: bool = False,
-            ca: str | None = None, subs: tuple[str, ...] = ()) -> Client:
+def connect(
+    b: Broker,
+    user: str | None,
+    *,
+    password: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+    subs: tuple[str, ...] = (),
+) -> Client:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}", protocol=paho.MQTTv5)
     cl = Client(c)
     if user:

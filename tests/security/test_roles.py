@@ -23,22 +23,45 @@ MATRIX: list[tuple[str, list[str], set[str], str]] = [
     ("broadcast-list", ["broadcast", "list", "--json"], ALL, "view"),
     ("site-load", ["site", "load", str(SITE_FILE)], {"admin"}, "site"),
     ("users-list", ["users", "list", "--json"], {"admin"}, "users"),
-    ("users-add", ["users", "add", "new-{role}", "--role", "technician",
-                   "--token-file", "{root}/new-{role}.token"], {"admin"}, "users"),
+    (
+        "users-add",
+        [
+            "users",
+            "add",
+            "new-{role}",
+            "--role",
+            "technician",
+            "--token-file",
+            "{root}/new-{role}.token",
+        ],
+        {"admin"},
+        "users",
+    ),
     ("users-set-role", ["users", "set-role", "victim", "officer"], {"admin"}, "users"),
-    ("users-reset-token", ["users", "reset-token", "victim",
-                           "--token-file", "{root}/victim-{role}.token"], {"admin"}, "users"),
+    (
+        "users-reset-token",
+        ["users", "reset-token", "victim", "--token-file", "{root}/victim-{role}.token"],
+        {"admin"},
+        "users",
+    ),
     ("users-remove", ["users", "remove", "victim2"], {"admin"}, "users"),
-    ("keys-issue", ["keys", "issue", "lb-0{n}", "-o", "{root}/k-{role}.json"], {"admin"},
-     "keys"),
+    ("keys-issue", ["keys", "issue", "lb-0{n}", "-o", "{root}/k-{role}.json"], {"admin"}, "keys"),
     ("keys-list", ["keys", "list", "--json"], {"admin"}, "keys"),
     ("broker-config", ["broker", "config", "-o", "{root}/broker-{role}"], {"admin"}, "keys"),
     ("audit", ["audit", "--json"], {"admin"}, "audit"),
     ("audit-verify", ["audit", "verify"], {"admin"}, "audit"),
-    ("broadcast-own-hamlet", ["broadcast", "{audio}", "--to", "hamlet:ban-cau"],
-     {"officer", "hamlet-head"}, "broadcast"),
-    ("broadcast-other-hamlet", ["broadcast", "{audio}", "--to", "hamlet:na-lang"],
-     {"officer"}, "broadcast"),
+    (
+        "broadcast-own-hamlet",
+        ["broadcast", "{audio}", "--to", "hamlet:ban-cau"],
+        {"officer", "hamlet-head"},
+        "broadcast",
+    ),
+    (
+        "broadcast-other-hamlet",
+        ["broadcast", "{audio}", "--to", "hamlet:na-lang"],
+        {"officer"},
+        "broadcast",
+    ),
     ("broadcast-all", ["broadcast", "{audio}", "--to", "all"], {"officer"}, "broadcast"),
     ("whoami", ["users", "whoami"], ALL, ""),
 ]
@@ -50,8 +73,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliEnv]:
     e = CliEnv(root, CliRunner())
     e.setup_users(SITE_FILE)
     for victim in ("victim", "victim2"):
-        ok(e.run("admin", "users", "add", victim, "--role", "technician",
-                 "--token-file", str(root / f"{victim}.token")))
+        ok(
+            e.run(
+                "admin",
+                "users",
+                "add",
+                victim,
+                "--role",
+                "technician",
+                "--token-file",
+                str(root / f"{victim}.token"),
+            )
+        )
     make_tone_mp3(root / "bulletin.mp3", 0.5)
     yield e
 
@@ -62,9 +95,7 @@ def test_role_matrix(
     env: CliEnv, role: str, name: str, args: list[str], allowed: set[str], perm: str
 ) -> None:
     n = str(ROLES.index(role) + 1)
-    argv = [
-        a.format(role=role, root=env.root, n=n, audio=env.root / "bulletin.mp3") for a in args
-    ]
+    argv = [a.format(role=role, root=env.root, n=n, audio=env.root / "bulletin.mp3") for a in args]
     result = env.run(role, *argv)
     if role in allowed:
         assert result.exit_code == 0, result.output
@@ -80,14 +111,24 @@ def test_role_matrix(
 
 
 def test_broadcasts_carry_their_author(env: CliEnv) -> None:
-    ok(env.run("hamlet-head", "broadcast", str(env.root / "bulletin.mp3"), "--to",
-               "hamlet:ban-cau", "--title", "head-was-here"))
+    ok(
+        env.run(
+            "hamlet-head",
+            "broadcast",
+            str(env.root / "bulletin.mp3"),
+            "--to",
+            "hamlet:ban-cau",
+            "--title",
+            "head-was-here",
+        )
+    )
     engine = make_engine(f"sqlite:///{env.data / 'loudspeaker.db'}")
     with Session(engine) as s:
         b = s.exec(select(Broadcast).where(Broadcast.title == "head-was-here")).one()
         audited = s.exec(
-            select(AuditEntry).where(AuditEntry.action == "broadcast.create",
-                                     AuditEntry.actor == "head1")
+            select(AuditEntry).where(
+                AuditEntry.action == "broadcast.create", AuditEntry.actor == "head1"
+            )
         ).all()
     engine.dispose()
     assert b.created_by == "head1"
@@ -100,11 +141,29 @@ def test_bootstrap_then_authentication_is_required(
     e = CliEnv(tmp_path, CliRunner())
     ok(e.run(None, "site", "load", str(SITE_FILE)))
     assert "no users are defined: acting as local operator" in caplog.text
-    refused = e.run(None, "users", "add", "someone", "--role", "officer",
-                    "--token-file", str(tmp_path / "x.token"))
+    refused = e.run(
+        None,
+        "users",
+        "add",
+        "someone",
+        "--role",
+        "officer",
+        "--token-file",
+        str(tmp_path / "x.token"),
+    )
     assert refused.exit_code == 1 and "first user must be an admin" in refused.output
-    ok(e.run(None, "users", "add", "boss", "--role", "admin",
-             "--token-file", str(e.token_file("admin"))))
+    ok(
+        e.run(
+            None,
+            "users",
+            "add",
+            "boss",
+            "--role",
+            "admin",
+            "--token-file",
+            str(e.token_file("admin")),
+        )
+    )
     assert mode(e.token_file("admin")) == 0o600
     anonymous = e.run(None, "clusters")
     assert anonymous.exit_code == 1 and "who are you?" in anonymous.output

@@ -62,8 +62,12 @@ def test_signed_command_survives_the_wire_and_verifies() -> None:
     back = decode_command(encode(signed))
     verify_command(back, {"k1": KEY}, NOW + timedelta(seconds=1))
     stop = sign_command(
-        StopCommand(id="c0ffee0000000002", cluster="lb-01", issued_at=NOW,
-                    expires_at=NOW + timedelta(minutes=1)),
+        StopCommand(
+            id="c0ffee0000000002",
+            cluster="lb-01",
+            issued_at=NOW,
+            expires_at=NOW + timedelta(minutes=1),
+        ),
         KEY,
         "k1",
     )
