@@ -24,6 +24,10 @@ from loudspeaker.commands import (
     simulate,
     site,
 )
+from loudspeaker.commands import audit as audit_cmd
+from loudspeaker.commands import broker as broker_cmd
+from loudspeaker.commands import keys as keys_cmd
+from loudspeaker.commands import users as users_cmd
 from loudspeaker.commands.common import State
 from loudspeaker.config import Settings
 
@@ -48,6 +52,12 @@ app.command()(clusters.clusters)
 app.command()(emergency.emergency)
 app.command("log")(reports.log)
 app.add_typer(reports.report_app, name="report")
+
+
+app.add_typer(users_cmd.app, name="users")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(broker_cmd.app, name="broker")
 
 
 @app.callback()

@@ -20,12 +20,14 @@ import urllib.error
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from firmware_bridge import __version__
 from firmware_bridge.abc import AudioSink
 from firmware_bridge.backoff import Backoff, Retrier
-from firmware_bridge.exceptions import MediaError, ProtocolError
+from firmware_bridge.exceptions import CommandRefused, MediaError, ProtocolError
+from firmware_bridge.keys import AgentKeyring
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
@@ -37,6 +39,7 @@ from firmware_bridge.protocol import (
     Priority,
     Status,
     StopCommand,
+    check_freshness,
     decode_command,
     encode,
     offline_will,
@@ -61,6 +64,10 @@ class AgentConfig:
     keepalive: int = 15
     download_timeout_s: float = 30.0
     remembered_commands: int = 2000
+    # Signed commands (docs/security.md): None means <state_dir>/keys.json.
+    keys_file: Path | None = None
+    max_clock_skew_s: float = 120.0
+    key_rotation_window_s: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         validate_cluster_id(self.site)
@@ -70,6 +77,11 @@ class AgentConfig:
     def client_id(self) -> str:
         """The MQTT client id: fixed, so the broker keeps our session across reconnects."""
         return f"cluster-{self.site}-{self.cluster}"
+
+    @property
+    def key_path(self) -> Path:
+        """Where the cluster's command-signing keys are installed."""
+        return self.keys_file or self.state_dir / "keys.json"
 
 
 class CommandJournal:
@@ -208,6 +220,13 @@ class ClusterAgent:
         self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
         self._pending = PendingStore(config.state_dir / "pending")
         self.player = Player(sink, self._on_outcome, prepare=self._prepare)
+        self._keys = AgentKeyring(
+            config.key_path,
+            config.state_dir / "key-rotation.json",
+            site=config.site,
+            cluster=config.cluster,
+            rotation_window=timedelta(seconds=config.key_rotation_window_s),
+        )
         self._worker: threading.Thread | None = None
         self._stopped_broadcasts: set[str] = set()
 
@@ -223,6 +242,7 @@ class ClusterAgent:
         cfg = self.config
         (cfg.state_dir / "media").mkdir(parents=True, exist_ok=True)
         self._journal.load()
+        self._keys.load()
         self.sink.start()
         self.player.start()
         for command in self._pending.load():
@@ -300,15 +320,28 @@ class ClusterAgent:
                 command.cluster,
             )
             return
+        if self._keys.configured:
+            try:
+                self._keys.verify(command, utcnow())
+            except CommandRefused as exc:
+                # Not journaled: an unauthenticated sender must not be able to burn an id.
+                self._refuse(command, str(exc))
+                return
         if isinstance(command, StopCommand):
+            if self._keys.configured and not self._fresh(command):
+                return
             self._handle_stop(command)
             return
         seen = self._journal.get(command.id)
         if seen is not None:
-            # QoS 1 redelivery or a controller retry: report where we are, play nothing.
+            # QoS 1 redelivery, a controller retry or a replay: report where we are, play
+            # nothing.
             logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
             if seen in {s.value for s in _FINAL}:
                 self._ack(command, AckState(seen), reason="duplicate command; already handled")
+            return
+        if self._keys.configured and not self._fresh(command):
+            self._journal.set(command.id, AckState.FAILED.value)
             return
         if command.expires_at <= utcnow():
             self._journal.set(command.id, AckState.FAILED.value)
@@ -318,6 +351,32 @@ class ClusterAgent:
         self._pending.add(command)
         self._ack(command, AckState.RECEIVED)
         self._queue.put(command)
+
+    def _fresh(self, command: PlayCommand | StopCommand) -> bool:
+        # Replays outlive the journal only within the command's own bounded lifetime.
+        try:
+            check_freshness(
+                command, utcnow(), max_skew=timedelta(seconds=self.config.max_clock_skew_s)
+            )
+        except CommandRefused as exc:
+            self._refuse(command, str(exc))
+            return False
+        return True
+
+    def _refuse(self, command: PlayCommand | StopCommand, reason: str) -> None:
+        cfg = self.config
+        logger.warning(
+            "%s: refused command %s (%s): %s", cfg.cluster, command.id, command.type, reason
+        )
+        ack = Ack(
+            cluster=cfg.cluster,
+            command=command.id,
+            broadcast=command.broadcast,
+            state=AckState.FAILED,
+            ts=utcnow(),
+            reason=f"refused: {reason}"[:500],
+        )
+        self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
 
     def _refuse_raw(self, payload: bytes, reason: str) -> None:
         # Answer a malformed command if it carries a usable id, so the sender learns why.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from firmware_bridge.abc import AudioSink
 from firmware_bridge.agent import AgentConfig, ClusterAgent
+from firmware_bridge.credentials import read_credentials
 from firmware_bridge.exceptions import BridgeError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLoop
 from firmware_bridge.sinks import SimulatedSink, SystemPlayerSink
@@ -41,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keepalive", type=int, default=15, help="MQTT keepalive, seconds")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--keys-file",
+        type=Path,
+        default=None,
+        help="command-signing keys (default STATE_DIR/keys.json; see docs/security.md)",
+    )
+    p.add_argument(
+        "--broker-credentials",
+        type=Path,
+        default=None,
+        help="JSON file (mode 0600) from `loudspeaker broker config`: url, username, "
+        "password, tls_ca; keeps the password off the command line",
+    )
     return p
 
 
@@ -56,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         endpoint = BrokerEndpoint.parse(args.broker)
+        if args.broker_credentials is not None:
+            endpoint = read_credentials(args.broker_credentials)
         loop = MqttLoop()
         loop.start()
         agents: list[ClusterAgent] = []
@@ -72,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint=endpoint,
                 state_dir=state_dir,
                 keepalive=args.keepalive,
+                keys_file=args.keys_file,
             )
             agent = ClusterAgent(config, sink, loop=loop)
             agent.start()

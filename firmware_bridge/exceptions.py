@@ -56,3 +56,27 @@ class NakError(SerialLinkError):
 
 class McuResponseError(BridgeError):
     """The microcontroller answered with a payload that does not make sense."""
+
+
+class CommandRefused(ProtocolError):
+    """A command failed authentication or freshness checks: it must never be acted on."""
+
+
+class UnsignedCommand(CommandRefused):
+    """A command carries no signature but this box holds a key."""
+
+
+class UnknownKey(CommandRefused):
+    """A command is signed with a key id this box does not hold (or has retired)."""
+
+
+class BadSignature(CommandRefused):
+    """A command's signature does not match its content: wrong key or altered in transit."""
+
+
+class StaleCommand(CommandRefused):
+    """A command is expired, issued in the future, or claims too long a lifetime."""
+
+
+class KeyFileError(BridgeError):
+    """The cluster's key file is missing, unreadable, malformed or too open."""

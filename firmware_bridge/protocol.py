@@ -15,12 +15,17 @@ Payloads are UTF-8 JSON objects, at most :data:`MAX_PAYLOAD_BYTES`, with ``"v": 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import math
 import re
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -33,7 +38,13 @@ from pydantic import (
     model_validator,
 )
 
-from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.exceptions import (
+    BadSignature,
+    ProtocolError,
+    StaleCommand,
+    UnknownKey,
+    UnsignedCommand,
+)
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "loudspeaker"
@@ -144,6 +155,19 @@ class _Message(BaseModel):
     v: Literal[1] = 1
 
 
+KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+class Signature(BaseModel):
+    """HMAC-SHA256 over :func:`signing_input` with the cluster's key ``kid``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alg: Literal["hmac-sha256"] = "hmac-sha256"
+    kid: KeyId
+    mac: Sha256Hex
+
+
 class MediaRef(BaseModel):
     """Where the audio of a play command is, and how to check it."""
 
@@ -172,6 +196,7 @@ class PlayCommand(_Message):
     gap_s: Annotated[float, Field(ge=0, le=7200)] = 0
     volume: Annotated[int | None, Field(ge=0, le=100)] = None
     start_at: AwareDatetime | None = None
+    sig: Signature | None = None
 
     @model_validator(mode="after")
     def _times_in_order(self) -> PlayCommand:
@@ -191,6 +216,7 @@ class StopCommand(_Message):
     broadcast: CommandId | None = None
     issued_at: AwareDatetime
     expires_at: AwareDatetime
+    sig: Signature | None = None
 
 
 Command = Annotated[PlayCommand | StopCommand, Field(discriminator="type")]
@@ -297,6 +323,147 @@ def write_schemas(directory: str) -> list[str]:
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         written.append(str(path))
     return written
+
+
+# -- command signing (docs/security.md, "Signed commands") ----------------------------------
+
+SIGNING_CONTEXT = b"loudspeaker-cmd-v1\n"
+MIN_KEY_BYTES = 16
+DEFAULT_MAX_SKEW = timedelta(seconds=120)
+MAX_COMMAND_LIFETIME = timedelta(hours=24)
+
+_C = TypeVar("_C", PlayCommand, StopCommand)
+Keyring = Mapping[str, bytes]
+"""Key id -> secret: the keys a verifier accepts right now."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) serialization: sorted keys, no whitespace, ECMAScript numbers."""
+    try:
+        return _jcs(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("text is not valid Unicode (lone surrogate)") from None
+
+
+def _jcs(v: Any) -> str:
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _jcs_number(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_jcs(x) for x in v) + "]"
+    if isinstance(v, dict):
+        # JCS orders keys by UTF-16 code units; big-endian UTF-16 bytes sort the same way.
+        keys = sorted(v, key=lambda k: str(k).encode("utf-16-be"))
+        return "{" + ",".join(f"{_jcs(str(k))}:{_jcs(v[k])}" for k in keys) + "}"
+    raise ProtocolError(f"cannot canonicalize a {type(v).__name__}")
+
+
+def _jcs_number(x: float) -> str:
+    # ECMAScript Number::toString, which JCS prescribes; repr gives the shortest digits.
+    if not math.isfinite(x):
+        raise ProtocolError("NaN and infinity have no JSON form")
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    dec = Decimal(repr(abs(x))).normalize()
+    digits = "".join(str(d) for d in dec.as_tuple().digits)
+    k = len(digits)
+    n = int(dec.as_tuple().exponent) + k
+    if k <= n <= 21:
+        out = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        out = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        mant = digits[0] + ("." + digits[1:] if k > 1 else "")
+        out = f"{mant}e{'+' if e >= 0 else '-'}{abs(e)}"
+    return sign + out
+
+
+def signing_input(command: PlayCommand | StopCommand, kid: str) -> bytes:
+    """The exact bytes the MAC covers: context, key id, and the command without ``sig``.
+
+    ``SIGNING_CONTEXT || kid || "\\n" || JCS(command minus "sig")``. The command's every
+    field is covered, so its content, cluster, id, issue time and expiry are all bound.
+    """
+    body = command.model_dump(mode="json", exclude={"sig"})
+    return SIGNING_CONTEXT + kid.encode("ascii") + b"\n" + canonical_json(body)
+
+
+def _mac(key: bytes, command: PlayCommand | StopCommand, kid: str) -> str:
+    return hmac.new(key, signing_input(command, kid), hashlib.sha256).hexdigest()
+
+
+def sign_command(command: _C, key: bytes, key_id: str) -> _C:
+    """A copy of ``command`` signed with ``key`` (HMAC-SHA256), naming it ``key_id``."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ProtocolError(f"signing key must be at least {MIN_KEY_BYTES} bytes")
+    sig = Signature(kid=key_id, mac=_mac(key, command, key_id))
+    return command.model_copy(update={"sig": sig})
+
+
+def check_signature(command: PlayCommand | StopCommand, keyring: Keyring) -> str:
+    """Raise a :class:`CommandRefused` unless the command is signed by a key in ``keyring``.
+
+    Returns the key id that verified it.
+    """
+    sig = command.sig
+    if sig is None:
+        raise UnsignedCommand("command is not signed")
+    key = keyring.get(sig.kid)
+    if key is None:
+        held = ", ".join(sorted(keyring)) or "none"
+        raise UnknownKey(f"unknown or retired key id {sig.kid!r} (this box accepts: {held})")
+    if not hmac.compare_digest(_mac(key, command, sig.kid), sig.mac):
+        raise BadSignature("signature does not match (wrong key, or command altered)")
+    return sig.kid
+
+
+def check_freshness(
+    command: PlayCommand | StopCommand,
+    now: datetime,
+    *,
+    max_skew: timedelta = DEFAULT_MAX_SKEW,
+    max_lifetime: timedelta = MAX_COMMAND_LIFETIME,
+) -> None:
+    """Raise :class:`StaleCommand` if the command is expired, from the future or too long-lived."""
+    if command.issued_at > now + max_skew:
+        ahead = (command.issued_at - now).total_seconds()
+        raise StaleCommand(
+            f"issued {ahead:.0f} s in the future by this box's clock "
+            f"(allowed skew {max_skew.total_seconds():.0f} s); check the clocks"
+        )
+    if command.expires_at <= command.issued_at:
+        raise StaleCommand("expires before it was issued")
+    if command.expires_at - command.issued_at > max_lifetime:
+        raise StaleCommand(
+            f"lifetime longer than the {max_lifetime.total_seconds() / 3600:.0f} h allowed"
+        )
+    if command.expires_at <= now:
+        raise StaleCommand(f"expired at {command.expires_at.isoformat()}")
+
+
+def verify_command(
+    command: PlayCommand | StopCommand,
+    keyring: Keyring,
+    now: datetime,
+    *,
+    max_skew: timedelta = DEFAULT_MAX_SKEW,
+) -> None:
+    """Refuse (raise a :class:`CommandRefused` subclass) unless signed, valid and fresh."""
+    check_signature(command, keyring)
+    check_freshness(command, now, max_skew=max_skew)
 
 
 if __name__ == "__main__":

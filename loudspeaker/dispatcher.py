@@ -36,6 +36,7 @@ from firmware_bridge.protocol import (
 )
 from loudspeaker import outbox
 from loudspeaker.db import as_utc
+from loudspeaker.keys import CommandSigner
 from loudspeaker.models import (
     Broadcast,
     ClusterAvailability,
@@ -123,6 +124,7 @@ class Dispatcher:
         self.emergency_retry = timedelta(seconds=emergency_retry_s)
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
+        self.signer = CommandSigner(engine)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -444,8 +446,10 @@ class Dispatcher:
     def _send(
         self, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
     ) -> None:
-        cmd = outbox.play_command(
-            d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
+        cmd = self.signer.sign(
+            outbox.play_command(
+                d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
+            )
         )
         assert d.id is not None
         self._inflight.add(d.id)
@@ -493,11 +497,13 @@ class Dispatcher:
                     )
                     continue
                 # The cluster answers with the item's fate ("stopped by operator...").
-                stop = outbox.stop_command(
-                    d.cluster_id,
-                    req.broadcast_id,
-                    issued_at=t,
-                    expires_at=as_utc(d.expires_at) or t + self.command_ttl,
+                stop = self.signer.sign(
+                    outbox.stop_command(
+                        d.cluster_id,
+                        req.broadcast_id,
+                        issued_at=t,
+                        expires_at=as_utc(d.expires_at) or t + self.command_ttl,
+                    )
                 )
                 self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(stop), qos=1)
                 s.add(

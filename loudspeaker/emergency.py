@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
 from firmware_bridge.protocol import (
     Kind,
+    PlayCommand,
     Priority,
     decode_ack,
     encode,
@@ -265,6 +267,7 @@ def send_direct(
     media_dir: Path,
     http_host: str,
     http_port: int,
+    sign: Callable[[PlayCommand], PlayCommand] = lambda c: c,
     wait_s: float = 20.0,
 ) -> DirectResult:
     """Send an emergency's commands straight over the broker, serving its audio meanwhile.
@@ -335,8 +338,10 @@ def send_direct(
         puback = threading.Semaphore(0)
         for d in deliveries:
             d.expires_at = d.expires_at or expires
-            cmd = outbox.play_command(
-                d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+            cmd = sign(
+                outbox.play_command(
+                    d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+                )
             )
             link.publish(
                 topic(site, d.cluster_id, Kind.CMD),

@@ -40,3 +40,11 @@ class ControllerNotRunning(LoudspeakerError):
 
 class ReportError(LoudspeakerError):
     """A log or report cannot be produced (bad period, filter or output path)."""
+
+
+class AuthError(LoudspeakerError):
+    """Who is acting could not be established (no, unknown or unsafe token)."""
+
+
+class PermissionDenied(LoudspeakerError):
+    """The acting user's role lacks the permission; the message names it."""

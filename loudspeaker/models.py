@@ -245,3 +245,62 @@ class StopRequest(SQLModel, table=True):
 def now() -> datetime:
     """The current UTC time (re-exported for the controller side)."""
     return utcnow()
+
+
+# -- identities, keys and the audit log (docs/security.md) --------------------------------
+
+
+class UserRecord(SQLModel, table=True):
+    """A person who may act through the CLI; only a hash of their token is kept."""
+
+    __tablename__ = "app_user"  # "user" is reserved in PostgreSQL
+
+    name: str = Field(primary_key=True)
+    role: str
+    hamlet_id: str | None = None  # hamlet heads only: the hamlet they answer for
+    token_sha256: str = Field(unique=True, min_length=64, max_length=64)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    created_by: str = ""
+
+
+class ClusterKey(SQLModel, table=True):
+    """A cluster's command-signing key: ``next`` -> ``active`` -> ``retired``."""
+
+    __tablename__ = "cluster_key"
+    __table_args__ = (UniqueConstraint("cluster_id", "kid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: str = Field(index=True)
+    kid: str
+    secret_hex: str = Field(repr=False)
+    state: str = Field(index=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    activated_at: datetime | None = _when()
+    retired_at: datetime | None = _when()
+
+
+class AuditEntry(SQLModel, table=True):
+    """One audited action; ``hash`` chains every row to the one before (append-only)."""
+
+    __tablename__ = "audit"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    actor: str
+    role: str = ""
+    action: str = Field(index=True)
+    target: str = ""
+    outcome: str
+    detail: str = "{}"  # canonical JSON text, hashed exactly as stored
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(SQLModel, table=True):
+    """The last sequence number and hash of the audit chain (one row, id 1)."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = 0
+    hash: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loudspeaker import announcements
+from loudspeaker import announcements, audit
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import (
     console,
     err_console,
@@ -58,10 +58,6 @@ def _show(ann: Announcement, as_json: bool, zone_name: str | None = None) -> Non
     )
 
 
-def _user() -> str:
-    return os.environ.get("USER", "")
-
-
 @announce_app.command("tts")
 @handle_errors
 def tts(
@@ -89,6 +85,7 @@ def tts(
         return
     if not title:
         raise LoudspeakerError("give the announcement a --title")
+    actor = require(state, Permission.BROADCAST, action="announce.tts", target=title)
     with render_progress("rendering speech", not as_json) as progress, state.session() as s:
         ann = announcements.create_from_text(
             s,
@@ -97,7 +94,7 @@ def tts(
             title=title,
             engine=engine,
             speed=speed,
-            created_by=_user(),
+            created_by=actor.name,
             progress=progress,
         )
         announcements.prune_media(s, state.settings.data_dir)
@@ -116,9 +113,10 @@ def from_file(
     state = state_of(ctx)
     if not title:
         raise LoudspeakerError("give the announcement a --title")
+    actor = require(state, Permission.BROADCAST, action="announce.file", target=title)
     with render_progress("processing recording", not as_json) as progress, state.session() as s:
         ann = announcements.create_from_file(
-            s, state.settings.data_dir, path, title=title, created_by=_user(), progress=progress
+            s, state.settings.data_dir, path, title=title, created_by=actor.name, progress=progress
         )
         announcements.prune_media(s, state.settings.data_dir)
     _show(ann, as_json)
@@ -129,6 +127,7 @@ def from_file(
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every current announcement, newest first."""
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="announce.list")
     zone = state.zone()
     with state.session() as s:
         rows = announcements.list_all(s)
@@ -158,6 +157,7 @@ def show(
 ) -> None:
     """Details of one announcement, with the text as spoken."""
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="announce.show", target=announcement_id)
     with state.session() as s:
         ann = announcements.get(s, announcement_id)
     if as_json:
@@ -189,6 +189,7 @@ def preview(
     from loudspeaker.media import MediaStore
 
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="announce.preview", target=announcement_id)
     with state.session() as s:
         ann = announcements.get(s, announcement_id)
     src = MediaStore(state.settings.media_dir).path_for(ann.media_sha256)
@@ -215,8 +216,10 @@ def remove(
 ) -> None:
     """Remove an announcement (refused while a broadcast or schedule still needs it)."""
     state = state_of(ctx)
+    actor = require(state, Permission.BROADCAST, action="announce.remove", target=announcement_id)
     with state.session() as s:
         ann = announcements.remove(s, announcement_id)
+        audit.record(s, actor.name, "announce.remove", ann.id, role=actor.role, commit=True)
         announcements.prune_media(s, state.settings.data_dir)
     if as_json:
         print_json({"id": ann.id, "removed": True})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ from rich.table import Table
 
 import audio
 from firmware_bridge.protocol import Priority
+from loudspeaker import audit
+from loudspeaker.auth import Permission, hamlets_of, require
 from loudspeaker.broadcasts import AudioFile, BroadcastView
 from loudspeaker.commands.common import (
     State,
@@ -184,6 +185,8 @@ def broadcast(
     from loudspeaker.targets import resolve_targets
 
     state = state_of(ctx)
+    if what in ("status", "list"):
+        require(state, Permission.VIEW, action=f"broadcast.{what}")
     if what == "status":
         if not broadcast_id:
             raise LoudspeakerError("usage: loudspeaker broadcast status ID")
@@ -226,6 +229,9 @@ def broadcast(
         raise LoudspeakerError("emergencies use `loudspeaker emergency`")
     with state.session() as s:
         clusters = resolve_targets(s, to)
+    actor = require(
+        state, Permission.BROADCAST, hamlets_of(clusters), action="broadcast.create", target=to
+    )
     src = resolve_source(state, what, engine)
     af = src.audio
     with state.session() as s:
@@ -242,9 +248,24 @@ def broadcast(
             announcement_id=src.announcement_id,
             repeat=repeat,
             gap_s=gap,
-            created_by=os.environ.get("USER", ""),
+            created_by=actor.name,
         )
         bid = b.id
+        audit.record(
+            s,
+            actor.name,
+            "broadcast.create",
+            to,
+            detail={
+                "broadcast": bid,
+                "title": b.title,
+                "priority": b.priority,
+                "clusters": len(clusters),
+                "media": media.sha256,
+            },
+            role=actor.role,
+            commit=True,
+        )
     card = state.controller()
     if card is None:
         err_console.print(

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 from sqlmodel import select
 
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
 from loudspeaker.models import ClusterRecord, ClusterStatus
 
@@ -19,6 +20,7 @@ def clusters(
 ) -> None:
     """Every cluster: hamlet, online, last seen."""
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="clusters.list")
     zone = state.zone()
     with state.session() as s:
         cl = s.exec(select(ClusterRecord).order_by(ClusterRecord.id)).all()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,9 @@ import typer
 from rich.table import Table
 
 from firmware_bridge.mqtt import BrokerEndpoint
+from loudspeaker import audit
 from loudspeaker import emergency as em
+from loudspeaker.auth import Permission, require
 from loudspeaker.broker import running_broker
 from loudspeaker.commands.broadcast import status_table, wait_for
 from loudspeaker.commands.common import (
@@ -23,11 +24,14 @@ from loudspeaker.commands.common import (
     state_of,
 )
 from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.keys import CommandSigner
 from loudspeaker.runtime import ControllerCard
 
 
-def _actor() -> str:
-    return os.environ.get("USER", "")
+def _actor(state: State) -> str:
+    from loudspeaker.auth import current_actor
+
+    return current_actor(state).name
 
 
 def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
@@ -87,6 +91,13 @@ def emergency(
 ) -> None:
     """Emergency broadcast: plays at once on the target hamlets' clusters, pre-empting all."""
     state = state_of(ctx)
+    if text in ("status", "stop"):
+        require(
+            state,
+            Permission.VIEW if text == "status" else Permission.EMERGENCY,
+            action=f"emergency.{text}",
+            target=emergency_id or "all",
+        )
     if text == "status":
         if not emergency_id:
             _list_active(state, as_json)
@@ -97,8 +108,9 @@ def emergency(
         return
     if text == "stop":
         with state.session() as s:
-            stopped = em.request_stop(s, emergency_id, _actor())
+            stopped = em.request_stop(s, emergency_id, _actor(state))
             ids = [b.id for b in stopped]
+            audit.record(s, _actor(state), "emergency.stop", ",".join(ids), commit=True)
         card = state.controller()
         if card is not None:
             card.poke()
@@ -116,6 +128,15 @@ def emergency(
         raise LoudspeakerError("give the emergency text as one quoted argument")
     if bool(hamlet) == all_hamlets:
         raise LoudspeakerError("say where: --hamlet NAME (repeatable) or --all")
+    with state.session() as s:
+        hamlets = {c.hamlet_id for c in em.target_clusters(s, tuple(hamlet or ()))}
+    actor = require(
+        state,
+        Permission.EMERGENCY,
+        None if all_hamlets else hamlets,
+        action="emergency.trigger",
+        target="all" if all_hamlets else ",".join(sorted(hamlets)),
+    )
     req = em.EmergencyRequest(
         text=text,
         hamlets=tuple(hamlet or ()),
@@ -125,11 +146,20 @@ def emergency(
         gap_s=gap,
         validity_s=valid,
         engine=engine,
-        actor=_actor(),
+        actor=actor.name,
     )
     with state.session() as s:
         b = em.trigger(s, state.settings.data_dir, req)
         bid = b.id
+        audit.record(
+            s,
+            actor.name,
+            "emergency.trigger",
+            req.target,
+            detail={"broadcast": bid, "text": text[:200], "siren": siren},
+            role=actor.role,
+            commit=True,
+        )
     card = state.controller()
     direct = None
     if card is not None:
@@ -148,6 +178,7 @@ def emergency(
                 media_dir=state.settings.media_dir,
                 http_host=host,
                 http_port=port,
+                sign=CommandSigner(state.engine).sign,
                 wait_s=wait,
             )
         err_console.print(

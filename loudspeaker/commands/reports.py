@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
 from loudspeaker.exceptions import ReportError
 
@@ -52,6 +53,7 @@ def log(
     if as_json and as_csv:
         raise ReportError("choose one of --json and --csv")
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="log")
     zone = state.zone()
     with state.engine.connect() as conn:
         flt = make_filter(
@@ -141,6 +143,7 @@ def report_monthly(
     from loudspeaker.reports import Month, monthly_report
 
     state = state_of(ctx)
+    require(state, Permission.REPORT, action="report.monthly", target=month)
     m = Month.parse(month)
     suffix = output.suffix.lower()
     check_output(output, (".xlsx", ".csv"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,8 @@ import typer
 from rich.table import Table
 from sqlmodel import select
 
+from loudspeaker import audit
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import console, handle_errors, print_json, state_of
 from loudspeaker.models import ClusterStatus
 
@@ -22,9 +25,24 @@ def site_load(
     from loudspeaker.site import load_site_file, store_site
 
     state = state_of(ctx)
+    actor = require(state, Permission.SITE, action="site.load", target=str(file))
     site = load_site_file(file)
     with state.session() as s:
         store_site(s, site)
+        audit.record(
+            s,
+            actor.name,
+            "site.load",
+            site.site.id,
+            detail={
+                "file": str(file),
+                "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                "hamlets": len(site.hamlets),
+                "clusters": len(site.clusters),
+            },
+            role=actor.role,
+            commit=True,
+        )
     console.print(
         f"Loaded site [bold]{site.site.name}[/] ({site.site.id}): "
         f"{len(site.hamlets)} hamlets, {len(site.clusters)} clusters."
@@ -43,6 +61,7 @@ def site_show(
     from loudspeaker.site import current_site
 
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="site.show")
     with state.session() as s:
         site = current_site(s)
         statuses = {st.cluster_id: st for st in s.exec(select(ClusterStatus)).all()}

@@ -1,0 +1,33 @@
+"""A box's broker credentials file, written by ``loudspeaker broker config``.
+
+JSON, mode 0600: ``{"url": "mqtts://host:8883", "username": "lb-01", "password": "...",
+"tls_ca": "/etc/loudspeaker/ca.crt"}``. Reading it from a file keeps the password out of
+the process list and shell history, where ``--broker mqtt://user:pass@host`` would put it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from firmware_bridge.exceptions import KeyFileError
+from firmware_bridge.keys import check_private
+from firmware_bridge.mqtt import BrokerEndpoint
+
+
+def read_credentials(path: Path) -> BrokerEndpoint:
+    """The endpoint described by a credentials file; ``KeyFileError`` says what is wrong."""
+    try:
+        check_private(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        endpoint = BrokerEndpoint.parse(str(data["url"]))
+        username, password = str(data["username"]), str(data["password"])
+    except OSError as exc:
+        raise KeyFileError(f"cannot read credentials {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeyFileError(f"credentials file {path} is malformed: missing or bad {exc}") from None
+    tls_ca = data.get("tls_ca") or endpoint.tls_ca
+    if tls_ca and tls_ca != "system" and not Path(tls_ca).is_absolute():
+        tls_ca = str(path.parent / tls_ca)  # installed beside the credentials file
+    return replace(endpoint, username=username, password=password, tls_ca=tls_ca)

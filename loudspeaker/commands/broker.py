@@ -1,0 +1,107 @@
+"""``loudspeaker broker config``: files for a locked-down production mosquitto (admins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loudspeaker import audit
+from loudspeaker.auth import Permission, require
+from loudspeaker.brokerconf import TlsFiles, make_self_signed, write_broker_config
+from loudspeaker.commands.common import console, handle_errors, print_json, state_of
+from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.site import current_site
+
+app = typer.Typer(help="The production MQTT broker (mosquitto).")
+
+
+@app.command("config")
+@handle_errors
+def broker_config(
+    ctx: typer.Context,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write into")],
+    host: Annotated[
+        str, typer.Option(help="Name or address the clusters use to reach the broker")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Plain listener (the controller, loopback)")] = 1883,
+    bind: Annotated[str, typer.Option(help="Address of the plain listener")] = "127.0.0.1",
+    tls_port: Annotated[int, typer.Option(help="TLS listener for the clusters")] = 8883,
+    tls_bind: Annotated[str, typer.Option(help="Address of the TLS listener")] = "0.0.0.0",
+    tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM)")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate the boxes trust")] = None,
+    tls_self_signed: Annotated[
+        bool, typer.Option("--tls-self-signed", help="Make a private CA and server cert")
+    ] = False,
+    run_as: Annotated[
+        str | None, typer.Option(help="User mosquitto drops to (must read these files)")
+    ] = None,
+    persistence_dir: Annotated[Path | None, typer.Option(help="mosquitto persistence")] = None,
+    rotate: Annotated[
+        list[str] | None, typer.Option(help="New password for this cluster (repeatable)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Write mosquitto.conf, password file, ACL and per-box credentials into a directory."""
+    state = state_of(ctx)
+    actor = require(state, Permission.KEYS, action="broker.config", target=str(output))
+    with state.session() as s:
+        site = current_site(s)
+    clusters = [c.id for c in site.clusters if c.transport == "mqtt"]
+    tls: TlsFiles | None = None
+    if tls_self_signed:
+        tls = make_self_signed(output / "tls", host)
+    elif tls_cert or tls_key:
+        if not (tls_cert and tls_key and tls_ca):
+            raise LoudspeakerError("--tls-cert needs --tls-key and --tls-ca as well")
+        tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca)
+    files = write_broker_config(
+        output,
+        site=site.site.id,
+        clusters=clusters,
+        host=host,
+        port=port,
+        bind=bind,
+        tls=tls,
+        tls_port=tls_port,
+        tls_bind=tls_bind,
+        run_as=run_as,
+        persistence_dir=persistence_dir,
+        rotate=frozenset(rotate or []),
+    )
+    with state.session() as s:
+        audit.record(
+            s,
+            actor.name,
+            "broker.config",
+            str(output),
+            detail={
+                "clusters": len(clusters),
+                "tls": tls is not None,
+                "rotated": sorted(rotate or []),
+            },
+            role=actor.role,
+            commit=True,
+        )
+    out = {
+        "conf": str(files.conf),
+        "passwd": str(files.passwd),
+        "acl": str(files.acl),
+        "cluster_url": files.cluster_url,
+        "credentials": {k: str(v) for k, v in files.credentials.items()},
+        "tls": None
+        if files.tls is None
+        else {"cert": str(files.tls.cert), "ca": str(files.tls.ca)},
+    }
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"Wrote {files.conf}, {files.passwd} (0600) and {files.acl}.")
+    console.print(
+        f"Per-box credentials (0600) in {files.conf.parent / 'credentials'}: copy NAME.json"
+        f"{' and ca.crt' if tls else ''} to each box and run `loudspeaker-agent "
+        "--broker-credentials NAME.json ...`. Run the broker with "
+        f"`mosquitto -c {files.conf}`."
+    )
