@@ -18,21 +18,29 @@ import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_bridge import __version__
-from firmware_bridge.abc import AudioSink, PlayResult
+from firmware_bridge.abc import AudioSink, Hardware, PlayResult
 from firmware_bridge.exceptions import MediaError, ProtocolError, SinkError
+from firmware_bridge.hardware import HardwareSink, HostHardware
+from firmware_bridge.health import ControlHandler, HeartbeatReporter
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.protocol import (
     Ack,
     AckState,
+    ControlResult,
+    DiagnoseCommand,
     Kind,
     MediaRef,
     PlayCommand,
+    PowerCommand,
+    RebootCommand,
     Status,
     StopCommand,
+    VolumeCommand,
     decode_command,
     encode,
     offline_will,
@@ -57,10 +65,13 @@ class AgentConfig:
     keepalive: int = 15
     download_timeout_s: float = 30.0
     remembered_commands: int = 2000
+    heartbeat_s: float = 15.0
 
     def __post_init__(self) -> None:
         validate_cluster_id(self.site)
         validate_cluster_id(self.cluster)
+        if not 0 < self.heartbeat_s <= 3600:
+            raise ProtocolError(f"heartbeat interval {self.heartbeat_s} s is not in (0, 3600]")
 
     @property
     def client_id(self) -> str:
@@ -156,10 +167,20 @@ class ClusterAgent:
     """One cluster's agent. ``start()`` connects; ``stop()`` says offline and disconnects."""
 
     def __init__(
-        self, config: AgentConfig, sink: AudioSink, *, loop: MqttLoop | None = None
+        self,
+        config: AgentConfig,
+        sink: AudioSink,
+        *,
+        loop: MqttLoop | None = None,
+        hardware: Hardware | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
+        self.hardware = hardware if hardware is not None else HostHardware()
+        # Everything plays through this: the hardware learns when audio flows.
+        self.output = HardwareSink(sink, self.hardware)
+        self.reporter: HeartbeatReporter | None = None
+        self.control: ControlHandler | None = None
         self._shared_loop = loop
         self._loop: MqttLoop | None = None
         self._link: MqttLink | None = None
@@ -188,22 +209,14 @@ class ClusterAgent:
         (cfg.state_dir / "media").mkdir(parents=True, exist_ok=True)
         self._journal.load()
         self.sink.start()
+        self.hardware.start()
         if self._shared_loop is None:
             self._loop = MqttLoop(name=f"mqtt-{cfg.cluster}")
             self._loop.start()
         else:
             self._loop = self._shared_loop
-        self._link = MqttLink(
-            cfg.client_id,
-            cfg.endpoint,
-            on_message=self._on_message,
-            subscriptions=(topic(cfg.site, cfg.cluster, Kind.CMD),),
-            will=Will(
-                topic(cfg.site, cfg.cluster, Kind.STATUS), offline_will(cfg.cluster, __version__)
-            ),
-            on_connected=self._on_connected,
-            keepalive=cfg.keepalive,
-        )
+        self._link = self._new_link()
+        self._start_health()
         self._worker = threading.Thread(target=self._work, name=f"agent-{cfg.cluster}", daemon=True)
         self._worker.start()
         self._loop.add(self._link)
@@ -227,9 +240,11 @@ class ClusterAgent:
             self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
         if self._worker is not None:
             self._worker.join(5)
+        self._stop_health()
         if self._shared_loop is None and self._loop is not None:
             self._loop.stop()
         self.sink.close()
+        self.hardware.close()
 
     # -- MQTT side (loop thread: never block here) ---------------------------------------
 
@@ -237,6 +252,8 @@ class ClusterAgent:
         cfg = self.config
         status = Status(cluster=cfg.cluster, state="online", ts=utcnow(), agent=__version__)
         link.publish(topic(cfg.site, cfg.cluster, Kind.STATUS), encode(status), retain=True)
+        if self.reporter is not None:
+            self.reporter.request()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         try:
@@ -261,6 +278,10 @@ class ClusterAgent:
             return
         if isinstance(command, StopCommand):
             self._handle_stop(command)
+            return
+        if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
+            if self.control is not None:
+                self.control.submit(command)
             return
         seen = self._journal.get(command.id)
         if seen is not None:
@@ -334,6 +355,11 @@ class ClusterAgent:
                 self._finish(command, AckState.FAILED, f"agent error: {exc}")
 
     def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        if self.reporter is not None:
+            if state is AckState.PLAYED:
+                self.reporter.note_playback(True)
+            elif reason and reason.startswith(("playback failed", "agent error")):
+                self.reporter.note_playback(False, reason)
         self._journal.set(command.id, state.value)
         self._ack(command, state, reason)
 
@@ -360,7 +386,7 @@ class ClusterAgent:
             for n in range(command.repeat):
                 if n and self._stop_current.wait(command.gap_s):
                     break
-                result = self.sink.play(
+                result = self.output.play(
                     path, duration_s=command.media.duration_s, stop=self._stop_current
                 )
                 if result is PlayResult.STOPPED:
@@ -377,3 +403,96 @@ class ClusterAgent:
             self._finish(command, AckState.FAILED, "stopped by operator")
         else:
             self._finish(command, AckState.PLAYED)
+
+    # -- health and remote control (issue #6) ---------------------------------------------
+
+    def _new_link(self) -> MqttLink:
+        cfg = self.config
+        return MqttLink(
+            cfg.client_id,
+            cfg.endpoint,
+            on_message=self._on_message,
+            subscriptions=(topic(cfg.site, cfg.cluster, Kind.CMD),),
+            will=Will(
+                topic(cfg.site, cfg.cluster, Kind.STATUS), offline_will(cfg.cluster, __version__)
+            ),
+            on_connected=self._on_connected,
+            keepalive=cfg.keepalive,
+        )
+
+    def _start_health(self) -> None:
+        cfg = self.config
+        self.reporter = HeartbeatReporter(
+            cluster=cfg.cluster,
+            hardware=self.hardware,
+            publish=self._publish_heartbeat,
+            interval_s=cfg.heartbeat_s,
+            storage_path=cfg.state_dir,
+            agent_version=__version__,
+            playing=self._playing_now,
+        )
+        self.control = ControlHandler(
+            cluster=cfg.cluster,
+            hardware=self.hardware,
+            output=self.output,
+            journal=self._journal,
+            publish=self._publish_result,
+            reporter=self.reporter,
+            busy=self._playing_now,
+            mqtt_reconnects=lambda: self.link.reconnects,
+            restart=self.restart_in_place,
+            work_dir=cfg.state_dir / "diag",
+        )
+        self.reporter.start()
+        self.control.start()
+
+    def _stop_health(self) -> None:
+        if self.reporter is not None:
+            self.reporter.stop()
+        if self.control is not None:
+            self.control.stop()
+
+    def _playing_now(self) -> str | None:
+        with self._lock:
+            current = self._current
+        if current is None and self._queue.empty():
+            return None
+        return current.broadcast if current is not None else "queued"
+
+    def _publish_heartbeat(self, data: bytes) -> None:
+        cfg = self.config
+        link = self._link
+        if link is not None and link.connected.is_set():
+            link.publish(topic(cfg.site, cfg.cluster, Kind.HEALTH), data, qos=0)
+
+    def _publish_result(
+        self, result: ControlResult, on_done: Callable[[bool, str], None] | None
+    ) -> None:
+        cfg = self.config
+        self.link.publish(
+            topic(cfg.site, cfg.cluster, Kind.RESULT), encode(result), qos=1, on_done=on_done
+        )
+
+    def restart_in_place(self, reason: str) -> None:
+        """Reboot: say offline, restart the hardware, reconnect as a new boot.
+
+        When the hardware cuts the power itself (:meth:`Hardware.reboot` returns True)
+        there is nothing left to do: the box goes down and comes back on its own.
+        """
+        cfg = self.config
+        logger.warning("%s: rebooting (%s)", cfg.cluster, reason)
+        self._stop_current.set()
+        if self._loop is None or self._link is None:
+            return
+        final = encode(
+            Status(
+                cluster=cfg.cluster, state="offline", ts=utcnow(), agent=__version__, reason=reason
+            )
+        )
+        self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
+        if self.hardware.reboot():
+            return
+        if self.reporter is not None:
+            self.reporter.new_boot()
+        self._link = self._new_link()
+        self._loop.add(self._link)

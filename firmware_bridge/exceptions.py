@@ -21,3 +21,7 @@ class MediaError(BridgeError):
 
 class SinkError(BridgeError):
     """The audio sink could not play an item."""
+
+
+class HardwareError(BridgeError):
+    """The box's hardware (MCU, relay, sensors) did not do what was asked."""
