@@ -407,6 +407,18 @@ class ControlHandler:
             return {"skipped": f"busy playing broadcast {busy}; never interrupted for a test"}
         path = tone_file(self.work_dir, seconds)
         before = self.hardware.read_sensors()
+        switched_on = before.amp_power is False
+        if switched_on:
+            # Idle draw is only meaningful with the relay closed: measure it that way.
+            self.hardware.set_amplifier_power(True)
+        try:
+            return self._tone_measured(path, seconds, before)
+        finally:
+            if switched_on:
+                self.hardware.set_amplifier_power(False)
+
+    def _tone_measured(self, path: Path, seconds: float, before: SensorReadings) -> dict[str, Any]:
+        idle = self.hardware.read_sensors()
         stop = threading.Event()
         outcome: dict[str, Any] = {}
 
@@ -444,7 +456,7 @@ class ControlHandler:
             "seconds": seconds,
             "amp_power_before": before.amp_power,
             "volume": before.volume,
-            "idle_a": before.amp_current_a,
+            "idle_a": idle.amp_current_a,
             "tone_a": round(statistics.median(samples), 3) if samples else None,
             "peak_a": max(samples) if samples else None,
             "samples": len(samples),

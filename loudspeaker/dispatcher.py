@@ -127,6 +127,11 @@ class Dispatcher:
         """Look for new work now."""
         self._wake.set()
 
+    @property
+    def backlog(self) -> int:
+        """Inbound events not yet applied (for the metrics endpoint)."""
+        return self._inbound.qsize() + len(self._retry)
+
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: parse, validate, enqueue. Malformed input is logged and dropped."""
         at = now()
