@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands import broadcast, clusters, demo, serve, simulate, site
+from loudspeaker.commands import broadcast, clusters, demo, health, serve, simulate, site
 from loudspeaker.commands.common import State
 from loudspeaker.config import Settings
 
@@ -34,6 +34,9 @@ app.command()(broadcast.broadcast)
 app.command()(simulate.simulate)
 app.command()(demo.demo)
 app.command()(clusters.clusters)
+app.command()(health.alarms)
+app.command()(health.diagnose)
+app.add_typer(health.cluster_app, name="cluster")
 
 
 @app.callback()
