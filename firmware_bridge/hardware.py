@@ -48,6 +48,7 @@ class Faults:
     self_test_fail: str | None = None  # name of the failing self-test check
     link_errors: int = 0  # serial-link errors added per sensor read
     hang: bool = False  # sensor reads block (a wedged MCU link): heartbeats stop
+    relay_stuck: bool = False  # welded relay contacts: switching does nothing
 
 
 FAULT_NAMES = (
@@ -61,6 +62,7 @@ FAULT_NAMES = (
     "self_test_fail",
     "link_errors",
     "hang",
+    "relay_stuck",
 )
 
 
@@ -108,6 +110,8 @@ class SimulatedHardware(Hardware):
         elif fault == "hang":
             f = replace(f, hang=True)
             self._unhang.clear()
+        elif fault == "relay_stuck":
+            f = replace(f, relay_stuck=True)
         else:
             raise HardwareError(f"unknown fault {fault!r}; known: {', '.join(FAULT_NAMES)}")
         self.faults = f
@@ -129,6 +133,7 @@ class SimulatedHardware(Hardware):
                 "self_test_fail": {"self_test_fail": None},
                 "link_errors": {"link_errors": 0},
                 "hang": {"hang": False},
+                "relay_stuck": {"relay_stuck": False},
             }
             if fault not in names:
                 raise HardwareError(f"unknown fault {fault!r}; known: {', '.join(FAULT_NAMES)}")
@@ -192,8 +197,9 @@ class SimulatedHardware(Hardware):
 
     def set_amplifier_power(self, on: bool) -> bool:
         with self._lock:
-            self._amp_power = on
-        return on
+            if not self.faults.relay_stuck:
+                self._amp_power = on
+            return self._amp_power
 
     def self_test(self) -> SelfTestResult:
         names = ("ram", "flash_crc", "relay_driver", "amplifier_bias", "sensor_bus")

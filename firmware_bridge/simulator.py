@@ -55,27 +55,38 @@ class Fleet:
                 loop = MqttLoop(name=f"fleet-loop-{len(self._loops)}")
                 loop.start()
                 self._loops.append(loop)
-            state_dir = self.state_root / cluster
-            state_dir.mkdir(parents=True, exist_ok=True)
-            hardware = SimulatedHardware(seed=i)
-            self.hardware[cluster] = hardware
-            agent = ClusterAgent(
-                AgentConfig(
-                    site=self.site,
-                    cluster=cluster,
-                    endpoint=self.endpoint,
-                    state_dir=state_dir,
-                    keepalive=self.keepalive,
-                    heartbeat_s=self.heartbeat_s,
-                ),
-                FaultySimulatedSink(
-                    hardware, state_dir / "plays.jsonl", time_scale=self.time_scale
-                ),
-                loop=self._loops[-1],
-                hardware=hardware,
-            )
-            agent.start()
-            self.agents[cluster] = agent
+            self.hardware[cluster] = SimulatedHardware(seed=i)
+            self.start_agent(cluster, self._loops[-1])
+
+    def start_agent(self, cluster: str, loop: MqttLoop | None = None) -> ClusterAgent:
+        """Start (or restart, after :meth:`stop_agent`) one cluster's agent."""
+        if loop is None:
+            index = self.clusters.index(cluster) // self.links_per_loop
+            loop = self._loops[index]
+        state_dir = self.state_root / cluster
+        state_dir.mkdir(parents=True, exist_ok=True)
+        hardware = self.hardware[cluster]
+        agent = ClusterAgent(
+            AgentConfig(
+                site=self.site,
+                cluster=cluster,
+                endpoint=self.endpoint,
+                state_dir=state_dir,
+                keepalive=self.keepalive,
+                heartbeat_s=self.heartbeat_s,
+            ),
+            FaultySimulatedSink(hardware, state_dir / "plays.jsonl", time_scale=self.time_scale),
+            loop=loop,
+            hardware=hardware,
+        )
+        agent.start()
+        self.agents[cluster] = agent
+        return agent
+
+    def stop_agent(self, cluster: str) -> None:
+        """Stop one cluster's agent (it says offline), as a power cut with a UPS would."""
+        self.clear(cluster, "flapping_link")
+        self.agents[cluster].stop()
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait until every agent is connected; False if ``timeout`` passed first."""
