@@ -146,10 +146,13 @@ class SimulatedHardware(Hardware):
     def close(self) -> None:
         self._unhang.set()
 
-    def read_sensors(self) -> SensorReadings:
+    def _wedged(self) -> None:
         if not self._unhang.is_set():
-            # A wedged link blocks the reader; bounded so shutdown never hangs for good.
+            # A wedged link blocks every call; bounded so shutdown never hangs for good.
             self._unhang.wait(30)
+
+    def read_sensors(self) -> SensorReadings:
+        self._wedged()
         f = self.faults
         with self._lock:
             if f.link_errors:
@@ -191,17 +194,20 @@ class SimulatedHardware(Hardware):
     def set_volume(self, pct: int) -> int:
         if not 0 <= pct <= 100:
             raise HardwareError(f"volume {pct} is not between 0 and 100")
+        self._wedged()
         with self._lock:
             self._volume = pct
         return pct
 
     def set_amplifier_power(self, on: bool) -> bool:
+        self._wedged()
         with self._lock:
             if not self.faults.relay_stuck:
                 self._amp_power = on
             return self._amp_power
 
     def self_test(self) -> SelfTestResult:
+        self._wedged()
         names = ("ram", "flash_crc", "relay_driver", "amplifier_bias", "sensor_bus")
         failing = self.faults.self_test_fail
         checks = {n: n != failing for n in names}

@@ -181,7 +181,9 @@ def test_malformed_heartbeats_are_dropped_and_watching_goes_on(
     for payload in (b"{not json", b'{"v":1,"cluster":"lb-02"}', b"\xff" * 10):
         ctl.link.publish(topic("luc-binh", "lb-01", Kind.HEALTH), payload, qos=1)
     ctl.link.publish(topic("luc-binh", "lb-01", Kind.RESULT), b'{"v":1}', qos=1)
-    assert wait_until(lambda: ctl.health is not None and ctl.health.dropped_messages >= before + 4, 5)
+    assert wait_until(
+        lambda: ctl.health is not None and ctl.health.dropped_messages >= before + 4, 5
+    )
     count = _heartbeats(ctl, "lb-01")
     assert wait_until(lambda: _heartbeats(ctl, "lb-01") > count + 2, 5)
     with Session(ctl.health.engine) as s:
