@@ -74,6 +74,9 @@ class _Sent:
     delivery_id: int
     ok: bool
     reason: str
+    # When the broker acknowledged: applying later must not make "sent" look later
+    # than the cluster's own "received" that arrived in the same batch.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -226,12 +229,11 @@ class Dispatcher:
             d = s.get(Delivery, ev.delivery_id)
             if d is None:
                 return
+            at = ev.at or now()
             if ev.ok:
-                self._advance(s, d, DeliveryState.SENT, now(), None, "")
+                self._advance(s, d, DeliveryState.SENT, at, None, "")
             else:
-                self._advance(
-                    s, d, DeliveryState.FAILED, now(), None, f"broker refused: {ev.reason}"
-                )
+                self._advance(s, d, DeliveryState.FAILED, at, None, f"broker refused: {ev.reason}")
         elif isinstance(ev, _AckIn):
             self._apply_ack(s, ev.ack, ev.at)
         else:
@@ -428,7 +430,7 @@ class Dispatcher:
             )
 
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
-        self._inbound.put(_Sent(delivery_id, ok, reason))
+        self._inbound.put(_Sent(delivery_id, ok, reason, now()))
         self._wake.set()
 
     def _deadlines(self, s: Session) -> None:
