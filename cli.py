@@ -19,6 +19,7 @@ from loudspeaker.commands import (
     clusters,
     demo,
     emergency,
+    health,
     reports,
     serve,
     simulate,
@@ -58,6 +59,11 @@ app.add_typer(users_cmd.app, name="users")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(broker_cmd.app, name="broker")
+
+
+app.command()(health.alarms)
+app.command()(health.diagnose)
+app.add_typer(health.cluster_app, name="cluster")
 
 
 @app.callback()

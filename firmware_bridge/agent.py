@@ -19,26 +19,35 @@ import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from firmware_bridge import __version__
-from firmware_bridge.abc import AudioSink
+from firmware_bridge.abc import AudioSink, Hardware
 from firmware_bridge.backoff import Backoff, Retrier
 from firmware_bridge.exceptions import CommandRefused, MediaError, ProtocolError
+from firmware_bridge.hardware import HardwareSink, HostHardware
+from firmware_bridge.health import ControlHandler, HeartbeatReporter
 from firmware_bridge.keys import AgentKeyring
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
     Ack,
     AckState,
+    AnyCommand,
+    ControlResult,
+    DiagnoseCommand,
     Kind,
     MediaRef,
     PlayCommand,
+    PowerCommand,
     Priority,
+    RebootCommand,
     Status,
     StopCommand,
+    VolumeCommand,
     check_freshness,
     decode_command,
     encode,
@@ -68,10 +77,13 @@ class AgentConfig:
     keys_file: Path | None = None
     max_clock_skew_s: float = 120.0
     key_rotation_window_s: float = 24 * 3600.0
+    heartbeat_s: float = 15.0
 
     def __post_init__(self) -> None:
         validate_cluster_id(self.site)
         validate_cluster_id(self.cluster)
+        if not 0 < self.heartbeat_s <= 3600:
+            raise ProtocolError(f"heartbeat interval {self.heartbeat_s} s is not in (0, 3600]")
 
     @property
     def client_id(self) -> str:
@@ -206,10 +218,20 @@ class ClusterAgent:
     """One cluster's agent. ``start()`` connects; ``stop()`` says offline and disconnects."""
 
     def __init__(
-        self, config: AgentConfig, sink: AudioSink, *, loop: MqttLoop | None = None
+        self,
+        config: AgentConfig,
+        sink: AudioSink,
+        *,
+        loop: MqttLoop | None = None,
+        hardware: Hardware | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
+        self.hardware = hardware if hardware is not None else HostHardware()
+        # Everything plays through this: the hardware learns when audio flows.
+        self.output = HardwareSink(sink, self.hardware)
+        self.reporter: HeartbeatReporter | None = None
+        self.control: ControlHandler | None = None
         self._shared_loop = loop
         self._loop: MqttLoop | None = None
         self._link: MqttLink | None = None
@@ -219,7 +241,7 @@ class ClusterAgent:
         )
         self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
         self._pending = PendingStore(config.state_dir / "pending")
-        self.player = Player(sink, self._on_outcome, prepare=self._prepare)
+        self.player = Player(self.output, self._on_outcome, prepare=self._prepare)
         self._keys = AgentKeyring(
             config.key_path,
             config.state_dir / "key-rotation.json",
@@ -244,6 +266,7 @@ class ClusterAgent:
         self._journal.load()
         self._keys.load()
         self.sink.start()
+        self.hardware.start()
         self.player.start()
         for command in self._pending.load():
             # Staged before a restart: fetch again if needed, play at its time.
@@ -253,17 +276,8 @@ class ClusterAgent:
             self._loop.start()
         else:
             self._loop = self._shared_loop
-        self._link = MqttLink(
-            cfg.client_id,
-            cfg.endpoint,
-            on_message=self._on_message,
-            subscriptions=(topic(cfg.site, cfg.cluster, Kind.CMD),),
-            will=Will(
-                topic(cfg.site, cfg.cluster, Kind.STATUS), offline_will(cfg.cluster, __version__)
-            ),
-            on_connected=self._on_connected,
-            keepalive=cfg.keepalive,
-        )
+        self._link = self._new_link()
+        self._start_health()
         self._worker = threading.Thread(
             target=self._fetch_loop, name=f"fetch-{cfg.cluster}", daemon=True
         )
@@ -288,9 +302,11 @@ class ClusterAgent:
             self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
         if self._worker is not None:
             self._worker.join(5)
+        self._stop_health()
         if self._shared_loop is None and self._loop is not None:
             self._loop.stop()
         self.sink.close()
+        self.hardware.close()
 
     # -- MQTT side (loop thread: never block here) ---------------------------------------
 
@@ -298,6 +314,8 @@ class ClusterAgent:
         cfg = self.config
         status = Status(cluster=cfg.cluster, state="online", ts=utcnow(), agent=__version__)
         link.publish(topic(cfg.site, cfg.cluster, Kind.STATUS), encode(status), retain=True)
+        if self.reporter is not None:
+            self.reporter.request()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         try:
@@ -332,6 +350,10 @@ class ClusterAgent:
                 return
             self._handle_stop(command)
             return
+        if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
+            if self.control is not None:
+                self.control.submit(command)
+            return
         seen = self._journal.get(command.id)
         if seen is not None:
             # QoS 1 redelivery, a controller retry or a replay: report where we are, play
@@ -352,7 +374,7 @@ class ClusterAgent:
         self._ack(command, AckState.RECEIVED)
         self._queue.put(command)
 
-    def _fresh(self, command: PlayCommand | StopCommand) -> bool:
+    def _fresh(self, command: AnyCommand) -> bool:
         # Replays outlive the journal only within the command's own bounded lifetime.
         try:
             check_freshness(
@@ -363,18 +385,30 @@ class ClusterAgent:
             return False
         return True
 
-    def _refuse(self, command: PlayCommand | StopCommand, reason: str) -> None:
+    def _refuse(self, command: AnyCommand, reason: str) -> None:
         cfg = self.config
         logger.warning(
             "%s: refused command %s (%s): %s", cfg.cluster, command.id, command.type, reason
         )
+        why = f"refused: {reason}"[:500]
+        if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
+            result = ControlResult(
+                cluster=cfg.cluster,
+                command=command.id,
+                type=command.type,
+                ok=False,
+                ts=utcnow(),
+                reason=why,
+            )
+            self._publish_result(result, None)
+            return
         ack = Ack(
             cluster=cfg.cluster,
             command=command.id,
             broadcast=command.broadcast,
             state=AckState.FAILED,
             ts=utcnow(),
-            reason=f"refused: {reason}"[:500],
+            reason=why,
         )
         self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
 
@@ -473,7 +507,7 @@ class ClusterAgent:
     def _prepare(self, command: PlayCommand) -> None:
         """Just before an item starts: its volume (the site's emergency volume, for one)."""
         if command.volume is not None:
-            self.sink.set_volume(command.volume)
+            self.output.set_volume(command.volume)
 
     def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
         state = AckState(outcome.value)
@@ -484,6 +518,103 @@ class ClusterAgent:
         self._ack(command, state, reason)
 
     def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        if self.reporter is not None:
+            if state is AckState.PLAYED:
+                self.reporter.note_playback(True)
+            elif reason and reason.startswith(("playback failed", "agent error")):
+                self.reporter.note_playback(False, reason)
         self._journal.set(command.id, state.value)
         self._pending.remove(command.id)
         self._ack(command, state, reason)
+
+    # -- health and remote control (docs/health.md) ------------------------------------------
+
+    def _new_link(self) -> MqttLink:
+        cfg = self.config
+        return MqttLink(
+            cfg.client_id,
+            cfg.endpoint,
+            on_message=self._on_message,
+            subscriptions=(topic(cfg.site, cfg.cluster, Kind.CMD),),
+            will=Will(
+                topic(cfg.site, cfg.cluster, Kind.STATUS), offline_will(cfg.cluster, __version__)
+            ),
+            on_connected=self._on_connected,
+            keepalive=cfg.keepalive,
+        )
+
+    def _start_health(self) -> None:
+        cfg = self.config
+        self.reporter = HeartbeatReporter(
+            cluster=cfg.cluster,
+            hardware=self.hardware,
+            publish=self._publish_heartbeat,
+            interval_s=cfg.heartbeat_s,
+            storage_path=cfg.state_dir,
+            agent_version=__version__,
+            playing=self._playing_now,
+        )
+        self.control = ControlHandler(
+            cluster=cfg.cluster,
+            hardware=self.hardware,
+            output=self.output,
+            journal=self._journal,
+            publish=self._publish_result,
+            reporter=self.reporter,
+            busy=self._playing_now,
+            mqtt_reconnects=lambda: self.link.reconnects,
+            restart=self.restart_in_place,
+            work_dir=cfg.state_dir / "diag",
+        )
+        self.reporter.start()
+        self.control.start()
+
+    def _stop_health(self) -> None:
+        if self.reporter is not None:
+            self.reporter.stop()
+        if self.control is not None:
+            self.control.stop()
+
+    def _playing_now(self) -> str | None:
+        current = self.player.current
+        if current is not None:
+            return current.broadcast
+        return "queued" if not self._queue.empty() or self.player.pending() else None
+
+    def _publish_heartbeat(self, data: bytes) -> None:
+        cfg = self.config
+        link = self._link
+        if link is not None and link.connected.is_set():
+            link.publish(topic(cfg.site, cfg.cluster, Kind.HEALTH), data, qos=0)
+
+    def _publish_result(
+        self, result: ControlResult, on_done: Callable[[bool, str], None] | None
+    ) -> None:
+        cfg = self.config
+        self.link.publish(
+            topic(cfg.site, cfg.cluster, Kind.RESULT), encode(result), qos=1, on_done=on_done
+        )
+
+    def restart_in_place(self, reason: str) -> None:
+        """Reboot: say offline, restart the hardware, reconnect as a new boot.
+
+        When the hardware cuts the power itself (:meth:`Hardware.reboot` returns True)
+        there is nothing left to do: the box goes down and comes back on its own. What was
+        accepted and not yet played survives in the pending store either way.
+        """
+        cfg = self.config
+        logger.warning("%s: rebooting (%s)", cfg.cluster, reason)
+        if self._loop is None or self._link is None:
+            return
+        final = encode(
+            Status(
+                cluster=cfg.cluster, state="offline", ts=utcnow(), agent=__version__, reason=reason
+            )
+        )
+        self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
+        if self.hardware.reboot():
+            return
+        if self.reporter is not None:
+            self.reporter.new_boot()
+        self._link = self._new_link()
+        self._loop.add(self._link)

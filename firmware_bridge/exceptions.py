@@ -80,3 +80,7 @@ class StaleCommand(CommandRefused):
 
 class KeyFileError(BridgeError):
     """The cluster's key file is missing, unreadable, malformed or too open."""
+
+
+class HardwareError(BridgeError):
+    """The box's hardware (MCU, relay, sensors) did not do what was asked."""

@@ -31,9 +31,8 @@ from typing import Any
 from firmware_bridge.exceptions import KeyFileError
 from firmware_bridge.protocol import (
     MIN_KEY_BYTES,
+    AnyCommand,
     Keyring,
-    PlayCommand,
-    StopCommand,
     check_signature,
     validate_cluster_id,
 )
@@ -246,7 +245,7 @@ class AgentKeyring:
                 )
             return self._accepted(now)
 
-    def verify(self, command: PlayCommand | StopCommand, now: datetime) -> str:
+    def verify(self, command: AnyCommand, now: datetime) -> str:
         """Check the command's signature against the accepted keys; note rotation progress."""
         kid = check_signature(command, self.keyring(now))
         with self._lock:

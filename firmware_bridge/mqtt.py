@@ -137,6 +137,23 @@ class MqttLink:
             raise BrokerError(f"{self.client_id}: publish before the link was started")
         self._loop.call(lambda: self._publish_now(topic, payload, qos, retain, on_done))
 
+    def drop(self) -> None:
+        """Cut the connection without a DISCONNECT, as a lost 4G link does.
+
+        The broker then publishes our last will; the link reconnects with its backoff.
+        For the simulator and tests.
+        """
+        if self._loop is None:
+            raise BrokerError(f"{self.client_id}: drop before the link was started")
+
+        def _do() -> None:
+            sock = self._client.socket() if self._client is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        self._loop.call(_do)
+
     # -- loop thread only ---------------------------------------------------------------
 
     def _make_client(self) -> paho.Client:

@@ -9,6 +9,8 @@ Topics (``{site}`` and ``{cluster}`` are ids matching :data:`ID_PATTERN`)::
     loudspeaker/{site}/{cluster}/cmd     controller -> cluster   QoS 1, not retained
     loudspeaker/{site}/{cluster}/ack     cluster -> controller   QoS 1, not retained
     loudspeaker/{site}/{cluster}/status  cluster -> controller   QoS 1, retained (+ last will)
+    loudspeaker/{site}/{cluster}/health  cluster -> controller   QoS 0, not retained
+    loudspeaker/{site}/{cluster}/result  cluster -> controller   QoS 1, not retained
 
 Payloads are UTF-8 JSON objects, at most :data:`MAX_PAYLOAD_BYTES`, with ``"v": 1``.
 """
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -113,6 +115,8 @@ class Kind(StrEnum):
     CMD = "cmd"
     ACK = "ack"
     STATUS = "status"
+    HEALTH = "health"
+    RESULT = "result"
 
 
 class Topic(BaseModel):
@@ -219,8 +223,69 @@ class StopCommand(_Message):
     sig: Signature | None = None
 
 
-Command = Annotated[PlayCommand | StopCommand, Field(discriminator="type")]
-_COMMAND_ADAPTER: TypeAdapter[PlayCommand | StopCommand] = TypeAdapter(Command)
+class VolumeCommand(_Message):
+    """Set the amplifier's volume (0-100 %); answered by a :class:`ControlResult`."""
+
+    type: Literal["volume"] = "volume"
+    id: CommandId
+    cluster: ClusterId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    volume: Annotated[int, Field(ge=0, le=100)]
+    sig: Signature | None = None
+
+
+class PowerCommand(_Message):
+    """Open or close the amplifier's mains relay (off is not muted: no hum, no draw)."""
+
+    type: Literal["power"] = "power"
+    id: CommandId
+    cluster: ClusterId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    on: bool
+    sig: Signature | None = None
+
+
+class RebootCommand(_Message):
+    """Restart the cluster; the result says it is going, the next heartbeat that it is back."""
+
+    type: Literal["reboot"] = "reboot"
+    id: CommandId
+    cluster: ClusterId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    sig: Signature | None = None
+
+
+DiagnoseTest = Literal["self_test", "tone", "link", "clock"]
+
+
+def _all_tests() -> list[DiagnoseTest]:
+    return ["self_test", "tone", "link", "clock"]
+
+
+class DiagnoseCommand(_Message):
+    """Run active tests and report raw measurements; the controller gives the verdict."""
+
+    type: Literal["diagnose"] = "diagnose"
+    id: CommandId
+    cluster: ClusterId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    tests: Annotated[list[DiagnoseTest], Field(min_length=1, max_length=8)] = Field(
+        default_factory=_all_tests
+    )
+    tone_s: Annotated[float, Field(gt=0, le=10)] = 2.0
+    sig: Signature | None = None
+
+
+ControlCommand = VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand
+AnyCommand = (
+    PlayCommand | StopCommand | VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand
+)
+Command = Annotated[AnyCommand, Field(discriminator="type")]
+_COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 
 class Ack(_Message):
@@ -271,7 +336,7 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-def decode_command(payload: bytes) -> PlayCommand | StopCommand:
+def decode_command(payload: bytes) -> AnyCommand:
     """Parse a command payload; raise ``ProtocolError`` saying what is wrong."""
     data = _load(payload)
     try:
@@ -308,6 +373,12 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "StopCommand": StopCommand.model_json_schema(),
         "Ack": Ack.model_json_schema(),
         "Status": Status.model_json_schema(),
+        "VolumeCommand": VolumeCommand.model_json_schema(),
+        "PowerCommand": PowerCommand.model_json_schema(),
+        "RebootCommand": RebootCommand.model_json_schema(),
+        "DiagnoseCommand": DiagnoseCommand.model_json_schema(),
+        "Heartbeat": Heartbeat.model_json_schema(),
+        "ControlResult": ControlResult.model_json_schema(),
     }
 
 
@@ -332,7 +403,7 @@ MIN_KEY_BYTES = 16
 DEFAULT_MAX_SKEW = timedelta(seconds=120)
 MAX_COMMAND_LIFETIME = timedelta(hours=24)
 
-_C = TypeVar("_C", PlayCommand, StopCommand)
+_C = TypeVar("_C", bound=AnyCommand)
 Keyring = Mapping[str, bytes]
 """Key id -> secret: the keys a verifier accepts right now."""
 
@@ -391,7 +462,7 @@ def _jcs_number(x: float) -> str:
     return sign + out
 
 
-def signing_input(command: PlayCommand | StopCommand, kid: str) -> bytes:
+def signing_input(command: AnyCommand, kid: str) -> bytes:
     """The exact bytes the MAC covers: context, key id, and the command without ``sig``.
 
     ``SIGNING_CONTEXT || kid || "\\n" || JCS(command minus "sig")``. The command's every
@@ -401,7 +472,7 @@ def signing_input(command: PlayCommand | StopCommand, kid: str) -> bytes:
     return SIGNING_CONTEXT + kid.encode("ascii") + b"\n" + canonical_json(body)
 
 
-def _mac(key: bytes, command: PlayCommand | StopCommand, kid: str) -> str:
+def _mac(key: bytes, command: AnyCommand, kid: str) -> str:
     return hmac.new(key, signing_input(command, kid), hashlib.sha256).hexdigest()
 
 
@@ -410,10 +481,11 @@ def sign_command(command: _C, key: bytes, key_id: str) -> _C:
     if len(key) < MIN_KEY_BYTES:
         raise ProtocolError(f"signing key must be at least {MIN_KEY_BYTES} bytes")
     sig = Signature(kid=key_id, mac=_mac(key, command, key_id))
-    return command.model_copy(update={"sig": sig})
+    # model_copy keeps the concrete class; mypy only sees the bound's union.
+    return cast(_C, command.model_copy(update={"sig": sig}))
 
 
-def check_signature(command: PlayCommand | StopCommand, keyring: Keyring) -> str:
+def check_signature(command: AnyCommand, keyring: Keyring) -> str:
     """Raise a :class:`CommandRefused` unless the command is signed by a key in ``keyring``.
 
     Returns the key id that verified it.
@@ -431,7 +503,7 @@ def check_signature(command: PlayCommand | StopCommand, keyring: Keyring) -> str
 
 
 def check_freshness(
-    command: PlayCommand | StopCommand,
+    command: AnyCommand,
     now: datetime,
     *,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
@@ -455,7 +527,7 @@ def check_freshness(
 
 
 def verify_command(
-    command: PlayCommand | StopCommand,
+    command: AnyCommand,
     keyring: Keyring,
     now: datetime,
     *,
@@ -464,6 +536,80 @@ def verify_command(
     """Refuse (raise a :class:`CommandRefused` subclass) unless signed, valid and fresh."""
     check_signature(command, keyring)
     check_freshness(command, now, max_skew=max_skew)
+
+
+# -- health and remote control (issue #6) -------------------------------------------------
+
+LineState = Literal["ok", "open", "short", "unknown"]
+
+
+class Heartbeat(_Message):
+    """A cluster's periodic health report on ``.../health`` (QoS 0, not retained).
+
+    Sent every ``interval_s``, at once after (re)connecting, and early when a discrete
+    state changes (line, relay, playback, error) or a sensor moves a lot. QoS 0 because
+    each one supersedes the last: queuing stale heartbeats through an outage and replaying
+    them in a burst would only mislead. Loss is covered by allowing several missed ones.
+    ``None`` means the box cannot measure that value.
+    """
+
+    cluster: ClusterId
+    ts: AwareDatetime
+    seq: Annotated[int, Field(ge=0)]
+    boot_id: Annotated[str, Field(min_length=1, max_length=64)]
+    interval_s: Annotated[float, Field(gt=0, le=3600)]
+    uptime_s: Annotated[float, Field(ge=0)]
+    agent: Annotated[str, Field(max_length=64)] = ""
+    firmware: Annotated[str, Field(max_length=64)] = ""
+    clock_offset_s: float | None = None
+    volume: Annotated[int | None, Field(ge=0, le=100)] = None
+    amp_power: bool | None = None
+    amp_temp_c: Annotated[float | None, Field(ge=-60, le=250)] = None
+    supply_v: Annotated[float | None, Field(ge=0, le=400)] = None
+    amp_current_a: Annotated[float | None, Field(ge=0, le=100)] = None
+    line: LineState = "unknown"
+    rssi_dbm: Annotated[int | None, Field(ge=-150, le=0)] = None
+    playing: Annotated[str | None, Field(max_length=64)] = None
+    free_storage_mb: Annotated[float | None, Field(ge=0)] = None
+    play_failures: Annotated[int, Field(ge=0)] = 0
+    last_error: Annotated[str | None, Field(max_length=300)] = None
+
+
+class ControlResult(_Message):
+    """A cluster's answer to a control command on ``.../result`` (QoS 1, not retained).
+
+    ``ok`` false always carries a ``reason``. ``detail`` holds what the command
+    measured (diagnose) or the state reached (volume, power).
+    """
+
+    cluster: ClusterId
+    command: CommandId
+    type: Literal["volume", "power", "reboot", "diagnose"]
+    ok: bool
+    ts: AwareDatetime
+    reason: Annotated[str | None, Field(max_length=500)] = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def health_subscriptions(site: str) -> list[str]:
+    """The extra topic filters the controller subscribes to for health and results."""
+    return [f"{TOPIC_ROOT}/{site}/+/{k.value}" for k in (Kind.HEALTH, Kind.RESULT)]
+
+
+def decode_heartbeat(payload: bytes) -> Heartbeat:
+    """Parse a heartbeat payload; raise ``ProtocolError`` saying what is wrong."""
+    try:
+        return Heartbeat.model_validate(_load(payload))
+    except ValidationError as exc:
+        raise ProtocolError(f"bad heartbeat: {_first_error(exc)}") from None
+
+
+def decode_result(payload: bytes) -> ControlResult:
+    """Parse a control-result payload; raise ``ProtocolError`` saying what is wrong."""
+    try:
+        return ControlResult.model_validate(_load(payload))
+    except ValidationError as exc:
+        raise ProtocolError(f"bad result: {_first_error(exc)}") from None
 
 
 if __name__ == "__main__":

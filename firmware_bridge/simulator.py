@@ -8,13 +8,14 @@ clients are spread over a few :class:`~firmware_bridge.mqtt.MqttLoop` threads.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from firmware_bridge.agent import AgentConfig, ClusterAgent
+from firmware_bridge.hardware import FaultySimulatedSink, SimulatedHardware
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLoop
-from firmware_bridge.sinks import SimulatedSink
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Fleet:
         time_scale: float = 1.0,
         links_per_loop: int = 250,
         keepalive: int = 15,
+        heartbeat_s: float = 15.0,
     ) -> None:
         self.site = site
         self.clusters = list(clusters)
@@ -42,6 +44,9 @@ class Fleet:
         self.keepalive = keepalive
         self.agents: dict[str, ClusterAgent] = {}
         self._loops: list[MqttLoop] = []
+        self.heartbeat_s = heartbeat_s
+        self.hardware: dict[str, SimulatedHardware] = {}
+        self._flappers: dict[str, threading.Event] = {}
 
     def start(self) -> None:
         """Start every agent (connection happens in the background)."""
@@ -50,21 +55,38 @@ class Fleet:
                 loop = MqttLoop(name=f"fleet-loop-{len(self._loops)}")
                 loop.start()
                 self._loops.append(loop)
-            state_dir = self.state_root / cluster
-            state_dir.mkdir(parents=True, exist_ok=True)
-            agent = ClusterAgent(
-                AgentConfig(
-                    site=self.site,
-                    cluster=cluster,
-                    endpoint=self.endpoint,
-                    state_dir=state_dir,
-                    keepalive=self.keepalive,
-                ),
-                SimulatedSink(state_dir / "plays.jsonl", time_scale=self.time_scale),
-                loop=self._loops[-1],
-            )
-            agent.start()
-            self.agents[cluster] = agent
+            self.hardware[cluster] = SimulatedHardware(seed=i)
+            self.start_agent(cluster, self._loops[-1])
+
+    def start_agent(self, cluster: str, loop: MqttLoop | None = None) -> ClusterAgent:
+        """Start (or restart, after :meth:`stop_agent`) one cluster's agent."""
+        if loop is None:
+            index = self.clusters.index(cluster) // self.links_per_loop
+            loop = self._loops[index]
+        state_dir = self.state_root / cluster
+        state_dir.mkdir(parents=True, exist_ok=True)
+        hardware = self.hardware[cluster]
+        agent = ClusterAgent(
+            AgentConfig(
+                site=self.site,
+                cluster=cluster,
+                endpoint=self.endpoint,
+                state_dir=state_dir,
+                keepalive=self.keepalive,
+                heartbeat_s=self.heartbeat_s,
+            ),
+            FaultySimulatedSink(hardware, state_dir / "plays.jsonl", time_scale=self.time_scale),
+            loop=loop,
+            hardware=hardware,
+        )
+        agent.start()
+        self.agents[cluster] = agent
+        return agent
+
+    def stop_agent(self, cluster: str) -> None:
+        """Stop one cluster's agent (it says offline), as a power cut with a UPS would."""
+        self.clear(cluster, "flapping_link")
+        self.agents[cluster].stop()
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait until every agent is connected; False if ``timeout`` passed first."""
@@ -76,7 +98,45 @@ class Fleet:
 
     def stop(self) -> None:
         """Stop every agent (each says offline) and the loops."""
+        for flapping in self._flappers.values():
+            flapping.set()
+        for hardware in self.hardware.values():
+            hardware.clear()
         for agent in self.agents.values():
             agent.stop()
         for loop in self._loops:
             loop.stop()
+
+    # -- fault injection (issue #6) ---------------------------------------------------------
+
+    def inject(self, cluster: str, fault: str, value: float | None = None) -> None:
+        """Inject a fault into one cluster: a hardware fault by name, or ``flapping_link``."""
+        if fault == "flapping_link":
+            self.flap(cluster)
+            return
+        self.hardware[cluster].inject(fault, value)
+
+    def clear(self, cluster: str, fault: str | None = None) -> None:
+        """Clear one fault (or all) of a cluster."""
+        if fault in (None, "flapping_link"):
+            stop = self._flappers.pop(cluster, None)
+            if stop is not None:
+                stop.set()
+            if fault is not None:
+                return
+        self.hardware[cluster].clear(fault)
+
+    def flap(self, cluster: str, period_s: float = 1.0, times: int = 1000) -> None:
+        """Drop a cluster's connection every ``period_s`` seconds (a flaky 4G link)."""
+        agent = self.agents[cluster]
+        stop = threading.Event()
+        self._flappers[cluster] = stop
+
+        def run() -> None:
+            for _ in range(times):
+                if agent.link.connected.is_set():
+                    agent.link.drop()
+                if stop.wait(period_s):
+                    return
+
+        threading.Thread(target=run, name=f"flap-{cluster}", daemon=True).start()

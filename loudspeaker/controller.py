@@ -10,14 +10,16 @@ import logging
 import os
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
-from firmware_bridge.protocol import controller_subscriptions
+from firmware_bridge.protocol import controller_subscriptions, health_subscriptions
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
+from loudspeaker.health import HealthMonitor
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
 from loudspeaker.runtime import ControllerCard
@@ -37,7 +39,9 @@ class Controller:
         self.loop: MqttLoop | None = None
         self.link: MqttLink | None = None
         self.dispatcher: Dispatcher | None = None
+        self.health: HealthMonitor | None = None
         self.site_id = ""
+        self._engine: Engine | None = None
 
     def start(self) -> None:
         """Open everything in order; on failure, close what was opened and re-raise."""
@@ -62,7 +66,9 @@ class Controller:
             self.broker.start()
             self.endpoint = self.broker.endpoint
         store = MediaStore(st.media_dir)
-        self.media = MediaServer(store, st.http_host, st.http_port, on_poke=self._poke)
+        self.media = MediaServer(
+            store, st.http_host, st.http_port, on_poke=self._poke, metrics=self._metrics
+        )
         self.media.start()
         http_url = f"http://{st.http_host}:{self.media.port}"
         self.loop = MqttLoop(name="controller-mqtt")
@@ -71,7 +77,10 @@ class Controller:
             f"controller-{self.site_id}",
             self.endpoint,
             on_message=self._on_message,
-            subscriptions=tuple(controller_subscriptions(self.site_id)),
+            subscriptions=(
+                *controller_subscriptions(self.site_id),
+                *health_subscriptions(self.site_id),
+            ),
             keepalive=10,
         )
         self.dispatcher = Dispatcher(
@@ -84,6 +93,11 @@ class Controller:
             poll_interval_s=st.poll_interval_s,
         )
         self.dispatcher.start()
+        self.health = HealthMonitor(
+            engine, self.link, site=self.site_id, poll_interval_s=min(0.5, st.poll_interval_s)
+        )
+        self.health.start()
+        self._engine = engine
         self.loop.add(self.link)
         ControllerCard(
             pid=os.getpid(),
@@ -99,10 +113,31 @@ class Controller:
     def _poke(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.poke()
+        if self.health is not None:
+            self.health.poke()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         if self.dispatcher is not None:
             self.dispatcher.on_message(topic_name, payload)
+        if self.health is not None:
+            self.health.on_message(topic_name, payload)
+
+    def _metrics(self) -> str:
+        from loudspeaker.metrics import ControllerStats, collect
+
+        if self._engine is None:
+            return ""
+        link, disp, health = self.link, self.dispatcher, self.health
+        stats = ControllerStats(
+            mqtt_connected=link is not None and link.connected.is_set(),
+            mqtt_reconnects=link.reconnects if link is not None else 0,
+            dispatcher_backlog=disp.backlog if disp is not None else 0,
+            health_backlog=health.backlog if health is not None else 0,
+            dropped_messages=(disp.dropped_messages if disp is not None else 0)
+            + (health.dropped_messages if health is not None else 0),
+            heartbeats_received=health.heartbeats_received if health is not None else 0,
+        )
+        return collect(self._engine, stats)
 
     def stop(self) -> None:
         """Stop in reverse order and remove the address card."""
@@ -111,6 +146,8 @@ class Controller:
             ControllerCard.path(self.settings.run_dir).unlink(missing_ok=True)
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.health is not None:
+            self.health.stop()
         if self.loop is not None:
             if self.link is not None:
                 self.loop.close_link(self.link)

@@ -75,6 +75,9 @@ class _Sent:
     delivery_id: int
     ok: bool
     reason: str
+    # When the broker acknowledged: applying later must not make "sent" look later
+    # than the cluster's own "received" that arrived in the same batch.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ class Dispatcher:
     def poke(self) -> None:
         """Look for new work now."""
         self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Inbound events not yet applied (for the metrics endpoint)."""
+        return self._inbound.qsize() + len(self._retry)
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: parse, validate, enqueue. Malformed input is logged and dropped."""
@@ -227,12 +235,11 @@ class Dispatcher:
             d = s.get(Delivery, ev.delivery_id)
             if d is None:
                 return
+            at = ev.at or now()
             if ev.ok:
-                self._advance(s, d, DeliveryState.SENT, now(), None, "")
+                self._advance(s, d, DeliveryState.SENT, at, None, "")
             else:
-                self._advance(
-                    s, d, DeliveryState.FAILED, now(), None, f"broker refused: {ev.reason}"
-                )
+                self._advance(s, d, DeliveryState.FAILED, at, None, f"broker refused: {ev.reason}")
         elif isinstance(ev, _AckIn):
             self._apply_ack(s, ev.ack, ev.at)
         else:
@@ -519,7 +526,7 @@ class Dispatcher:
             logger.info("stop of broadcast %s sent", req.broadcast_id)
 
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
-        self._inbound.put(_Sent(delivery_id, ok, reason))
+        self._inbound.put(_Sent(delivery_id, ok, reason, now()))
         self._wake.set()
 
     def _deadlines(self, s: Session) -> None:

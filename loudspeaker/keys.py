@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from firmware_bridge.keys import KeyEntry, new_kid, new_secret, write_key_file
-from firmware_bridge.protocol import PlayCommand, StopCommand, sign_command
+from firmware_bridge.protocol import AnyCommand, sign_command
 from loudspeaker import audit
 from loudspeaker.auth import Actor
 from loudspeaker.db import as_utc
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 NEXT, ACTIVE, RETIRED = "next", "active", "retired"
 # Retired keys stay in exports this long: commands signed just before a switch still play.
 RETIRED_KEPT = timedelta(days=1)
-_C = TypeVar("_C", PlayCommand, StopCommand)
+_C = TypeVar("_C", bound=AnyCommand)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             self._reply(HTTPStatus.OK, b"ok\n")
             return
+        if self.path == "/metrics" and self.server.metrics is not None:
+            self._metrics()
+            return
         self._serve(body=True)
 
     def do_POST(self) -> None:
@@ -85,6 +88,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NO_CONTENT, b"")
             return
         self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def _metrics(self) -> None:
+        assert self.server.metrics is not None
+        try:
+            body = self.server.metrics().encode()
+        except Exception:
+            # A scrape must never take the media server down with it.
+            logger.exception("metrics collection failed")
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, b"metrics unavailable\n")
+            return
+        self._reply(HTTPStatus.OK, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _reply(self, status: HTTPStatus, body: bytes, ctype: str = "text/plain") -> None:
         self.send_response(status)
@@ -121,10 +135,17 @@ class MediaServer:
         daemon_threads = True
         store: MediaStore
         on_poke: Callable[[], None]
+        metrics: Callable[[], str] | None = None
 
     def __init__(
-        self, store: MediaStore, host: str, port: int, on_poke: Callable[[], None]
+        self,
+        store: MediaStore,
+        host: str,
+        port: int,
+        on_poke: Callable[[], None],
+        metrics: Callable[[], str] | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.host = host
         self.port = port
@@ -143,6 +164,7 @@ class MediaServer:
             ) from None
         server.store = self.store
         server.on_poke = self.on_poke
+        server.metrics = self.metrics
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="media-http", daemon=True)

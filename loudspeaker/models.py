@@ -304,3 +304,113 @@ class AuditHead(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     seq: int = 0
     hash: str
+
+
+# -- cluster health, alarms, remote control (issue #6) --------------------------------------
+
+
+class ClusterHealth(SQLModel, table=True):
+    """The latest heartbeat of each cluster, as received (one row per cluster)."""
+
+    __tablename__ = "cluster_health"
+
+    cluster_id: str = Field(primary_key=True)
+    received_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    cluster_ts: datetime | None = _when()
+    seq: int = 0
+    boot_id: str = ""
+    interval_s: float = 15.0
+    uptime_s: float = 0.0
+    agent: str = ""
+    firmware: str = ""
+    clock_skew_s: float | None = None  # the box's clock minus ours, as measured on arrival
+    volume: int | None = None
+    amp_power: bool | None = None
+    amp_temp_c: float | None = None
+    supply_v: float | None = None
+    amp_current_a: float | None = None
+    line: str = "unknown"
+    rssi_dbm: int | None = None
+    playing: str = ""
+    free_storage_mb: float | None = None
+    play_failures: int = 0
+    last_error: str = ""
+    heartbeats: int = 0
+
+
+class HealthSample(SQLModel, table=True):
+    """A downsampled bucket of heartbeats: min/avg/max per ``resolution_s`` seconds."""
+
+    __tablename__ = "health_sample"
+    __table_args__ = (UniqueConstraint("cluster_id", "resolution_s", "bucket_start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: str = Field(index=True)
+    resolution_s: int
+    bucket_start: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    n: int = 0
+    temp_min: float | None = None
+    temp_avg: float | None = None
+    temp_max: float | None = None
+    supply_min: float | None = None
+    supply_avg: float | None = None
+    supply_max: float | None = None
+    current_max: float | None = None
+    rssi_avg: float | None = None
+    skew_max: float | None = None
+    line: str = "unknown"  # the worst line state seen in the bucket
+    play_failures_max: int = 0
+
+
+class AlarmRecord(SQLModel, table=True):
+    """One alarm of one cluster from raise to clear (``cleared_at`` null while active)."""
+
+    __tablename__ = "alarm"
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster_id: str = Field(index=True)
+    kind: str = Field(index=True)
+    severity: str = "major"
+    raised_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    cleared_at: datetime | None = _when(index=True)
+    message: str = ""
+    clear_message: str = ""
+    value: float | None = None
+    threshold: float | None = None
+    last_value: float | None = None
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ControlState(StrEnum):
+    """Where a remote-control request stands."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    ACCEPTED = "accepted"  # a reboot the cluster started; confirmed when it is back
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        """True for the states a request ends in."""
+        return self in (ControlState.CONFIRMED, ControlState.FAILED)
+
+
+class ControlRequest(SQLModel, table=True):
+    """A technician's volume/power/reboot/diagnose request; the controller sends it."""
+
+    __tablename__ = "control_request"
+
+    id: str = Field(primary_key=True)  # the command id on the wire
+    cluster_id: str = Field(index=True)
+    action: str
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    state: str = Field(default=ControlState.QUEUED.value, index=True)
+    reason: str = ""
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_by: str = ""
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    sent_at: datetime | None = _when()
+    answered_at: datetime | None = _when()
+    done_at: datetime | None = _when()

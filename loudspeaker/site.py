@@ -77,12 +77,55 @@ class ClusterSpec(_Strict):
     address: int | None = Field(default=None, ge=1, le=247)
 
 
+class HealthConfig(_Strict):
+    """The optional ``[health]`` table: alarm thresholds and history sizes."""
+
+    heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="expected heartbeat interval of a cluster not yet heard",
+    )
+    missed_heartbeats: int = Field(
+        default=3, ge=2, le=100, description="missed beats before alarming"
+    )
+    offline_grace_s: float = Field(
+        default=0.0, ge=0, le=3600, description="offline this long: alarm"
+    )
+    temp_max_c: float = Field(
+        default=75.0, gt=0, le=150, description="amplifier overheating at/above"
+    )
+    temp_hysteresis_c: float = Field(default=5.0, ge=0, le=50)
+    voltage_min_v: float = Field(default=11.5, gt=0, le=400, description="under-voltage at/below")
+    voltage_hysteresis_v: float = Field(default=0.3, ge=0, le=50)
+    clock_drift_max_s: float = Field(default=5.0, gt=0, le=86400, description="clock drift above")
+    storage_min_mb: float = Field(default=200.0, ge=0, description="free storage below")
+    playback_failures_max: int = Field(default=3, ge=1, le=100, description="consecutive failures")
+    flap_count: int = Field(
+        default=3, ge=2, le=1000, description="disconnects within flap_window_s"
+    )
+    flap_window_s: float = Field(default=300.0, gt=0, le=86400)
+    tone_min_a: float = Field(
+        default=0.15, gt=0, le=50, description="test tone must draw this much over idle"
+    )
+    current_max_a: float = Field(default=4.0, gt=0, le=100, description="above: speaker line short")
+    control_timeout_s: float = Field(default=20.0, gt=0, le=600, description="answer within")
+    reboot_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="back online within")
+    history_fine_s: int = Field(default=60, ge=1, le=3600, description="fine history bucket")
+    history_fine_keep: int = Field(default=1440, ge=10, le=100_000, description="fine buckets kept")
+    history_coarse_s: int = Field(default=900, ge=2, le=86400, description="coarse history bucket")
+    history_coarse_keep: int = Field(
+        default=2880, ge=10, le=100_000, description="coarse buckets kept"
+    )
+
+
 class SiteFile(_Strict):
     """A whole site file."""
 
     site: SiteInfo
     hamlets: list[HamletSpec] = Field(min_length=1)
     clusters: list[ClusterSpec] = Field(min_length=1)
+    health: HealthConfig = HealthConfig()
 
     def hamlet(self, ref: str) -> HamletSpec | None:
         """Find a hamlet by id or by name (case-insensitive)."""
@@ -176,6 +219,8 @@ def parse_site(text: str, source: str = "site file") -> SiteFile:
                 ("clusters", i, "transport"),
                 "a serial cluster needs 'gateway' and 'address' (1-247)",
             )
+    if site.health.history_coarse_s <= site.health.history_fine_s:
+        raise fail(("health", "history_coarse_s"), "must be longer than history_fine_s")
     return site
 
 

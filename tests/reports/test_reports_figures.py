@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table
+from sqlalchemy import Engine
 
 from loudspeaker.exceptions import ReportError
-from loudspeaker.models import UTCDateTime
 from loudspeaker.reports import Availability, Month, clip_intervals, monthly_report
 from tests.reports.month_fixture import EXPECTED, MONTH_S, NOW, ZONE, local
 
@@ -132,32 +131,25 @@ def test_current_month_counts_only_elapsed_time(month_engine: Engine) -> None:
     assert by_id["lb-03"].availability.unknown_pct == pytest.approx(100.0)
 
 
-def test_alarm_seam(month_engine: Engine) -> None:
+def test_alarm_counts(month_engine: Engine) -> None:
+    from sqlmodel import Session
+
+    from loudspeaker.models import AlarmRecord
+
     with month_engine.connect() as conn:
         before = monthly_report(conn, Month(2026, 11), ZONE, now=NOW)
-    assert not before.alarms_recorded
-    assert before.to_json()["alarms"] is None
-
-    md = MetaData()
-    alarm = Table(
-        "alarm",
-        md,
-        Column("id", Integer, primary_key=True),
-        Column("cluster_id", String(64)),
-        Column("kind", String(32)),
-        Column("raised_at", UTCDateTime()),
-    )
-    md.create_all(month_engine)
-    with month_engine.begin() as conn:
-        conn.execute(
-            alarm.insert(),
-            [
-                {"cluster_id": "lb-04", "kind": "amp", "raised_at": local(2026, 11, 3, 9)},
-                {"cluster_id": "lb-04", "kind": "power", "raised_at": local(2026, 11, 30, 23)},
-                {"cluster_id": "lb-04", "kind": "power", "raised_at": local(2026, 12, 1, 1)},
-                {"cluster_id": "lb-09", "kind": "line", "raised_at": local(2026, 11, 1, 0, 30)},
-            ],
-        )
+    # The health monitor's alarm table exists: no alarms is a recorded zero, not "unknown".
+    assert before.alarms_recorded
+    assert before.alarms == 0
+    with Session(month_engine) as s:
+        for cluster, kind, at in [
+            ("lb-04", "overheat", local(2026, 11, 3, 9)),
+            ("lb-04", "undervoltage", local(2026, 11, 30, 23)),
+            ("lb-04", "undervoltage", local(2026, 12, 1, 1)),
+            ("lb-09", "line_open", local(2026, 11, 1, 0, 30)),
+        ]:
+            s.add(AlarmRecord(cluster_id=cluster, kind=kind, raised_at=at, updated_at=at))
+        s.commit()
     with month_engine.connect() as conn:
         r = monthly_report(conn, Month(2026, 11), ZONE, now=NOW)
     assert r.alarms_recorded

@@ -99,7 +99,7 @@ def test_csv_rows_for_site_hamlets_clusters(november: MonthlyReport, tmp_path: P
     site = rows[0]
     assert (site["Cấp"], site["Tháng"], site["Phút phát sóng"]) == ("xã", "11/2026", "5.75")
     assert site["Bản tin khẩn cấp"] == "1"
-    assert site["Cảnh báo"] == ""  # not recorded yet, so not zero
+    assert site["Cảnh báo"] == "0"  # the alarm table exists: a recorded zero
     lb02 = next(r for r in rows if r["Mã"] == "lb-02")
     assert lb02["Cấp"] == "cụm loa"
     assert lb02["Trực tuyến (%)"] == "96.7"

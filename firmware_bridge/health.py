@@ -1,0 +1,465 @@
+"""The agent's health side: heartbeats, and the control commands a technician sends.
+
+:class:`HeartbeatReporter` samples the hardware about once a second and publishes a
+:class:`~firmware_bridge.protocol.Heartbeat` every interval, at once after connecting, and
+early when something a technician cares about changes. :class:`ControlHandler` runs
+volume, power, reboot and diagnose commands on its own thread (serial round trips and a
+test tone take time; the MQTT loop must never wait) and answers each with a
+:class:`~firmware_bridge.protocol.ControlResult`: confirmed, or failed with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import statistics
+import struct
+import threading
+import time
+import uuid
+import wave
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from firmware_bridge.abc import Hardware, PlayResult, SensorReadings
+from firmware_bridge.exceptions import BridgeError, HardwareError, SinkError
+from firmware_bridge.hardware import HardwareSink
+from firmware_bridge.protocol import (
+    ControlCommand,
+    ControlResult,
+    DiagnoseCommand,
+    Heartbeat,
+    LineState,
+    PowerCommand,
+    RebootCommand,
+    VolumeCommand,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+# A heartbeat goes out early when a sensor moves this much since the last one.
+_TEMP_JUMP_C = 3.0
+_SUPPLY_JUMP_V = 0.5
+_DONE = "confirmed"
+_FAILED = "failed"
+
+
+class HeartbeatReporter:
+    """Publishes heartbeats from its own thread. ``start()`` spawns it, ``stop()`` joins."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        hardware: Hardware,
+        publish: Callable[[bytes], None],
+        interval_s: float,
+        storage_path: Path,
+        agent_version: str,
+        playing: Callable[[], str | None],
+    ) -> None:
+        self.cluster = cluster
+        self.hardware = hardware
+        self._publish = publish
+        self.interval_s = interval_s
+        self.storage_path = storage_path
+        self.agent_version = agent_version
+        self._playing = playing
+        self.boot_id = uuid.uuid4().hex[:16]
+        self._booted = time.monotonic()
+        self._seq = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.play_failures = 0
+        self.last_error: str | None = None
+        self.sent = 0
+
+    @property
+    def sample_period_s(self) -> float:
+        """How often the sensors are read (the heartbeat may go out early on change)."""
+        return min(1.0, self.interval_s / 2)
+
+    def start(self) -> None:
+        """Start sampling and publishing."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{self.cluster}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def request(self) -> None:
+        """Publish a heartbeat now (after a reconnect, or a state change)."""
+        self._wake.set()
+
+    def new_boot(self) -> None:
+        """Start a new boot: new id, uptime from zero, sequence from zero."""
+        with self._lock:
+            self.boot_id = uuid.uuid4().hex[:16]
+            self._booted = time.monotonic()
+            self._seq = 0
+
+    def note_playback(self, ok: bool, error: str | None = None) -> None:
+        """Count consecutive playback failures; a success resets the count."""
+        with self._lock:
+            if ok:
+                self.play_failures = 0
+            else:
+                self.play_failures += 1
+                self.last_error = error
+        self._wake.set()
+
+    def note_error(self, error: str) -> None:
+        """Remember the last error for the next heartbeat."""
+        with self._lock:
+            self.last_error = error[:300]
+        self._wake.set()
+
+    def build(self, readings: SensorReadings) -> Heartbeat:
+        """A heartbeat from one sensor reading and the agent's own state."""
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            boot_id, booted = self.boot_id, self._booted
+            failures, last_error = self.play_failures, self.last_error
+        return Heartbeat(
+            cluster=self.cluster,
+            ts=self.hardware.now(),
+            seq=seq,
+            boot_id=boot_id,
+            interval_s=self.interval_s,
+            uptime_s=round(time.monotonic() - booted, 3),
+            agent=self.agent_version,
+            firmware=self.hardware.firmware,
+            volume=readings.volume,
+            amp_power=readings.amp_power,
+            amp_temp_c=readings.amp_temp_c,
+            supply_v=readings.supply_v,
+            amp_current_a=readings.amp_current_a,
+            line=_line(readings.line),
+            rssi_dbm=readings.rssi_dbm,
+            playing=self._playing(),
+            free_storage_mb=_round(self.hardware.free_storage_mb(self.storage_path)),
+            play_failures=failures,
+            last_error=last_error,
+        )
+
+    def _run(self) -> None:
+        last_sent: Heartbeat | None = None
+        next_due = 0.0
+        while not self._stop.is_set():
+            requested = self._wake.wait(self.sample_period_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                try:
+                    readings = self.hardware.read_sensors()
+                except HardwareError as exc:
+                    self.note_error(f"sensors: {exc}")
+                    self._wake.clear()
+                    readings = SensorReadings()
+                now = time.monotonic()
+                hb = self.build(readings)
+                if requested or now >= next_due or _changed(last_sent, hb):
+                    self._publish(encode(hb))
+                    self.sent += 1
+                    last_sent = hb
+                    next_due = now + self.interval_s
+            except Exception:
+                # The heartbeat is how a broken box is noticed: never let it die quietly.
+                logger.exception("%s: heartbeat failed", self.cluster)
+                self._stop.wait(1.0)
+
+
+def _line(value: str) -> LineState:
+    if value == "ok":
+        return "ok"
+    if value == "open":
+        return "open"
+    if value == "short":
+        return "short"
+    return "unknown"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _changed(old: Heartbeat | None, new: Heartbeat) -> bool:
+    if old is None:
+        return True
+    for name in ("amp_power", "volume", "line", "playing", "last_error", "play_failures"):
+        if getattr(old, name) != getattr(new, name):
+            return True
+    for name, jump in (("amp_temp_c", _TEMP_JUMP_C), ("supply_v", _SUPPLY_JUMP_V)):
+        a, b = getattr(old, name), getattr(new, name)
+        if (a is None) != (b is None) or (a is not None and abs(a - b) >= jump):
+            return True
+    return False
+
+
+def tone_file(directory: Path, seconds: float, freq: float = 1000.0, rate: int = 8000) -> Path:
+    """A mono 16-bit WAV sine tone at -12 dBFS, written once and reused."""
+    path = directory / f"diag-tone-{int(seconds * 1000)}ms-{int(freq)}hz.wav"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    amplitude = 0.25 * 32767
+    frames = b"".join(
+        struct.pack("<h", int(amplitude * math.sin(2 * math.pi * freq * n / rate)))
+        for n in range(int(seconds * rate))
+    )
+    tmp = path.with_suffix(".tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    tmp.replace(path)
+    return path
+
+
+class ControlHandler:
+    """Runs control commands in order on its own thread and answers every one."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        hardware: Hardware,
+        output: HardwareSink,
+        journal: Any,
+        publish: Callable[[ControlResult, Callable[[bool, str], None] | None], None],
+        reporter: HeartbeatReporter,
+        busy: Callable[[], str | None],
+        mqtt_reconnects: Callable[[], int],
+        restart: Callable[[str], None],
+        work_dir: Path,
+    ) -> None:
+        self.cluster = cluster
+        self.hardware = hardware
+        self.output = output
+        self._journal = journal
+        self._publish = publish
+        self.reporter = reporter
+        self._busy = busy
+        self._mqtt_reconnects = mqtt_reconnects
+        self._restart = restart
+        self.work_dir = work_dir
+        self._queue: queue.Queue[ControlCommand | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"control-{self.cluster}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the current command and stop."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def submit(self, command: ControlCommand) -> None:
+        """Take a command (MQTT loop thread: no blocking here)."""
+        seen = self._journal.get(command.id)
+        if seen is not None:
+            logger.info("%s: duplicate control command %s (%s)", self.cluster, command.id, seen)
+            if seen in (_DONE, _FAILED):
+                self._answer(
+                    command,
+                    seen == _DONE,
+                    "duplicate command; already handled",
+                    {"duplicate": True},
+                )
+            return
+        if command.expires_at <= self.hardware.now():
+            self._journal.set(command.id, _FAILED)
+            self._answer(command, False, "expired before it arrived")
+            return
+        self._journal.set(command.id, "received")
+        self._queue.put(command)
+
+    def _answer(
+        self,
+        command: ControlCommand,
+        ok: bool,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+        on_done: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        result = ControlResult(
+            cluster=self.cluster,
+            command=command.id,
+            type=command.type,
+            ok=ok,
+            ts=self.hardware.now(),
+            reason=None if ok else (reason or "failed")[:500],
+            detail=detail or {},
+        )
+        if ok and reason:
+            result = result.model_copy(update={"reason": reason[:500]})
+        self._publish(result, on_done)
+
+    def _run(self) -> None:
+        while True:
+            command = self._queue.get()
+            if command is None:
+                return
+            try:
+                self._execute(command)
+            except Exception as exc:
+                logger.exception("%s: control command %s crashed", self.cluster, command.id)
+                self._journal.set(command.id, _FAILED)
+                self._answer(command, False, f"agent error: {exc}")
+
+    def _execute(self, command: ControlCommand) -> None:
+        if command.expires_at <= self.hardware.now():
+            self._journal.set(command.id, _FAILED)
+            self._answer(command, False, "expired before it could run")
+            return
+        try:
+            if isinstance(command, VolumeCommand):
+                now_in_effect = self.hardware.set_volume(command.volume)
+                ok = now_in_effect == command.volume
+                detail: dict[str, Any] = {"volume": now_in_effect}
+                reason = None if ok else f"volume is {now_in_effect}, not {command.volume}"
+            elif isinstance(command, PowerCommand):
+                relay = self.hardware.set_amplifier_power(command.on)
+                ok = relay == command.on
+                detail = {"amp_power": relay}
+                reason = None if ok else f"relay stayed {'on' if relay else 'off'}"
+            elif isinstance(command, RebootCommand):
+                self._reboot(command)
+                return
+            else:
+                detail = self._diagnose(command)
+                ok, reason = True, None
+        except (BridgeError, OSError) as exc:
+            self._journal.set(command.id, _FAILED)
+            self.reporter.note_error(f"{command.type}: {exc}")
+            self._answer(command, False, str(exc))
+            return
+        self._journal.set(command.id, _DONE if ok else _FAILED)
+        self._answer(command, ok, reason, detail)
+        self.reporter.request()
+
+    def _reboot(self, command: RebootCommand) -> None:
+        self._journal.set(command.id, _DONE)
+        sent = threading.Event()
+        self._answer(
+            command,
+            True,
+            "rebooting",
+            {"boot_id": self.reporter.boot_id},
+            on_done=lambda ok, reason: sent.set(),
+        )
+        # Let the answer reach the broker before the link goes down.
+        sent.wait(3.0)
+        self._restart("reboot requested by the controller")
+
+    # -- diagnose ---------------------------------------------------------------------------
+
+    def _diagnose(self, command: DiagnoseCommand) -> dict[str, Any]:
+        started = time.monotonic()
+        received = self.hardware.now()
+        tests: dict[str, Any] = {}
+        for name in command.tests:
+            try:
+                if name == "self_test":
+                    r = self.hardware.self_test()
+                    tests[name] = {"ok": r.ok, "checks": r.checks, "detail": r.detail}
+                elif name == "tone":
+                    tests[name] = self._tone_test(command.tone_s)
+                elif name == "link":
+                    counters = asdict(self.hardware.link_counters())
+                    counters["mqtt_reconnects"] = self._mqtt_reconnects()
+                    counters["rssi_dbm"] = self.hardware.read_sensors().rssi_dbm
+                    tests[name] = counters
+                elif name == "clock":
+                    tests[name] = {"box_time": self.hardware.now().isoformat()}
+            except (BridgeError, OSError) as exc:
+                tests[name] = {"error": str(exc)[:300]}
+        return {
+            "received": received.isoformat(),
+            "took_s": round(time.monotonic() - started, 3),
+            "hardware": self.hardware.name,
+            "tests": tests,
+        }
+
+    def _tone_test(self, seconds: float) -> dict[str, Any]:
+        busy = self._busy()
+        if busy:
+            return {"skipped": f"busy playing broadcast {busy}; never interrupted for a test"}
+        path = tone_file(self.work_dir, seconds)
+        before = self.hardware.read_sensors()
+        switched_on = before.amp_power is False
+        if switched_on:
+            # Idle draw is only meaningful with the relay closed: measure it that way.
+            self.hardware.set_amplifier_power(True)
+        try:
+            return self._tone_measured(path, seconds, before)
+        finally:
+            if switched_on:
+                self.hardware.set_amplifier_power(False)
+
+    def _tone_measured(self, path: Path, seconds: float, before: SensorReadings) -> dict[str, Any]:
+        idle = self.hardware.read_sensors()
+        stop = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def play() -> None:
+            try:
+                outcome["result"] = self.output.play_tone(path, duration_s=seconds, stop=stop).value
+            except SinkError as exc:
+                outcome["result"] = "error"
+                outcome["error"] = str(exc)[:300]
+
+        player = threading.Thread(target=play, name=f"tone-{self.cluster}", daemon=True)
+        player.start()
+        samples: list[float] = []
+        lines: set[str] = set()
+        bound = time.monotonic() + seconds * 3 + 5
+        while player.is_alive() and time.monotonic() < bound:
+            if self.output.active:
+                r = self.hardware.read_sensors()
+                if r.amp_current_a is not None:
+                    samples.append(r.amp_current_a)
+                lines.add(r.line)
+            player.join(0.03)
+        if player.is_alive():
+            stop.set()
+            player.join(2)
+            outcome.setdefault("result", "timeout")
+        result = outcome.get("result", "timeout")
+        if result == PlayResult.COMPLETED.value:
+            self.reporter.note_playback(True)
+        elif result in ("error", "timeout"):
+            self.reporter.note_playback(False, f"test tone: {outcome.get('error', result)}")
+        return {
+            "result": result,
+            "error": outcome.get("error"),
+            "seconds": seconds,
+            "amp_power_before": before.amp_power,
+            "volume": before.volume,
+            "idle_a": idle.amp_current_a,
+            "tone_a": round(statistics.median(samples), 3) if samples else None,
+            "peak_a": max(samples) if samples else None,
+            "samples": len(samples),
+            "line": before.line,
+            "lines_during": sorted(lines),
+        }

@@ -1,0 +1,648 @@
+"""Cluster health on the controller: latest state, downsampled history, alarms, control.
+
+:class:`HealthMonitor` owns the ``cluster_health``, ``health_sample``, ``alarm`` and
+``control_request`` tables and is their only writer in the controller. Like the
+dispatcher, MQTT callbacks only parse and enqueue (they run on the MQTT loop thread);
+the monitor's own thread applies heartbeats, status changes and control results, sends
+queued control requests, applies their deadlines and re-evaluates every alarm rule, in
+one transaction per iteration. Time-based alarms (missed heartbeats, flapping) are
+checked on every iteration, so they fire within one poll interval of the limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlmodel import Session, col, delete, select
+
+from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.mqtt import MqttLink
+from firmware_bridge.protocol import (
+    ControlCommand,
+    ControlResult,
+    DiagnoseCommand,
+    Heartbeat,
+    Kind,
+    PowerCommand,
+    RebootCommand,
+    Status,
+    Topic,
+    VolumeCommand,
+    decode_heartbeat,
+    decode_result,
+    decode_status,
+    encode,
+    topic,
+)
+from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluate
+from loudspeaker.db import as_utc
+from loudspeaker.diagnosis import judge, unreachable
+from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.keys import CommandSigner
+from loudspeaker.models import (
+    AlarmRecord,
+    ClusterHealth,
+    ClusterRecord,
+    ClusterStatus,
+    ControlRequest,
+    ControlState,
+    HealthSample,
+    now,
+)
+from loudspeaker.site import HealthConfig, current_site
+
+logger = logging.getLogger(__name__)
+
+_LINE_RANK = {"unknown": 0, "ok": 1, "open": 2, "short": 3}
+_RELOAD_EVERY = timedelta(seconds=10)
+_PRUNE_EVERY = timedelta(seconds=60)
+_ALARM_UPDATE_EVERY = timedelta(seconds=30)
+_ALARM_KEEP = timedelta(days=365)
+_PLANNED_OFFLINE = ("agent stopped", "reboot")
+_OPEN_STATES = [ControlState.QUEUED.value, ControlState.SENT.value, ControlState.ACCEPTED.value]
+
+
+@dataclass(frozen=True)
+class _HeartbeatIn:
+    hb: Heartbeat
+    at: datetime
+
+
+@dataclass(frozen=True)
+class _StatusIn:
+    status: Status
+    at: datetime
+
+
+@dataclass(frozen=True)
+class _ResultIn:
+    result: ControlResult
+    at: datetime
+
+
+@dataclass(frozen=True)
+class _SentIn:
+    request_id: str
+    ok: bool
+    reason: str
+
+
+_Event = _HeartbeatIn | _StatusIn | _ResultIn | _SentIn
+
+
+@dataclass
+class _Cluster:
+    """What the monitor keeps in memory about one cluster."""
+
+    online: bool | None = None
+    since: datetime | None = None
+    offline_reason: str = ""
+    last_hb_at: datetime | None = None
+    boot_id: str = ""
+    interval_s: float | None = None
+    amp_temp_c: float | None = None
+    supply_v: float | None = None
+    line: str = "unknown"
+    skew: float | None = None
+    free_storage_mb: float | None = None
+    play_failures: int | None = None
+    disconnects: deque[datetime] = field(default_factory=lambda: deque(maxlen=1000))
+    alarms: dict[AlarmKind, AlarmRecord] = field(default_factory=dict)
+
+
+def command_for(req: ControlRequest, issued: datetime) -> ControlCommand:
+    """The wire command of a stored control request."""
+    expires = as_utc(req.expires_at) or issued
+    base: dict[str, Any] = {
+        "id": req.id,
+        "cluster": req.cluster_id,
+        "issued_at": issued,
+        "expires_at": expires,
+    }
+    args = req.args or {}
+    if req.action == "volume":
+        return VolumeCommand(**base, volume=int(args["volume"]))
+    if req.action == "power":
+        return PowerCommand(**base, on=bool(args["on"]))
+    if req.action == "reboot":
+        return RebootCommand(**base)
+    if req.action == "diagnose":
+        extra = {k: args[k] for k in ("tests", "tone_s") if k in args}
+        return DiagnoseCommand(**base, **extra)
+    raise LoudspeakerError(f"unknown control action {req.action!r}")
+
+
+class HealthMonitor:
+    """Owns cluster health state. ``start()`` runs the worker thread; ``poke()`` wakes it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        link: MqttLink,
+        *,
+        site: str,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.link = link
+        self.site = site
+        self.poll_interval_s = poll_interval_s
+        self.config = HealthConfig()
+        # Control commands are signed like every other command (docs/security.md).
+        self.signer = CommandSigner(engine)
+        self._inbound: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._retry: list[_Event] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clusters: dict[str, _Cluster] = {}
+        self._inflight: set[str] = set()
+        self._started_at = now()
+        self._loaded_at = self._started_at
+        self._pruned_at = self._started_at
+        self.heartbeats_received = 0
+        self.results_received = 0
+        self.dropped_messages = 0
+        self.alarms_raised = 0
+
+    # -- any thread -------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Look for new control requests now."""
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Inbound events not yet applied."""
+        return self._inbound.qsize() + len(self._retry)
+
+    def on_message(self, topic_name: str, payload: bytes) -> None:
+        """MQTT handler: parse heartbeats, results and status; enqueue. Never raises."""
+        at = now()
+        try:
+            parsed = Topic.parse(topic_name)
+            if parsed.site != self.site:
+                return  # the dispatcher reports foreign sites
+            if parsed.kind is Kind.HEALTH:
+                hb = decode_heartbeat(payload)
+                if hb.cluster != parsed.cluster:
+                    raise ProtocolError(
+                        f"heartbeat names {hb.cluster!r} on {parsed.cluster!r}'s topic"
+                    )
+                self._inbound.put(_HeartbeatIn(hb, at))
+            elif parsed.kind is Kind.RESULT:
+                res = decode_result(payload)
+                if res.cluster != parsed.cluster:
+                    raise ProtocolError(
+                        f"result names {res.cluster!r} on {parsed.cluster!r}'s topic"
+                    )
+                self._inbound.put(_ResultIn(res, at))
+            elif parsed.kind is Kind.STATUS:
+                if not payload:
+                    return
+                st = decode_status(payload)
+                if st.cluster != parsed.cluster:
+                    return  # the dispatcher logs this one
+                self._inbound.put(_StatusIn(st, at))
+            else:
+                return
+        except ProtocolError as exc:
+            if topic_name.endswith(("/health", "/result")):
+                self.dropped_messages += 1
+                logger.warning(
+                    "dropped message on %s: %s; payload %r", topic_name, exc, payload[:200]
+                )
+            return
+        except Exception:
+            self.dropped_messages += 1
+            logger.exception("health: message on %s not understood; dropped", topic_name)
+            return
+        self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load thresholds and what is known of each cluster, then start the thread."""
+        self._started_at = now()
+        with Session(self.engine) as s:
+            self._reload(s)
+            self._seed(s)
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the current iteration and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _reload(self, s: Session) -> None:
+        try:
+            self.config = current_site(s).health
+        except LoudspeakerError as exc:
+            logger.warning("health: using default thresholds (%s)", exc)
+        ids = set(s.exec(select(ClusterRecord.id)).all())
+        for cid in ids - self._clusters.keys():
+            self._clusters[cid] = _Cluster()
+        for cid in self._clusters.keys() - ids:
+            del self._clusters[cid]
+        self._loaded_at = now()
+
+    def _seed(self, s: Session) -> None:
+        for st in s.exec(select(ClusterStatus)).all():
+            c = self._clusters.get(st.cluster_id)
+            if c is not None and st.since is not None:
+                c.online, c.since, c.offline_reason = st.online, as_utc(st.since), st.reason
+        for h in s.exec(select(ClusterHealth)).all():
+            c = self._clusters.get(h.cluster_id)
+            if c is None:
+                continue
+            c.last_hb_at = as_utc(h.received_at)
+            c.boot_id, c.interval_s = h.boot_id, h.interval_s
+            c.amp_temp_c, c.supply_v, c.line = h.amp_temp_c, h.supply_v, h.line
+            c.skew, c.free_storage_mb = h.clock_skew_s, h.free_storage_mb
+            c.play_failures = h.play_failures
+        for a in s.exec(select(AlarmRecord).where(col(AlarmRecord.cleared_at).is_(None))).all():
+            c = self._clusters.get(a.cluster_id)
+            if c is not None:
+                try:
+                    c.alarms[AlarmKind(a.kind)] = a
+                except ValueError:
+                    logger.warning("alarm %s of unknown kind %r left as it is", a.id, a.kind)
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()
+            try:
+                self.step()
+            except Exception:
+                # Keep watching: a bug in one iteration must not blind the technicians.
+                logger.exception("health iteration failed")
+                self._stop.wait(0.5)
+
+    def step(self) -> None:
+        """One iteration: apply inbound events, send/expire control, evaluate alarms."""
+        events = self._retry
+        self._retry = []
+        while True:
+            try:
+                events.append(self._inbound.get_nowait())
+            except queue.Empty:
+                break
+        t = now()
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                if t - self._loaded_at >= _RELOAD_EVERY:
+                    self._reload(s)
+                for ev in events:
+                    self._apply(s, ev)
+                self._control(s, t)
+                self._alarms(s, t)
+                if t - self._pruned_at >= _PRUNE_EVERY:
+                    self._prune(s, t)
+                s.commit()
+        except OperationalError as exc:
+            logger.warning("database busy (%s); %d health events kept for retry", exc, len(events))
+            self._retry = events
+            self._reset_alarm_cache()
+
+    def _reset_alarm_cache(self) -> None:
+        # A rolled-back transaction may have lost alarm rows we added: read them again.
+        with Session(self.engine, expire_on_commit=False) as s:
+            for c in self._clusters.values():
+                c.alarms.clear()
+            for a in s.exec(select(AlarmRecord).where(col(AlarmRecord.cleared_at).is_(None))).all():
+                c2 = self._clusters.get(a.cluster_id)
+                if c2 is not None and a.kind in AlarmKind.__members__.values():
+                    c2.alarms[AlarmKind(a.kind)] = a
+
+    def _apply(self, s: Session, ev: _Event) -> None:
+        if isinstance(ev, _HeartbeatIn):
+            self._apply_heartbeat(s, ev.hb, ev.at)
+        elif isinstance(ev, _StatusIn):
+            self._apply_status(ev.status, ev.at)
+        elif isinstance(ev, _ResultIn):
+            self._apply_result(s, ev.result, ev.at)
+        else:
+            self._inflight.discard(ev.request_id)
+            if not ev.ok:
+                req = s.get(ControlRequest, ev.request_id)
+                if req is not None and not ControlState(req.state).final:
+                    self._finish(s, req, ControlState.FAILED, f"broker refused: {ev.reason}")
+
+    def _apply_heartbeat(self, s: Session, hb: Heartbeat, at: datetime) -> None:
+        c = self._clusters.get(hb.cluster)
+        if c is None:
+            self.dropped_messages += 1
+            logger.warning("heartbeat from unknown cluster %r dropped", hb.cluster)
+            return
+        self.heartbeats_received += 1
+        skew = round((hb.ts - at).total_seconds(), 3)
+        row = s.get(ClusterHealth, hb.cluster) or ClusterHealth(
+            cluster_id=hb.cluster, received_at=at
+        )
+        row.received_at = at
+        row.cluster_ts = hb.ts
+        row.seq, row.boot_id, row.interval_s, row.uptime_s = (
+            hb.seq,
+            hb.boot_id,
+            hb.interval_s,
+            hb.uptime_s,
+        )
+        row.agent, row.firmware, row.clock_skew_s = hb.agent, hb.firmware, skew
+        row.volume, row.amp_power = hb.volume, hb.amp_power
+        row.amp_temp_c, row.supply_v, row.amp_current_a = (
+            hb.amp_temp_c,
+            hb.supply_v,
+            hb.amp_current_a,
+        )
+        row.line, row.rssi_dbm, row.playing = hb.line, hb.rssi_dbm, hb.playing or ""
+        row.free_storage_mb, row.play_failures = hb.free_storage_mb, hb.play_failures
+        row.last_error = hb.last_error or ""
+        row.heartbeats = (row.heartbeats or 0) + 1
+        s.add(row)
+        self._sample(s, hb, at, skew)
+        previous_boot = c.boot_id
+        c.last_hb_at, c.boot_id, c.interval_s = at, hb.boot_id, hb.interval_s
+        c.amp_temp_c, c.supply_v, c.line = hb.amp_temp_c, hb.supply_v, hb.line
+        c.skew, c.free_storage_mb, c.play_failures = skew, hb.free_storage_mb, hb.play_failures
+        if previous_boot and previous_boot != hb.boot_id:
+            logger.info("cluster %s restarted (boot %s)", hb.cluster, hb.boot_id)
+            self._confirm_reboots(s, hb.cluster, hb.boot_id, at)
+
+    def _sample(self, s: Session, hb: Heartbeat, at: datetime, skew: float) -> None:
+        cfg = self.config
+        for res in (cfg.history_fine_s, cfg.history_coarse_s):
+            epoch = int(at.timestamp())
+            start = datetime.fromtimestamp(epoch - epoch % res, tz=at.tzinfo)
+            row = s.exec(
+                select(HealthSample).where(
+                    HealthSample.cluster_id == hb.cluster,
+                    HealthSample.resolution_s == res,
+                    HealthSample.bucket_start == start,
+                )
+            ).first() or HealthSample(cluster_id=hb.cluster, resolution_s=res, bucket_start=start)
+            n = row.n
+            row.temp_min, row.temp_avg, row.temp_max = _agg(
+                row.temp_min, row.temp_avg, row.temp_max, hb.amp_temp_c, n
+            )
+            row.supply_min, row.supply_avg, row.supply_max = _agg(
+                row.supply_min, row.supply_avg, row.supply_max, hb.supply_v, n
+            )
+            if hb.amp_current_a is not None:
+                row.current_max = max(row.current_max or 0.0, hb.amp_current_a)
+            if hb.rssi_dbm is not None:
+                row.rssi_avg = _avg(row.rssi_avg, float(hb.rssi_dbm), n)
+            if row.skew_max is None or abs(skew) > abs(row.skew_max):
+                row.skew_max = skew
+            if _LINE_RANK.get(hb.line, 0) > _LINE_RANK.get(row.line, 0):
+                row.line = hb.line
+            row.play_failures_max = max(row.play_failures_max, hb.play_failures)
+            row.n = n + 1
+            s.add(row)
+
+    def _apply_status(self, st: Status, at: datetime) -> None:
+        c = self._clusters.get(st.cluster)
+        if c is None:
+            return
+        online = st.state == "online"
+        reason = st.reason or ""
+        if c.online is True and not online and not reason.startswith(_PLANNED_OFFLINE):
+            c.disconnects.append(at)
+        if c.online != online:
+            c.since = at
+        c.online = online
+        c.offline_reason = "" if online else reason
+
+    # -- control requests ------------------------------------------------------------------
+
+    def _apply_result(self, s: Session, res: ControlResult, at: datetime) -> None:
+        self.results_received += 1
+        req = s.get(ControlRequest, res.command)
+        if req is None or req.cluster_id != res.cluster:
+            self.dropped_messages += 1
+            logger.warning(
+                "result for unknown command %s from %s dropped", res.command, res.cluster
+            )
+            return
+        state = ControlState(req.state)
+        if state.final or state is ControlState.ACCEPTED:
+            logger.info("duplicate %s result for %s ignored", res.type, res.command)
+            return
+        req.answered_at = at
+        if not res.ok:
+            result: dict[str, Any] = {"detail": res.detail}
+            if req.action == "diagnose":
+                result["diagnosis"] = unreachable(res.reason or "failed").to_json()
+                result["diagnosis"]["verdict"] = f"diagnose failed on the cluster: {res.reason}"
+                result["diagnosis"]["status"] = "fault"
+                result["diagnosis"]["action"] = "reboot the cluster, then diagnose again"
+            req.result = result
+            self._finish(s, req, ControlState.FAILED, res.reason or "failed on the cluster")
+            return
+        if req.action == "reboot":
+            req.state = ControlState.ACCEPTED.value
+            req.reason = res.reason or "rebooting"
+            req.result = {"boot_id_before": res.detail.get("boot_id", "")}
+            s.add(req)
+            return
+        result = {"detail": res.detail, "cluster_ts": res.ts.isoformat()}
+        if req.action == "diagnose":
+            sent = as_utc(req.sent_at) or at
+            result["diagnosis"] = judge(
+                res.detail, sent_at=sent, answered_at=at, cluster_ts=res.ts, cfg=self.config
+            ).to_json()
+        req.result = result
+        self._finish(s, req, ControlState.CONFIRMED, res.reason or "")
+
+    def _confirm_reboots(self, s: Session, cluster: str, boot_id: str, at: datetime) -> None:
+        for req in s.exec(
+            select(ControlRequest).where(
+                ControlRequest.cluster_id == cluster,
+                ControlRequest.state == ControlState.ACCEPTED.value,
+            )
+        ).all():
+            if (req.result or {}).get("boot_id_before") != boot_id:
+                req.result = {**(req.result or {}), "boot_id_after": boot_id}
+                self._finish(s, req, ControlState.CONFIRMED, "back online after reboot")
+
+    def _finish(self, s: Session, req: ControlRequest, state: ControlState, reason: str) -> None:
+        req.state = state.value
+        req.reason = reason[:500]
+        req.done_at = now()
+        s.add(req)
+        log = logger.info if state is ControlState.CONFIRMED else logger.warning
+        log("control %s %s on %s: %s %s", req.action, req.id, req.cluster_id, state.value, reason)
+
+    def _control(self, s: Session, t: datetime) -> None:
+        cfg = self.config
+        open_reqs = s.exec(
+            select(ControlRequest).where(col(ControlRequest.state).in_(_OPEN_STATES)).limit(500)
+        ).all()
+        for req in open_reqs:
+            state = ControlState(req.state)
+            if state is ControlState.QUEUED:
+                self._send(s, req, t)
+            elif state is ControlState.SENT:
+                allowance = cfg.control_timeout_s
+                if req.action == "diagnose":
+                    allowance += float((req.args or {}).get("tone_s", 2.0)) * 3
+                sent = as_utc(req.sent_at) or t
+                if (t - sent).total_seconds() > allowance:
+                    why = f"no answer from the cluster within {allowance:.0f} s"
+                    if req.action == "diagnose":
+                        req.result = {"diagnosis": unreachable(why).to_json()}
+                    self._finish(s, req, ControlState.FAILED, why)
+            else:
+                answered = as_utc(req.answered_at) or t
+                if (t - answered).total_seconds() > cfg.reboot_timeout_s:
+                    why = f"did not come back within {cfg.reboot_timeout_s:.0f} s of rebooting"
+                    self._finish(s, req, ControlState.FAILED, why)
+
+    def _send(self, s: Session, req: ControlRequest, t: datetime) -> None:
+        if req.id in self._inflight:
+            return
+        expires = as_utc(req.expires_at)
+        c = self._clusters.get(req.cluster_id)
+        why = ""
+        if expires is not None and expires <= t:
+            why = "expired before it could be sent (broker down?)"
+        elif c is None:
+            why = f"cluster {req.cluster_id!r} is not in the site"
+        elif c.online is False:
+            since = c.since.isoformat(timespec="seconds") if c.since else "?"
+            why = f"cluster is offline since {since} ({c.offline_reason or 'no reason'}); not sent"
+        if why:
+            if req.action == "diagnose":
+                req.result = {"diagnosis": unreachable(why).to_json()}
+            self._finish(s, req, ControlState.FAILED, why)
+            return
+        if not self.link.connected.is_set():
+            return
+        try:
+            cmd = self.signer.sign(command_for(req, t))
+        except (LoudspeakerError, KeyError, ValueError) as exc:
+            self._finish(s, req, ControlState.FAILED, f"bad request: {exc}")
+            return
+        self._inflight.add(req.id)
+        req.state = ControlState.SENT.value
+        req.sent_at = t
+        s.add(req)
+        self.link.publish(
+            topic(self.site, req.cluster_id, Kind.CMD),
+            encode(cmd),
+            qos=1,
+            on_done=functools.partial(self._sent, req.id),
+        )
+
+    def _sent(self, request_id: str, ok: bool, reason: str) -> None:
+        self._inbound.put(_SentIn(request_id, ok, reason))
+        self._wake.set()
+
+    # -- alarms -----------------------------------------------------------------------------
+
+    def observation(self, cluster: str, t: datetime) -> Observation:
+        """What the alarm rules see of ``cluster`` at ``t``."""
+        c = self._clusters[cluster]
+        return Observation(
+            now=t,
+            watching_since=self._started_at,
+            online=c.online,
+            online_since=c.since,
+            last_heartbeat_at=c.last_hb_at,
+            interval_s=c.interval_s,
+            amp_temp_c=c.amp_temp_c,
+            supply_v=c.supply_v,
+            line=c.line,
+            clock_skew_s=c.skew,
+            free_storage_mb=c.free_storage_mb,
+            play_failures=c.play_failures,
+            disconnects=tuple(c.disconnects),
+            offline_reason=c.offline_reason,
+        )
+
+    def _alarms(self, s: Session, t: datetime) -> None:
+        for cid, c in self._clusters.items():
+            findings = evaluate(self.observation(cid, t), self.config, set(c.alarms))
+            for f in findings:
+                current = c.alarms.get(f.kind)
+                if f.active and current is None:
+                    rec = AlarmRecord(
+                        cluster_id=cid,
+                        kind=f.kind.value,
+                        severity=SEVERITY[f.kind],
+                        raised_at=t,
+                        message=f.message,
+                        value=f.value,
+                        threshold=f.threshold,
+                        last_value=f.value,
+                        updated_at=t,
+                    )
+                    s.add(rec)
+                    c.alarms[f.kind] = rec
+                    self.alarms_raised += 1
+                    logger.warning(
+                        "ALARM %s on %s: %s (%s)", f.kind.value, cid, f.message, ACTION[f.kind]
+                    )
+                elif f.active is False and current is not None:
+                    current.cleared_at = t
+                    current.clear_message = f.message
+                    current.last_value = f.value
+                    current.updated_at = t
+                    s.add(current)
+                    del c.alarms[f.kind]
+                    logger.info("alarm %s on %s cleared: %s", f.kind.value, cid, f.message)
+                elif f.active and current is not None:
+                    updated = as_utc(current.updated_at) or t
+                    if f.value != current.last_value and t - updated >= _ALARM_UPDATE_EVERY:
+                        current.last_value = f.value
+                        current.updated_at = t
+                        s.add(current)
+
+    def _prune(self, s: Session, t: datetime) -> None:
+        cfg = self.config
+        try:
+            for res, keep in (
+                (cfg.history_fine_s, cfg.history_fine_keep),
+                (cfg.history_coarse_s, cfg.history_coarse_keep),
+            ):
+                cutoff = t - timedelta(seconds=res * keep)
+                s.exec(
+                    delete(HealthSample).where(
+                        col(HealthSample.resolution_s) == res,
+                        col(HealthSample.bucket_start) < cutoff,
+                    )
+                )
+            s.exec(delete(AlarmRecord).where(col(AlarmRecord.cleared_at) < t - _ALARM_KEEP))
+        except SQLAlchemyError as exc:
+            logger.warning("could not prune health history: %s", exc)
+        self._pruned_at = t
+
+
+def _avg(avg: float | None, value: float, n: int) -> float:
+    return value if avg is None or n == 0 else round((avg * n + value) / (n + 1), 3)
+
+
+def _agg(
+    lo: float | None, avg: float | None, hi: float | None, value: float | None, n: int
+) -> tuple[float | None, float | None, float | None]:
+    if value is None:
+        return lo, avg, hi
+    return (
+        value if lo is None else min(lo, value),
+        _avg(avg, value, n),
+        value if hi is None else max(hi, value),
+    )
