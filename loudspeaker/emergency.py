@@ -38,7 +38,7 @@ from firmware_bridge.protocol import (
     new_id,
     topic,
 )
-from loudspeaker import outbox
+from loudspeaker import announcements, outbox
 from loudspeaker.announcements import audio_settings
 from loudspeaker.broadcasts import (
     AudioFile,
@@ -76,6 +76,7 @@ class EmergencyRequest:
     hamlets: tuple[str, ...] = ()  # empty: every hamlet (--all)
     recording: Path | None = None
     siren: bool = False
+    announcement: str | None = None  # a prepared warning: plays with no rendering at all
     repeat: int = 1
     gap_s: float = 0.0
     validity_s: float = DEFAULT_VALIDITY_S
@@ -85,8 +86,11 @@ class EmergencyRequest:
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise LoudspeakerError("say what the emergency is: the text is its title or message")
-        if self.recording is not None and self.siren:
-            raise LoudspeakerError("choose --recording or --siren, not both")
+        sources = [self.recording is not None, self.siren, self.announcement is not None]
+        if sum(sources) > 1:
+            raise LoudspeakerError(
+                "choose one of --recording, --siren and --announcement, not both"
+            )
         if not 1 <= self.repeat <= 10:
             raise LoudspeakerError("--repeat must be between 1 and 10")
         if not 0 <= self.gap_s <= 7200:
@@ -119,10 +123,23 @@ def target_clusters(session: Session, hamlets: tuple[str, ...]) -> list[ClusterR
     return clusters
 
 
-def render(data_dir: Path, req: EmergencyRequest) -> tuple[AudioFile, str, str]:
-    """The audio of an emergency: the siren, a recording, or the text spoken offline."""
+def render(
+    data_dir: Path, req: EmergencyRequest, session: Session | None = None
+) -> tuple[AudioFile, str, str]:
+    """The audio: a prepared announcement, the siren, a recording, or the text spoken."""
     settings = audio_settings(data_dir)
     media_dir = data_dir / "media"
+    if req.announcement is not None:
+        if session is None:
+            raise LoudspeakerError("internal: announcements need a session")
+        ann = announcements.get(session, req.announcement)
+        stored = MediaStore(media_dir).path_for(ann.media_sha256)
+        if stored is None:
+            raise LoudspeakerError(f"the audio of announcement {ann.id} is gone; make it again")
+        af = AudioFile(
+            stored, ann.media_sha256, ann.size, ann.duration_s, "mp3", "audio/mpeg", ann.engine
+        )
+        return af, ann.kind, ann.source
     if req.siren:
         r = audio.render_tone("siren", cache_dir=media_dir, seconds=SIREN_SECONDS)
         kind, source = "tone", "siren"
@@ -140,7 +157,7 @@ def trigger(session: Session, data_dir: Path, req: EmergencyRequest) -> Broadcas
     """Record an emergency with one delivery per target cluster, valid for its validity."""
     clusters = target_clusters(session, req.hamlets)
     site = current_site(session)
-    af, kind, source = render(data_dir, req)
+    af, kind, source = render(data_dir, req, session)
     media = register_media(session, MediaStore(data_dir / "media"), af)
     b = create_broadcast(
         session,

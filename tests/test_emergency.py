@@ -227,3 +227,37 @@ def test_cli_reaches_clusters_directly_when_the_controller_is_down(
     finally:
         ctl2.stop()
     assert all(len(_plays(fleet, c)) == 1 for c in ("lb-09", "lb-10"))
+
+
+def test_prepared_announcement_plays_as_an_emergency(controller: Controller, fleet: Fleet) -> None:
+    base = _base(controller)
+    ann = _json(
+        [
+            *base,
+            "announce",
+            "tts",
+            "Lũ quét, sơ tán ngay.",
+            "--title",
+            "Lũ quét",
+            "--engine",
+            "offline",
+            "--json",
+        ]
+    )
+    e = _json(
+        [
+            *base,
+            "emergency",
+            "Lũ quét",
+            "--announcement",
+            str(ann["id"]),
+            "--hamlet",
+            "pac-cap",
+            "--json",
+            "--wait",
+            "10",
+        ]
+    )
+    assert e["media"]["sha256"] == ann["sha256"]  # type: ignore[index]
+    eid = str(e["id"])
+    assert wait_until(lambda: _status(base, eid)["played"] == ["lb-05"], 30)

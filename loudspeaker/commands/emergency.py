@@ -80,6 +80,9 @@ def emergency(
         Path | None, typer.Option(help="Play this recording instead of TTS")
     ] = None,
     siren: Annotated[bool, typer.Option("--siren", help="Play the alert siren")] = False,
+    announcement: Annotated[
+        str | None, typer.Option(help="Play a prepared announcement (no rendering: fastest)")
+    ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")] = 1,
     gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
     valid: Annotated[
@@ -142,6 +145,7 @@ def emergency(
         hamlets=tuple(hamlet or ()),
         recording=recording,
         siren=siren,
+        announcement=announcement,
         repeat=repeat,
         gap_s=gap,
         validity_s=valid,
