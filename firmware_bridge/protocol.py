@@ -193,8 +193,26 @@ class StopCommand(_Message):
     expires_at: AwareDatetime
 
 
-Command = Annotated[PlayCommand | StopCommand, Field(discriminator="type")]
-_COMMAND_ADAPTER: TypeAdapter[PlayCommand | StopCommand] = TypeAdapter(Command)
+class WithdrawCommand(_Message):
+    """Take back a play command that has not started (its schedule changed).
+
+    The cluster removes the item if it is waiting and acknowledges the *play* command
+    ``failed`` with reason ``withdrawn: schedule changed``; an item already playing or
+    finished is left alone. A withdraw that arrives before its play command still
+    counts: the play command is then refused as already handled.
+    """
+
+    type: Literal["withdraw"] = "withdraw"
+    id: CommandId
+    cluster: ClusterId
+    broadcast: CommandId | None = None
+    command: CommandId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+Command = Annotated[PlayCommand | StopCommand | WithdrawCommand, Field(discriminator="type")]
+_COMMAND_ADAPTER: TypeAdapter[PlayCommand | StopCommand | WithdrawCommand] = TypeAdapter(Command)
 
 
 class Ack(_Message):
@@ -245,7 +263,7 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-def decode_command(payload: bytes) -> PlayCommand | StopCommand:
+def decode_command(payload: bytes) -> PlayCommand | StopCommand | WithdrawCommand:
     """Parse a command payload; raise ``ProtocolError`` saying what is wrong."""
     data = _load(payload)
     try:
