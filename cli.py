@@ -19,6 +19,7 @@ from loudspeaker.commands import (
     clusters,
     demo,
     reports,
+    schedule,
     serve,
     simulate,
     site,
@@ -46,6 +47,7 @@ app.command()(demo.demo)
 app.command()(clusters.clusters)
 app.command("log")(reports.log)
 app.add_typer(reports.report_app, name="report")
+app.add_typer(schedule.schedule_app, name="schedule")
 
 
 @app.callback()

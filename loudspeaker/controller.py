@@ -22,6 +22,7 @@ from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
 from loudspeaker.runtime import ControllerCard
 from loudspeaker.site import current_site
+from schedules.runner import ScheduleRunner
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Controller:
         self.loop: MqttLoop | None = None
         self.link: MqttLink | None = None
         self.dispatcher: Dispatcher | None = None
+        self.schedules: ScheduleRunner | None = None
         self.site_id = ""
 
     def start(self) -> None:
@@ -84,6 +86,14 @@ class Controller:
             poll_interval_s=st.poll_interval_s,
         )
         self.dispatcher.start()
+        self.schedules = ScheduleRunner(
+            engine,
+            self.dispatcher,
+            horizon_s=st.schedule_horizon_s,
+            grace_s=st.schedule_grace_s,
+            clock_warn_s=st.clock_warn_s,
+        )
+        self.schedules.start()
         self.loop.add(self.link)
         ControllerCard(
             pid=os.getpid(),
@@ -99,16 +109,22 @@ class Controller:
     def _poke(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.poke()
+        if self.schedules is not None:
+            self.schedules.poke()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         if self.dispatcher is not None:
             self.dispatcher.on_message(topic_name, payload)
+        if self.schedules is not None:
+            self.schedules.on_message(topic_name, payload)
 
     def stop(self) -> None:
         """Stop in reverse order and remove the address card."""
         card = ControllerCard.read(self.settings.run_dir)
         if card is not None and card.pid == os.getpid():
             ControllerCard.path(self.settings.run_dir).unlink(missing_ok=True)
+        if self.schedules is not None:
+            self.schedules.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.loop is not None:
