@@ -3,7 +3,10 @@
 Every acknowledgement carries the cluster's time (``ts``). The controller notes when it
 received it; ``ts - received`` is the cluster's offset minus the transit delay (which is
 never negative), so the largest of the recent samples is the best estimate: the one
-with the least delay. Pure logic: the runner feeds it and stores the result.
+with the least delay. A cluster that seems *behind* may only be slow to deliver: acks
+queued by the broker during an outage arrive late in a burst. So a negative estimate only
+counts once the samples span :data:`MIN_SPAN`; a positive one cannot come from delay and
+counts at once. Pure logic: the runner feeds it and stores the result.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 logger = logging.getLogger(__name__)
 
 SAMPLES = 20
+MIN_SPAN = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class ClockWatch:
 
     def __init__(self, warn_s: float) -> None:
         self.warn_s = warn_s
-        self._samples: dict[str, deque[float]] = {}
+        self._samples: dict[str, deque[tuple[datetime, float]]] = {}
         self._latest: dict[str, Offset] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -43,10 +47,13 @@ class ClockWatch:
         sample = (cluster_ts - received_at).total_seconds()
         with self._lock:
             q = self._samples.setdefault(cluster, deque(maxlen=SAMPLES))
-            q.append(sample)
-            estimate = Offset(cluster, max(q), received_at)
+            q.append((received_at, sample))
+            estimate = Offset(cluster, max(v for _, v in q), received_at)
             self._latest[cluster] = estimate
-            over = abs(estimate.offset_s) > self.warn_s
+            span = q[-1][0] - q[0][0]
+            over = estimate.offset_s > self.warn_s or (
+                estimate.offset_s < -self.warn_s and span >= MIN_SPAN and len(q) >= 3
+            )
             newly = over and cluster not in self._warned
             if over:
                 self._warned.add(cluster)
@@ -69,5 +76,6 @@ class ClockWatch:
             return sorted(self._latest.values(), key=lambda o: o.cluster)
 
     def warnings(self) -> list[Offset]:
-        """Clusters whose offset is over the threshold now."""
-        return [o for o in self.offsets() if abs(o.offset_s) > self.warn_s]
+        """Clusters whose offset is over the threshold now (as warned)."""
+        with self._lock:
+            return [self._latest[c] for c in sorted(self._warned)]

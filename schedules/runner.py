@@ -355,7 +355,7 @@ class ScheduleRunner:
             return
         reason = (
             f"missed: not sent by {local} (controller not running) and the "
-            f"{self.grace.total_seconds() / 60:.0f} min grace passed"
+            f"{_duration(self.grace)} grace passed"
         )
         logger.warning("schedule %s item %s %s", rec.id, p.announcement_id, reason)
         b = self._broadcast(s, t, rec, plan, p, start_at=p.start, state=DeliveryState.MISSED,
@@ -510,3 +510,8 @@ class ScheduleRunner:
         if best is None:
             return None
         return max(best - self.horizon - LEAD, t + timedelta(milliseconds=50))
+
+
+def _duration(d: timedelta) -> str:
+    secs = d.total_seconds()
+    return f"{secs / 60:.0f} min" if secs >= 120 else f"{secs:.0f} s"

@@ -6,6 +6,10 @@ Real mosquitto, real agents (simulated amplifiers), SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,8 +27,10 @@ from firmware_bridge.simulator import Fleet
 from loudspeaker.broadcasts import register_media
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.controller import Controller
+from loudspeaker.db import make_engine
 from loudspeaker.media import MediaStore
 from loudspeaker.models import Announcement, ClusterClock, Delivery, ScheduleSlot
+from tests.conftest import load_site
 from tests.helpers import make_tone_mp3, wait_until
 
 pytestmark = pytest.mark.integration
@@ -195,3 +201,91 @@ def test_cluster_clock_offset_is_estimated_and_shown(
     assert stored() == pytest.approx(30, abs=1.5)
     listing = cli(controller, "schedule", "list")
     assert [w["cluster"] for w in listing["clock_warnings"]] == ["lb-07"]  # type: ignore[index, union-attr]
+
+
+def _serve(data_dir: Path, db: str, broker: EmbeddedBroker, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TZ": "UTC",  # the host clock in UTC; the site plays at Viet Nam times regardless
+        "LOUDSPEAKER_SCHEDULE_HORIZON": "0",  # stage each item only just before its time
+        "LOUDSPEAKER_SCHEDULE_GRACE": "5",
+    }
+    cmd = [sys.executable, "-m", "cli", "--data-dir", str(data_dir), "--db-url", db,
+           "serve", "--broker", broker.endpoint.url]  # fmt: skip
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@SQLITE_ONLY
+def test_sigkill_loses_nothing_plays_nothing_twice_and_records_missed(
+    tmp_path: Path, db_url: str, mosquitto: EmbeddedBroker, fleet: Fleet
+) -> None:
+    load_site(db_url)
+    data_dir = tmp_path / "data"
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        sha_a = make_announcement(data_dir, s, "a-staged", 0.5, 440)
+        make_announcement(data_dir, s, "b-missed", 0.5, 500)
+        sha_c = make_announcement(data_dir, s, "c-late", 0.5, 600)
+    runner = CliRunner()
+    base = ["--data-dir", str(data_dir), "--db-url", db_url]
+    t0 = utcnow()
+    ids = {}
+    for ann, cluster, secs in (("a-staged", "lb-01", 8), ("b-missed", "lb-02", 12),
+                               ("c-late", "lb-03", 18)):  # fmt: skip
+        when = local(t0 + timedelta(seconds=secs))
+        args = ["schedule", "add", ann, "--to", f"cluster:{cluster}", "--at", when, "--json"]
+        res = runner.invoke(app, [*base, *args])
+        assert res.exit_code == 0, res.output
+        ids[ann] = json.loads(res.stdout)["id"]
+
+    def slot(ann: str) -> ScheduleSlot | None:
+        with Session(engine) as s:
+            return s.exec(select(ScheduleSlot).where(ScheduleSlot.schedule_id == ids[ann])).first()
+
+    def delivery_states(ann: str) -> list[str]:
+        row = slot(ann)
+        if row is None:
+            return []
+        with Session(engine) as s:
+            q = select(Delivery.state).where(Delivery.broadcast_id == row.broadcast_id)
+            return list(s.exec(q).all())
+
+    log = tmp_path / "serve.log"
+    first = _serve(data_dir, db_url, mosquitto, log)
+    try:
+        assert wait_until(lambda: delivery_states("a-staged") == ["staged"], 15), log.read_text()
+        first.send_signal(signal.SIGKILL)  # the controller dies; item a is on its box
+        first.wait(10)
+        assert slot("b-missed") is None, "b was staged before the kill; timing assumption broken"
+        # Down past b's time + grace, and just past c's time.
+        assert wait_until(lambda: utcnow() > t0 + timedelta(seconds=19.5), 25)
+        second = _serve(data_dir, db_url, mosquitto, log)
+        try:
+            assert wait_until(lambda: delivery_states("c-late") == ["played"], 20), log.read_text()
+            assert wait_until(lambda: delivery_states("a-staged") == ["played"], 20)
+            assert delivery_states("b-missed") == ["missed"]
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(15)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # Played once each, by the boxes' own clocks; b never reached its box.
+    assert [p.file for p in fleet.agents["lb-01"].sink.plays] == [f"{sha_a}.audio"]  # type: ignore[attr-defined]
+    assert fleet.agents["lb-02"].sink.plays == []  # type: ignore[attr-defined]
+    assert [p.file for p in fleet.agents["lb-03"].sink.plays] == [f"{sha_c}.audio"]  # type: ignore[attr-defined]
+    with Session(engine) as s:
+        slots = s.exec(select(ScheduleSlot)).all()
+        assert len(slots) == 3  # one row per item: nothing staged twice
+    c_slot, b_slot = slot("c-late"), slot("b-missed")
+    assert c_slot is not None and "late" in c_slot.reason
+    assert b_slot is not None and b_slot.state == "missed"
+    res = runner.invoke(app, [*base, "broadcast", "status", str(b_slot.broadcast_id), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["counts"] == {"missed": 1}
+    day = (t0 + timedelta(seconds=8)).astimezone(VN).date().isoformat()
+    res = runner.invoke(app, [*base, "schedule", "list", "--day", day, "--json"])
+    timeline = {r["announcement"]: r["state"] for r in json.loads(res.stdout)["timeline"]}
+    assert timeline == {"a-staged": "played", "b-missed": "missed", "c-late": "played"}
+    engine.dispose()

@@ -275,3 +275,24 @@ def test_clock_watch_estimates_offset_and_warns(caplog: pytest.LogCaptureFixture
     warned = [r for r in caplog.records if "lb-04" in r.getMessage()]
     assert len(warned) == 1  # once per crossing, not once per ack
     assert "+4.6 s off" in warned[0].getMessage()  # the first sample
+
+
+def test_clock_watch_is_not_fooled_by_acks_queued_during_an_outage() -> None:
+    watch = ClockWatch(warn_s=2.0)
+    t0 = utc(2026, 6, 1, 5)
+    # Five acks written 12 s before the controller could receive them, in one burst...
+    for i in range(5):
+        at = t0 + timedelta(milliseconds=i)
+        watch.observe("lb-01", at - timedelta(seconds=12), at)
+    assert watch.warnings() == []
+    # ...then live ones: the box's clock is right.
+    for i in range(1, 4):
+        at = t0 + timedelta(seconds=20 * i)
+        watch.observe("lb-01", at - timedelta(seconds=0.05), at)
+    assert watch.warnings() == []
+    assert abs(watch.offsets()[0].offset_s) < 0.1
+    # A box really 10 s behind is reported once the samples span long enough.
+    for i in range(4):
+        at = t0 + timedelta(seconds=100 + 15 * i)
+        watch.observe("lb-02", at - timedelta(seconds=10), at)
+    assert [o.cluster for o in watch.warnings()] == ["lb-02"]
