@@ -136,8 +136,6 @@ def _period(day: str | None, week: bool, zone: ZoneInfo) -> tuple[datetime, date
     from schedules.spec import parse_date
 
     today = datetime.now(zone).date()
-    if day is not None and week:
-        raise LoudspeakerError("choose one of --day and --week")
     first: date = today if day in (None, "today") else parse_date(str(day), "--day")
     days = 7 if week else 1
     start = datetime.combine(first, time.min, tzinfo=zone)
