@@ -21,6 +21,7 @@ from loudspeaker.commands import (
     emergency,
     health,
     reports,
+    schedule,
     serve,
     simulate,
     site,
@@ -53,6 +54,7 @@ app.command()(clusters.clusters)
 app.command()(emergency.emergency)
 app.command("log")(reports.log)
 app.add_typer(reports.report_app, name="report")
+app.add_typer(schedule.schedule_app, name="schedule")
 
 
 app.add_typer(users_cmd.app, name="users")

@@ -48,6 +48,7 @@ from firmware_bridge.protocol import (
     Status,
     StopCommand,
     VolumeCommand,
+    WithdrawCommand,
     check_freshness,
     decode_command,
     encode,
@@ -251,6 +252,9 @@ class ClusterAgent:
         )
         self._worker: threading.Thread | None = None
         self._stopped_broadcasts: set[str] = set()
+        # Withdrawn play commands; the lock orders a withdraw against handing to the player.
+        self._withdrawn: set[str] = set()
+        self._withdraw_lock = threading.Lock()
 
     @property
     def link(self) -> MqttLink:
@@ -353,6 +357,11 @@ class ClusterAgent:
         if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
             if self.control is not None:
                 self.control.submit(command)
+            return
+        if isinstance(command, WithdrawCommand):
+            if self._keys.configured and not self._fresh(command):
+                return
+            self._handle_withdraw(command)
             return
         seen = self._journal.get(command.id)
         if seen is not None:
@@ -477,10 +486,13 @@ class ClusterAgent:
         except MediaError as exc:
             self._finish(command, AckState.FAILED, str(exc))
             return
-        if self._journal.get(command.id) != AckState.STAGED.value:
-            self._journal.set(command.id, AckState.STAGED.value)
-            self._ack(command, AckState.STAGED)
-        self.player.submit(command, path)
+        with self._withdraw_lock:
+            if command.id in self._withdrawn:
+                return  # already acknowledged as withdrawn
+            if self._journal.get(command.id) != AckState.STAGED.value:
+                self._journal.set(command.id, AckState.STAGED.value)
+                self._ack(command, AckState.STAGED)
+            self.player.submit(command, path)
 
     def _fetch(self, command: PlayCommand) -> Path:
         # An emergency is worth a few more tries over a flaky 4G link before giving up.
@@ -618,3 +630,37 @@ class ClusterAgent:
             self.reporter.new_boot()
         self._link = self._new_link()
         self._loop.add(self._link)
+
+    # -- withdrawing (a schedule changed) -------------------------------------------------------
+
+    def _handle_withdraw(self, command: WithdrawCommand) -> None:
+        target = command.command
+        with self._withdraw_lock:
+            waiting = self.player.withdraw(target)
+            if not waiting:
+                current = self.player.current
+                seen = self._journal.get(target)
+                if (current is not None and current.id == target) or seen in (
+                    AckState.PLAYING.value,
+                    AckState.INTERRUPTED.value,
+                    *(s.value for s in _FINAL),
+                ):
+                    # Started or finished: a schedule change does not cut a bulletin off.
+                    logger.info(
+                        "%s: withdraw of %s ignored (%s)", self.config.cluster, target, seen
+                    )
+                    return
+            self._withdrawn.add(target)
+            self._journal.set(target, AckState.FAILED.value)
+            self._pending.remove(target)
+        logger.info("%s: withdrew %s", self.config.cluster, target)
+        cfg = self.config
+        ack = Ack(
+            cluster=cfg.cluster,
+            command=target,
+            broadcast=command.broadcast,
+            state=AckState.FAILED,
+            ts=utcnow(),
+            reason="withdrawn: schedule changed",
+        )
+        self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))

@@ -280,9 +280,34 @@ class DiagnoseCommand(_Message):
     sig: Signature | None = None
 
 
+class WithdrawCommand(_Message):
+    """Take back a play command that has not started (its schedule changed).
+
+    The cluster removes the item if it is waiting and acknowledges the *play* command
+    ``failed`` with reason ``withdrawn: schedule changed``; an item already playing or
+    finished is left alone. A withdraw that arrives before its play command still
+    counts: the play command is then refused as already handled.
+    """
+
+    type: Literal["withdraw"] = "withdraw"
+    id: CommandId
+    cluster: ClusterId
+    broadcast: CommandId | None = None
+    command: CommandId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    sig: Signature | None = None
+
+
 ControlCommand = VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand
 AnyCommand = (
-    PlayCommand | StopCommand | VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand
+    PlayCommand
+    | StopCommand
+    | WithdrawCommand
+    | VolumeCommand
+    | PowerCommand
+    | RebootCommand
+    | DiagnoseCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="type")]
 _COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
@@ -371,6 +396,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         "PlayCommand": PlayCommand.model_json_schema(),
         "StopCommand": StopCommand.model_json_schema(),
+        "WithdrawCommand": WithdrawCommand.model_json_schema(),
         "Ack": Ack.model_json_schema(),
         "Status": Status.model_json_schema(),
         "VolumeCommand": VolumeCommand.model_json_schema(),
@@ -401,7 +427,8 @@ def write_schemas(directory: str) -> list[str]:
 SIGNING_CONTEXT = b"loudspeaker-cmd-v1\n"
 MIN_KEY_BYTES = 16
 DEFAULT_MAX_SKEW = timedelta(seconds=120)
-MAX_COMMAND_LIFETIME = timedelta(hours=24)
+# A pre-staged item is issued up to a day ahead (the schedule horizon) plus its grace.
+MAX_COMMAND_LIFETIME = timedelta(hours=48)
 
 _C = TypeVar("_C", bound=AnyCommand)
 Keyring = Mapping[str, bytes]

@@ -154,7 +154,15 @@ def in_use(session: Session, announcement_id: str) -> list[str]:
         .where(Broadcast.announcement_id == announcement_id, col(Delivery.state).in_(active))
         .distinct()
     ).all()
-    return [f"broadcast {r}" for r in rows]
+    users = [f"broadcast {r}" for r in rows]
+    from loudspeaker.models import ScheduleRecord
+
+    for rec in session.exec(
+        select(ScheduleRecord).where(col(ScheduleRecord.removed_at).is_(None))
+    ).all():
+        if any(item.get("announcement") == announcement_id for item in rec.items):
+            users.append(f"schedule {rec.id}")
+    return users
 
 
 def remove(session: Session, announcement_id: str) -> Announcement:

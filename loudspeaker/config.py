@@ -14,6 +14,8 @@ ENV_BROKER = "LOUDSPEAKER_BROKER"
 ENV_HTTP_HOST = "LOUDSPEAKER_HTTP_HOST"
 ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
 ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
+ENV_SCHEDULE_HORIZON = "LOUDSPEAKER_SCHEDULE_HORIZON"
+ENV_SCHEDULE_GRACE = "LOUDSPEAKER_SCHEDULE_GRACE"
 
 
 def default_data_dir() -> Path:
@@ -40,12 +42,22 @@ class Settings:
     ack_timeout_s: float = 10.0
     command_ttl_s: float = 600.0
     poll_interval_s: float = 0.2
+    # Scheduling (docs/scheduling.md): items are sent to the clusters this far ahead...
+    schedule_horizon_s: float = 24 * 3600.0
+    # ...and one whose time passed unsent still plays this late, else it is "missed".
+    schedule_grace_s: float = 15 * 60.0
+    clock_warn_s: float = 2.0  # warn when a cluster's clock is off by more
 
     def __post_init__(self) -> None:
         if self.ack_timeout_s <= 0 or self.command_ttl_s <= self.ack_timeout_s:
             raise ConfigError("ack timeout must be > 0 and shorter than the command TTL")
         if not 0 <= self.http_port <= 65535 or not 0 <= self.broker_port <= 65535:
             raise ConfigError("ports must be between 0 and 65535")
+        if self.schedule_horizon_s < 0 or self.schedule_grace_s < 0:
+            raise ConfigError("the schedule horizon and grace must be 0 seconds or more")
+        if self.schedule_horizon_s + self.schedule_grace_s > 47 * 3600:
+            # Clusters refuse commands that live longer than 48 h (docs/security.md).
+            raise ConfigError("the schedule horizon plus grace must stay under 47 hours")
 
     @classmethod
     def from_env(cls, data_dir: Path | None = None, **overrides: object) -> Settings:
@@ -64,6 +76,15 @@ class Settings:
                 raise ConfigError(f"{ENV_HTTP_PORT} must be a port number") from None
         if os.environ.get(ENV_PUBLIC_URL):
             env["public_url"] = os.environ[ENV_PUBLIC_URL]
+        for name, key in (
+            (ENV_SCHEDULE_HORIZON, "schedule_horizon_s"),
+            (ENV_SCHEDULE_GRACE, "schedule_grace_s"),
+        ):
+            if os.environ.get(name):
+                try:
+                    env[key] = float(os.environ[name])
+                except ValueError:
+                    raise ConfigError(f"{name} must be a number of seconds") from None
         env.update({k: v for k, v in overrides.items() if v is not None})
         base = cls(data_dir=data_dir.expanduser() if data_dir else default_data_dir())
         return replace(base, **env)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
 from loudspeaker.runtime import ControllerCard
 from loudspeaker.site import current_site
+from schedules.runner import ScheduleRunner
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Controller:
         self.link: MqttLink | None = None
         self.dispatcher: Dispatcher | None = None
         self.health: HealthMonitor | None = None
+        self.schedules: ScheduleRunner | None = None
         self.site_id = ""
         self._engine: Engine | None = None
 
@@ -98,6 +100,14 @@ class Controller:
         )
         self.health.start()
         self._engine = engine
+        self.schedules = ScheduleRunner(
+            engine,
+            self.dispatcher,
+            horizon_s=st.schedule_horizon_s,
+            grace_s=st.schedule_grace_s,
+            clock_warn_s=st.clock_warn_s,
+        )
+        self.schedules.start()
         self.loop.add(self.link)
         ControllerCard(
             pid=os.getpid(),
@@ -115,12 +125,16 @@ class Controller:
             self.dispatcher.poke()
         if self.health is not None:
             self.health.poke()
+        if self.schedules is not None:
+            self.schedules.poke()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         if self.dispatcher is not None:
             self.dispatcher.on_message(topic_name, payload)
         if self.health is not None:
             self.health.on_message(topic_name, payload)
+        if self.schedules is not None:
+            self.schedules.on_message(topic_name, payload)
 
     def _metrics(self) -> str:
         from loudspeaker.metrics import ControllerStats, collect
@@ -144,6 +158,8 @@ class Controller:
         card = ControllerCard.read(self.settings.run_dir)
         if card is not None and card.pid == os.getpid():
             ControllerCard.path(self.settings.run_dir).unlink(missing_ok=True)
+        if self.schedules is not None:
+            self.schedules.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.health is not None:

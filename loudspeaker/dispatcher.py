@@ -29,9 +29,11 @@ from firmware_bridge.protocol import (
     Priority,
     Status,
     Topic,
+    WithdrawCommand,
     decode_ack,
     decode_status,
     encode,
+    new_id,
     topic,
 )
 from loudspeaker import outbox
@@ -59,6 +61,8 @@ _ACK_TO_STATE = {
     AckState.PLAYED: DeliveryState.PLAYED,
     AckState.FAILED: DeliveryState.FAILED,
 }
+# An emergency pre-empted the item; it is re-queued and plays again (still "playing").
+_ACK_TO_STATE[AckState.INTERRUPTED] = DeliveryState.PLAYING
 _ACTIVE = [
     DeliveryState.SENT.value,
     DeliveryState.RECEIVED.value,
@@ -92,7 +96,13 @@ class _StatusIn:
     at: datetime
 
 
-_Event = _Sent | _AckIn | _StatusIn
+@dataclass(frozen=True)
+class _WithdrawIn:
+    delivery_ids: tuple[int, ...]
+    reason: str
+
+
+_Event = _Sent | _AckIn | _StatusIn | _WithdrawIn
 
 
 class Dispatcher:
@@ -139,6 +149,16 @@ class Dispatcher:
     def backlog(self) -> int:
         """Inbound events not yet applied (for the metrics endpoint)."""
         return self._inbound.qsize() + len(self._retry)
+
+    def withdraw(self, delivery_ids: Sequence[int], reason: str) -> None:
+        """Take back deliveries that have not started (a schedule changed).
+
+        Queued ones end ``failed`` at once; sent or staged ones get a ``withdraw`` command
+        and end ``failed`` when the cluster confirms; playing ones are left to finish.
+        """
+        if delivery_ids:
+            self._inbound.put(_WithdrawIn(tuple(delivery_ids), reason))
+            self._wake.set()
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: parse, validate, enqueue. Malformed input is logged and dropped."""
@@ -242,6 +262,8 @@ class Dispatcher:
                 self._advance(s, d, DeliveryState.FAILED, at, None, f"broker refused: {ev.reason}")
         elif isinstance(ev, _AckIn):
             self._apply_ack(s, ev.ack, ev.at)
+        elif isinstance(ev, _WithdrawIn):
+            self._apply_withdraw(s, ev)
         else:
             self._apply_status(s, ev.status, ev.at)
 
@@ -386,6 +408,8 @@ class Dispatcher:
                 )
             ).all()
             for d in active:
+                if self._staged_ahead(d, at):
+                    continue  # stored on the box, which plays it by its own clock
                 self._advance(
                     s,
                     d,
@@ -542,6 +566,12 @@ class Dispatcher:
             if priorities.get(d.broadcast_id) == Priority.EMERGENCY.value:
                 self._emergency_deadline(s, d, t)
                 continue
+            start_at = as_utc(d.start_at)
+            if start_at is not None:
+                # A timed item waits on the cluster until its air time (and may be pushed
+                # up to its expiry by an overrun): the deadlines count from there.
+                self._timed_deadline(s, d, t, start_at)
+                continue
             if d.state == DeliveryState.SENT.value:
                 sent = as_utc(d.sent_at) or t
                 if t - sent > self.ack_timeout:
@@ -598,3 +628,71 @@ class Dispatcher:
         if b is None or m is None:
             return timedelta(0)
         return timedelta(seconds=m.duration_s * b.repeat + b.gap_s * (b.repeat - 1))
+
+    # -- timed (scheduled) deliveries --------------------------------------------------------
+
+    def _timed_deadline(self, s: Session, d: Delivery, t: datetime, start_at: datetime) -> None:
+        latest_start = max(as_utc(d.expires_at) or start_at, start_at)
+        if d.state in (DeliveryState.SENT.value, DeliveryState.RECEIVED.value):
+            # The broker keeps the command for a cluster that is offline now; it is only
+            # lost once it can no longer start.
+            if t > latest_start + self.ack_timeout:
+                self._advance(
+                    s,
+                    d,
+                    DeliveryState.UNREACHABLE,
+                    t,
+                    None,
+                    f"not staged on the cluster before its air time (last state {d.state})",
+                )
+            return
+        air = self._air_time(s, d.broadcast_id)
+        if t - latest_start > air + _FINAL_MARGIN:
+            self._advance(
+                s,
+                d,
+                DeliveryState.UNREACHABLE,
+                t,
+                None,
+                f"no final acknowledgement (last state {d.state})",
+            )
+
+    @staticmethod
+    def _staged_ahead(d: Delivery, at: datetime) -> bool:
+        start_at = as_utc(d.start_at)
+        if start_at is None or d.state != DeliveryState.STAGED.value:
+            return False
+        return max(as_utc(d.expires_at) or start_at, start_at) > at
+
+    def _apply_withdraw(self, s: Session, ev: _WithdrawIn) -> None:
+        t = now()
+        for delivery_id in ev.delivery_ids:
+            d = s.get(Delivery, delivery_id)
+            if d is None or DeliveryState(d.state).final:
+                continue
+            if d.state == DeliveryState.QUEUED.value and delivery_id not in self._inflight:
+                self._advance(s, d, DeliveryState.FAILED, t, None, f"withdrawn: {ev.reason}")
+                continue
+            if d.state == DeliveryState.PLAYING.value:
+                logger.info("%s on %s is playing; not withdrawn", d.broadcast_id, d.cluster_id)
+                continue
+            expires = as_utc(d.expires_at) or t + self.command_ttl
+            cmd = self.signer.sign(
+                WithdrawCommand(
+                    id=new_id(),
+                    cluster=d.cluster_id,
+                    broadcast=d.broadcast_id,
+                    command=d.command_id,
+                    issued_at=t,
+                    expires_at=max(expires, t + self.command_ttl),
+                )
+            )
+            self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(cmd), qos=1)
+            s.add(
+                DeliveryEvent(
+                    delivery_id=delivery_id,
+                    state=d.state,
+                    at=t,
+                    reason=f"withdraw sent: {ev.reason}",
+                )
+            )

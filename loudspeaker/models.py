@@ -52,6 +52,7 @@ class DeliveryState(StrEnum):
     PLAYED = "played"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
+    MISSED = "missed"  # a scheduled item whose air time passed while nothing could send it
 
     @property
     def final(self) -> bool:
@@ -64,7 +65,9 @@ class DeliveryState(StrEnum):
         return _RANK[self]
 
 
-FINAL_STATES = frozenset({DeliveryState.PLAYED, DeliveryState.FAILED, DeliveryState.UNREACHABLE})
+FINAL_STATES = frozenset(
+    {DeliveryState.PLAYED, DeliveryState.FAILED, DeliveryState.UNREACHABLE, DeliveryState.MISSED}
+)
 _RANK = {s: i for i, s in enumerate(DeliveryState)}
 
 
@@ -215,6 +218,8 @@ class Delivery(SQLModel, table=True):
     unreachable_at: datetime | None = _when()
     expires_at: datetime | None = _when()
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # Play at this time by the cluster's clock (a scheduled item staged ahead); None: now.
+    start_at: datetime | None = _when()
 
 
 class DeliveryEvent(SQLModel, table=True):
@@ -240,6 +245,65 @@ class StopRequest(SQLModel, table=True):
     requested_by: str = ""
     requested_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     handled_at: datetime | None = _when()
+
+
+class ScheduleRecord(SQLModel, table=True):
+    """A programme the officer planned (``loudspeaker schedule add``); see schedules/."""
+
+    __tablename__ = "schedule"
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str
+    rule: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # [{"announcement": ID, "priority": "normal"|"priority"}] in the order given
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    target: str
+    priority: str = "normal"
+    repeat: int = 1
+    gap_s: float = 0.0
+    on_conflict: str = ""  # "" | "after" | "replace" (the officer's decision, Circular 39)
+    replaces: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    paused: bool = False
+    version: int = 1  # bumped on every change; staged items of older versions are withdrawn
+    created_by: str = ""
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # Created or last resumed: an occurrence before this is never reported missed.
+    active_since: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    removed_at: datetime | None = _when()
+
+
+class ScheduleSlot(SQLModel, table=True):
+    """One item of one occurrence of a schedule, once the controller acted on it.
+
+    The unique key (schedule, occurrence, position) is what makes staging idempotent: a
+    controller killed and restarted finds the row and never stages the item twice.
+    """
+
+    __tablename__ = "schedule_slot"
+    __table_args__ = (UniqueConstraint("schedule_id", "slot_at", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(index=True)
+    slot_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    position: int = 0
+    announcement_id: str
+    planned_start: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    state: str = "staged"  # staged | withdrawn | missed | refused
+    broadcast_id: str | None = Field(default=None, index=True)
+    schedule_version: int = 1
+    reason: str = ""
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ClusterClock(SQLModel, table=True):
+    """A cluster's clock offset as the controller last estimated it (from ack times)."""
+
+    __tablename__ = "cluster_clock"
+
+    cluster_id: str = Field(primary_key=True)
+    offset_s: float
+    measured_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
 def now() -> datetime:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from firmware_bridge.protocol import MediaRef, PlayCommand, Priority, StopCommand, new_id
+from loudspeaker.db import as_utc
 from loudspeaker.models import Broadcast, Delivery, MediaRecord
 
 
@@ -44,6 +45,7 @@ def play_command(
         repeat=broadcast.repeat,
         gap_s=broadcast.gap_s,
         volume=broadcast.volume,
+        start_at=as_utc(delivery.start_at),
     )
 
 

@@ -30,6 +30,18 @@ def _check_zone(value: str) -> str:
     return value
 
 
+def _check_quiet(value: str | None) -> str | None:
+    from schedules.exceptions import SpecError
+    from schedules.quiet import QuietHours
+
+    if value is None:
+        return None
+    try:
+        return str(QuietHours.parse(value))
+    except SpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,6 +57,9 @@ class SiteInfo(_Strict):
     emergency_volume: int = Field(
         default=100, ge=0, le=100, description="Volume (%) clusters play emergencies at"
     )
+
+    # Normal and priority bulletins never play inside these hours ("21:00-05:00").
+    quiet_hours: Annotated[str | None, AfterValidator(_check_quiet)] = None
 
 
 class HamletSpec(_Strict):

@@ -111,7 +111,13 @@ def test_stale_commands_are_refused() -> None:
     # Within the documented 120 s skew a box whose clock lags still accepts it.
     verify_command(signed, {"k1": KEY}, NOW - timedelta(seconds=100))
     long_lived = sign_command(
-        vector_command().model_copy(update={"expires_at": NOW + timedelta(days=2)}), KEY, "k1"
+        vector_command().model_copy(update={"expires_at": NOW + timedelta(hours=49)}), KEY, "k1"
     )
     with pytest.raises(StaleCommand, match="lifetime"):
         verify_command(long_lived, {"k1": KEY}, NOW)
+
+
+def test_a_day_ahead_pre_staged_item_is_not_too_long_lived() -> None:
+    # The schedule horizon (24 h) plus the grace (15 min) must pass the lifetime check.
+    long = vector_command().model_copy(update={"expires_at": NOW + timedelta(hours=24, minutes=15)})
+    verify_command(sign_command(long, KEY, "k1"), {"k1": KEY}, NOW + timedelta(seconds=1))

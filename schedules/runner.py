@@ -1,0 +1,517 @@
+"""The controller's scheduler: turns the timeline into staged broadcasts on the clusters.
+
+Only ``loudspeaker serve`` runs it (one scheduler per database). The schedule rows in our
+database are the source of truth; APScheduler (3.11, a MemoryJobStore) only decides
+*when* to look at them again: an interval job every ``sync_interval_s`` and a date job at
+the next instant an occurrence enters the staging horizon. Nothing APScheduler holds
+needs to survive a crash: on start, and on every poke from the CLI, the runner rebuilds
+the timeline from the database and acts on the difference:
+
+- an item whose time enters the horizon is *staged*: a Broadcast (``scheduled_for``) with
+  one Delivery per cluster whose PlayCommand carries ``start_at`` and ``expires_at =
+  start_at + grace``; the cluster stores it and plays it by its own clock;
+- a staged item whose schedule was removed, paused or changed, or that moved on the
+  timeline, is *withdrawn* (and staged again where it now belongs);
+- an item whose time passed while nothing could stage it plays late if within the grace,
+  else it is recorded *missed*.
+
+Idempotency: a ``schedule_slot`` row (unique per schedule, occurrence and position) is
+written in the same transaction as the broadcast. A controller killed at any point and
+restarted either finds the row (and stages nothing) or finds nothing (and stages once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.protocol import Kind, Topic, decode_ack, new_id, utcnow
+from loudspeaker.db import as_utc
+from loudspeaker.models import (
+    Announcement,
+    Broadcast,
+    ClusterClock,
+    Delivery,
+    DeliveryState,
+    MediaRecord,
+    ScheduleRecord,
+    ScheduleSlot,
+)
+from schedules.clock import ClockWatch
+from schedules.service import SiteContext, active_records, plan_of, site_context
+from schedules.timeline import Placed, Plan, build_timeline
+
+logger = logging.getLogger(__name__)
+
+# A staged item this close to its time (or past it) is left alone: it may be starting.
+_NO_WITHDRAW = timedelta(seconds=2)
+# Staged at least this long before air time, on top of the horizon: time to fetch audio.
+LEAD = timedelta(seconds=5)
+# An item that starts this much later than planned was pushed (an overrun): say so.
+_LATE_START = timedelta(seconds=5)
+
+
+class Withdrawer:
+    """What the runner needs from the dispatcher (the only writer of delivery states)."""
+
+    def withdraw(self, delivery_ids: list[int], reason: str) -> None:  # pragma: no cover
+        """Take back deliveries that have not started."""
+        raise NotImplementedError
+
+    def poke(self) -> None:  # pragma: no cover
+        """Look for queued deliveries now."""
+        raise NotImplementedError
+
+
+@dataclass
+class SyncResult:
+    """What one pass did (for logs and tests)."""
+
+    staged: list[tuple[int, datetime, int]] = field(default_factory=list)
+    late: list[tuple[int, datetime, int]] = field(default_factory=list)
+    missed: list[tuple[int, datetime, int]] = field(default_factory=list)
+    refused: list[tuple[int, datetime, int]] = field(default_factory=list)
+    withdrawn: list[tuple[int, datetime, int]] = field(default_factory=list)
+    next_wake: datetime | None = None
+
+
+class ScheduleRunner:
+    """Keeps the clusters' staged items in step with the schedules. ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dispatcher: Withdrawer | Any,
+        *,
+        horizon_s: float,
+        grace_s: float,
+        clock_warn_s: float = 2.0,
+        sync_interval_s: float = 30.0,
+        lookback: timedelta = timedelta(days=2),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.horizon = timedelta(seconds=horizon_s)
+        self.grace = timedelta(seconds=grace_s)
+        self.sync_interval_s = sync_interval_s
+        self.lookback = max(lookback, self.grace)
+        self.clock = clock
+        self.clocks = ClockWatch(clock_warn_s)
+        self.syncs = 0
+        self.last_result: SyncResult | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._zone = ZoneInfo("UTC")
+        self._late_logged: set[int] = set()
+        self._clock_dirty = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start APScheduler (memory job store) and the runner thread; sync at once."""
+        with Session(self.engine) as s:
+            self._zone = site_context(s).zone
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(1)},
+            # A late wake-up is still worth having; several missed ones are one wake-up.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+            timezone=self._zone,
+        )
+        self._scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+        self._scheduler.add_job(
+            self.poke,
+            IntervalTrigger(seconds=self.sync_interval_s, timezone=self._zone),
+            id="sync",
+            name="rebuild the timeline",
+            replace_existing=True,
+        )
+        self._scheduler.start()
+        self._thread = threading.Thread(target=self._run, name="schedule-runner", daemon=True)
+        self._thread.start()
+        self.poke()
+
+    def stop(self) -> None:
+        """Stop the thread and APScheduler (staged items stay on the clusters)."""
+        self._stop.set()
+        self._wake.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def poke(self) -> None:
+        """Rebuild now (the CLI changed a schedule)."""
+        self._wake.set()
+
+    def on_message(self, topic_name: str, payload: bytes) -> None:
+        """MQTT handler (loop thread): note cluster clocks from acknowledgement times."""
+        at = utcnow()
+        try:
+            if Topic.parse(topic_name).kind is not Kind.ACK:
+                return
+            ack = decode_ack(payload)
+        except ProtocolError:
+            return  # the dispatcher logs and counts malformed messages
+        self.clocks.observe(ack.cluster, ack.ts, at)
+        self._clock_dirty = True
+
+    def _on_job_event(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            logger.warning("scheduler job %s missed its time %s; syncing now", event.job_id,
+                           event.scheduled_run_time)  # fmt: skip
+            self.poke()
+        elif event.exception is not None:
+            logger.error("scheduler job %s failed: %s", event.job_id, event.exception)
+
+    # -- runner thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.sync_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                result = self.sync()
+            except OperationalError as exc:
+                logger.warning("database busy (%s); schedule sync retried", exc)
+                self._stop.wait(0.5)
+                self._wake.set()
+                continue
+            except Exception:
+                # Keep scheduling: one bad row must not silence the commune's programmes.
+                logger.exception("schedule sync failed")
+                self._stop.wait(1.0)
+                continue
+            self._arm(result.next_wake)
+
+    def _arm(self, when: datetime | None) -> None:
+        sched = self._scheduler
+        if sched is None or when is None or self._stop.is_set():
+            return
+        sched.add_job(
+            self.poke,
+            DateTrigger(run_date=when, timezone=self._zone),
+            id="next-staging",
+            name="an occurrence enters the horizon",
+            replace_existing=True,
+        )
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def sync(self) -> SyncResult:
+        """One pass: stage, withdraw, record missed; returns what it did."""
+        t = self.clock()
+        result = SyncResult()
+        withdraw: list[int] = []
+        with Session(self.engine, expire_on_commit=False) as s:
+            ctx = site_context(s)
+            self._zone = ctx.zone
+            records = {r.id: r for r in active_records(s)}
+            plans: dict[int, Plan] = {}
+            for rec in records.values():
+                if rec.paused:
+                    continue
+                plan = plan_of(s, rec)
+                if plan is not None and rec.id is not None:
+                    plans[rec.id] = plan
+            lo, hi = t - self.lookback, t + self.horizon + LEAD
+            timeline = build_timeline(list(plans.values()), lo, hi + timedelta(seconds=1), ctx.zone)
+            # A programme is staged whole, so its later items are on the box in time too.
+            desired = {
+                p.key: p for b in timeline.blocks if b.start <= hi and b.end >= lo for p in b.items
+            }
+            slots = {
+                (r.schedule_id, as_utc(r.slot_at), r.position): r
+                for r in s.exec(
+                    select(ScheduleSlot).where(col(ScheduleSlot.slot_at) >= lo - timedelta(days=1))
+                ).all()
+            }
+            # 1. staged items that no longer belong where they are
+            for key, slot in slots.items():
+                if slot.state != "staged":
+                    continue
+                planned = as_utc(slot.planned_start)
+                assert planned is not None
+                if planned <= t + _NO_WITHDRAW:
+                    continue
+                want = desired.get(key)  # type: ignore[arg-type]
+                current = records.get(slot.schedule_id)
+                why = ""
+                if current is None:
+                    why = "schedule removed"
+                elif current.paused:
+                    why = "schedule paused"
+                elif want is None:
+                    why = "no longer on the timeline"
+                elif want.start != planned or current.version != slot.schedule_version:
+                    why = "schedule changed"
+                if not why:
+                    continue
+                if slot.broadcast_id:
+                    withdraw.extend(
+                        d.id
+                        for d in s.exec(
+                            select(Delivery).where(Delivery.broadcast_id == slot.broadcast_id)
+                        ).all()
+                        if d.id is not None
+                    )
+                slot.state = "withdrawn"
+                slot.reason = why
+                slot.updated_at = t
+                s.add(slot)
+                result.withdrawn.append(key)  # type: ignore[arg-type]
+            # 2. items on the timeline without a live slot
+            for key, p in desired.items():
+                have = slots.get(key)
+                if have is not None and have.state != "withdrawn":
+                    continue
+                owner = records[p.schedule_id]
+                since = as_utc(owner.active_since)
+                assert since is not None
+                if p.start < t and (p.slot_at < since or have is not None):
+                    continue  # before the schedule existed, or withdrawn and now past
+                self._act(s, t, ctx, owner, plans[p.schedule_id], p, have, result)
+            self._note_late_starts(s, t, lo)
+            if self._clock_dirty:
+                self._clock_dirty = False
+                for off in self.clocks.offsets():
+                    row = s.get(ClusterClock, off.cluster) or ClusterClock(
+                        cluster_id=off.cluster, offset_s=off.offset_s, measured_at=off.measured_at
+                    )
+                    row.offset_s = off.offset_s
+                    row.measured_at = off.measured_at
+                    s.add(row)
+            s.commit()
+        if withdraw:
+            self.dispatcher.withdraw(withdraw, "schedule changed")
+        if result.staged or result.late or withdraw:
+            self.dispatcher.poke()
+        result.next_wake = self._next_wake(list(plans.values()), t, ctx.zone, set(desired))
+        self.syncs += 1
+        self.last_result = result
+        if result.staged or result.missed or result.withdrawn or result.late:
+            logger.info(
+                "schedule sync: %d staged, %d late, %d missed, %d withdrawn, %d refused",
+                len(result.staged),
+                len(result.late),
+                len(result.missed),
+                len(result.withdrawn),
+                len(result.refused),
+            )
+        return result
+
+    def _act(
+        self,
+        s: Session,
+        t: datetime,
+        ctx: SiteContext,
+        rec: ScheduleRecord,
+        plan: Plan,
+        p: Placed,
+        slot: ScheduleSlot | None,
+        result: SyncResult,
+    ) -> None:
+        key = p.key
+        local = p.start.astimezone(ctx.zone).strftime("%Y-%m-%d %H:%M:%S")
+        if ctx.quiet is not None and ctx.quiet.overlaps(p.start, p.end, ctx.zone):
+            reason = f"inside the quiet hours {ctx.quiet}: not played"
+            logger.warning("schedule %s item at %s refused: %s", rec.id, local, reason)
+            self._slot(s, slot, p, rec, t, state="refused", reason=reason)
+            result.refused.append(key)
+            return
+        if p.start >= t:
+            self._stage(s, t, rec, plan, p, slot, start_at=p.start, reason="")
+            result.staged.append(key)
+            return
+        late = t - p.start
+        if late <= self.grace:
+            reason = (
+                f"sent {late.total_seconds():.0f} s late (controller was not running at {local})"
+            )
+            logger.warning("schedule %s item %s: %s", rec.id, p.announcement_id, reason)
+            self._stage(s, t, rec, plan, p, slot, start_at=t, reason=reason)
+            result.late.append(key)
+            return
+        reason = (
+            f"missed: not sent by {local} (controller not running) and the "
+            f"{_duration(self.grace)} grace passed"
+        )
+        logger.warning("schedule %s item %s %s", rec.id, p.announcement_id, reason)
+        b = self._broadcast(s, t, rec, plan, p, start_at=p.start, state=DeliveryState.MISSED,
+                            reason=reason)  # fmt: skip
+        self._slot(s, slot, p, rec, t, state="missed", reason=reason, broadcast=b)
+        result.missed.append(key)
+
+    def _stage(
+        self,
+        s: Session,
+        t: datetime,
+        rec: ScheduleRecord,
+        plan: Plan,
+        p: Placed,
+        slot: ScheduleSlot | None,
+        *,
+        start_at: datetime,
+        reason: str,
+    ) -> None:
+        b = self._broadcast(s, t, rec, plan, p, start_at=start_at, state=DeliveryState.QUEUED,
+                            reason="")  # fmt: skip
+        if b is None:
+            self._slot(s, slot, p, rec, t, state="refused", reason="announcement audio missing")
+            return
+        self._slot(s, slot, p, rec, t, state="staged", reason=reason, broadcast=b)
+
+    def _broadcast(
+        self,
+        s: Session,
+        t: datetime,
+        rec: ScheduleRecord,
+        plan: Plan,
+        p: Placed,
+        *,
+        start_at: datetime,
+        state: DeliveryState,
+        reason: str,
+    ) -> str | None:
+        ann = s.get(Announcement, p.announcement_id)
+        media = s.get(MediaRecord, ann.media_sha256) if ann else None
+        if ann is None or media is None:
+            logger.error("schedule %s: announcement %s or its audio is gone", rec.id,
+                         p.announcement_id)  # fmt: skip
+            return None
+        b = Broadcast(
+            id=new_id()[:12],
+            title=ann.title[:200],
+            priority=p.priority.value,
+            target=rec.target,
+            media_sha256=media.sha256,
+            announcement_id=ann.id,
+            source_kind=ann.kind,
+            source=ann.source,
+            engine=ann.engine,
+            repeat=rec.repeat,
+            gap_s=rec.gap_s,
+            created_by=f"schedule {rec.id}",
+            created_at=t,
+            scheduled_for=p.start,
+        )
+        s.add(b)
+        expires = p.start + self.grace
+        for cluster in sorted(plan.clusters):
+            s.add(
+                Delivery(
+                    broadcast_id=b.id,
+                    cluster_id=cluster,
+                    command_id=new_id(),
+                    state=state.value,
+                    reason=reason,
+                    queued_at=t,
+                    updated_at=t,
+                    start_at=start_at,
+                    expires_at=max(expires, start_at + timedelta(seconds=1)),
+                )
+            )
+        return b.id
+
+    def _slot(
+        self,
+        s: Session,
+        slot: ScheduleSlot | None,
+        p: Placed,
+        rec: ScheduleRecord,
+        t: datetime,
+        *,
+        state: str,
+        reason: str,
+        broadcast: str | None = None,
+    ) -> None:
+        if slot is None:
+            slot = ScheduleSlot(
+                schedule_id=p.schedule_id,
+                slot_at=p.slot_at,
+                position=p.position,
+                announcement_id=p.announcement_id,
+                planned_start=p.start,
+                updated_at=t,
+            )
+        slot.announcement_id = p.announcement_id
+        slot.planned_start = p.start
+        slot.state = state
+        slot.reason = reason
+        slot.broadcast_id = broadcast
+        slot.schedule_version = rec.version
+        slot.updated_at = t
+        s.add(slot)
+
+    def _note_late_starts(self, s: Session, t: datetime, lo: datetime) -> None:
+        """Log items that started well after their planned time (an overrun pushed them)."""
+        rows = s.exec(
+            select(ScheduleSlot, Delivery)
+            .join(Delivery, col(Delivery.broadcast_id) == col(ScheduleSlot.broadcast_id))
+            .where(
+                ScheduleSlot.state == "staged",
+                col(ScheduleSlot.planned_start) >= lo,
+                col(ScheduleSlot.planned_start) <= t,
+                col(Delivery.playing_at).is_not(None),
+            )
+        ).all()
+        late: dict[int, list[tuple[str, float]]] = {}
+        slots: dict[int, ScheduleSlot] = {}
+        for slot, d in rows:
+            if slot.id is None or slot.id in self._late_logged or slot.reason:
+                continue
+            start = as_utc(d.start_at)
+            playing = as_utc(d.playing_at)
+            if start is None or playing is None or playing - start <= _LATE_START:
+                continue
+            late.setdefault(slot.id, []).append((d.cluster_id, (playing - start).total_seconds()))
+            slots[slot.id] = slot
+        for slot_id, where in late.items():
+            self._late_logged.add(slot_id)
+            worst = max(sec for _, sec in where)
+            names = ", ".join(c for c, _ in sorted(where))
+            reason = f"started up to {worst:.0f} s late on {names} (the item before overran)"
+            logger.warning("schedule %s item %s %s", slots[slot_id].schedule_id,
+                           slots[slot_id].announcement_id, reason)  # fmt: skip
+            slots[slot_id].reason = reason
+            s.add(slots[slot_id])
+
+    def _next_wake(
+        self, plans: list[Plan], t: datetime, zone: ZoneInfo, known: set[Any]
+    ) -> datetime | None:
+        """When the next occurrence enters the horizon (placement only ever delays it)."""
+        edge = t + self.horizon + LEAD
+        best: datetime | None = None
+        for plan in plans:
+            nxt = plan.recurrence.next_after(edge, zone, timedelta(days=400))
+            if nxt is not None and (best is None or nxt < best):
+                best = nxt
+        if best is None:
+            return None
+        return max(best - self.horizon - LEAD, t + timedelta(milliseconds=50))
+
+
+def _duration(d: timedelta) -> str:
+    secs = d.total_seconds()
+    return f"{secs / 60:.0f} min" if secs >= 120 else f"{secs:.0f} s"
