@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             hardware = None
             if args.mcu is not None:
-                hardware = McuHardware(
-                    args.mcu, address=args.mcu_address, baudrate=args.mcu_baud
-                )
+                hardware = McuHardware(args.mcu, address=args.mcu_address, baudrate=args.mcu_baud)
             agent = ClusterAgent(config, sink, loop=loop, hardware=hardware)
             agent.start()
             agents.append(agent)
