@@ -36,14 +36,9 @@ history_coarse_keep = 30
 """
 
 
-def site_with_health(source: Path, target: Path, **ports: str) -> Path:
-    """``source`` plus a fast ``[health]`` table; ``ports`` maps cluster id -> serial port."""
-    text = source.read_text(encoding="utf-8")
-    for cluster, port in ports.items():
-        marker = f'id = "{cluster}"\n'
-        assert marker in text, f"{cluster} not in {source}"
-        text = text.replace(marker, marker + f'port = "{port}"\n', 1)
-    target.write_text(text + HEALTH_TABLE, encoding="utf-8")
+def site_with_health(source: Path, target: Path) -> Path:
+    """``source`` plus a fast ``[health]`` table, written to ``target``."""
+    target.write_text(source.read_text(encoding="utf-8") + HEALTH_TABLE, encoding="utf-8")
     return target
 
 
