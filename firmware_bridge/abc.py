@@ -73,6 +73,14 @@ class LinkCounters:
     retransmissions: int = 0
 
 
+@dataclass(frozen=True)
+class ControlLinkState:
+    """The serial link to the box's microcontroller: ``up``, and why not when it is down."""
+
+    up: bool
+    detail: str = ""
+
+
 class Hardware(ABC):
     """What the agent reads and switches on the box: sensors, relay, volume, self-test.
 
@@ -132,3 +140,7 @@ class Hardware(ABC):
         False means the agent restarts itself in place (reconnects with a new boot id).
         """
         return False
+
+    def control_link(self) -> ControlLinkState | None:
+        """State of the control link to the MCU; None when the box has no such link."""
+        return None

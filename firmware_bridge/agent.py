@@ -225,12 +225,14 @@ class ClusterAgent:
         *,
         loop: MqttLoop | None = None,
         hardware: Hardware | None = None,
+        auto_power: bool = True,
     ) -> None:
         self.config = config
         self.sink = sink
         self.hardware = hardware if hardware is not None else HostHardware()
-        # Everything plays through this: the hardware learns when audio flows.
-        self.output = HardwareSink(sink, self.hardware)
+        # Everything plays through this: the hardware learns when audio flows. A sink that
+        # switches the amplifier itself (the serial gateway's) turns ``auto_power`` off.
+        self.output = HardwareSink(sink, self.hardware, auto_power=auto_power)
         self.reporter: HeartbeatReporter | None = None
         self.control: ControlHandler | None = None
         self._shared_loop = loop

@@ -13,6 +13,7 @@ from firmware_bridge.abc import AudioSink
 from firmware_bridge.agent import AgentConfig, ClusterAgent
 from firmware_bridge.credentials import read_credentials
 from firmware_bridge.exceptions import BridgeError
+from firmware_bridge.mcu_hardware import McuHardware
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLoop
 from firmware_bridge.sinks import SimulatedSink, SystemPlayerSink
 
@@ -55,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON file (mode 0600) from `loudspeaker broker config`: url, username, "
         "password, tls_ca; keeps the password off the command line",
     )
+    p.add_argument(
+        "--mcu",
+        metavar="PORT",
+        default=None,
+        help="serial port of the box's microcontroller (relays, volume, sensors); "
+        "give a stable path such as /dev/serial/by-id/...; without it the box has no MCU",
+    )
+    p.add_argument("--mcu-address", type=int, default=1, help="the MCU's address (default 1)")
+    p.add_argument("--mcu-baud", type=int, default=115200, help="MCU link speed (default 115200)")
     return p
 
 
@@ -67,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.sink == "system" and len(args.cluster) > 1:
         print("only one cluster per box with --sink system", file=sys.stderr)
+        return 2
+    if args.mcu is not None and len(args.cluster) > 1:
+        print("--mcu drives one box's microcontroller: give one --cluster", file=sys.stderr)
+        return 2
+    if not 1 <= args.mcu_address <= 247:
+        print(f"--mcu-address must be 1-247, not {args.mcu_address}", file=sys.stderr)
         return 2
     try:
         endpoint = BrokerEndpoint.parse(args.broker)
@@ -90,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 keepalive=args.keepalive,
                 keys_file=args.keys_file,
             )
-            agent = ClusterAgent(config, sink, loop=loop)
+            hardware = None
+            if args.mcu is not None:
+                hardware = McuHardware(args.mcu, address=args.mcu_address, baudrate=args.mcu_baud)
+            agent = ClusterAgent(config, sink, loop=loop, hardware=hardware)
             agent.start()
             agents.append(agent)
     except BridgeError as exc:

@@ -84,3 +84,7 @@ class KeyFileError(BridgeError):
 
 class HardwareError(BridgeError):
     """The box's hardware (MCU, relay, sensors) did not do what was asked."""
+
+
+class GatewayError(BridgeError):
+    """The serial gateway cannot run as configured (site file, ports, addresses)."""

@@ -22,7 +22,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from firmware_bridge.abc import Hardware, PlayResult, SensorReadings
 from firmware_bridge.exceptions import BridgeError, HardwareError, SinkError
@@ -128,6 +128,7 @@ class HeartbeatReporter:
 
     def build(self, readings: SensorReadings) -> Heartbeat:
         """A heartbeat from one sensor reading and the agent's own state."""
+        link = self._control_link()
         with self._lock:
             seq = self._seq
             self._seq += 1
@@ -153,7 +154,19 @@ class HeartbeatReporter:
             free_storage_mb=_round(self.hardware.free_storage_mb(self.storage_path)),
             play_failures=failures,
             last_error=last_error,
+            control_link=link,
         )
+
+    def _control_link(self) -> Literal["ok", "down"] | None:
+        state = self.hardware.control_link()
+        if state is None:
+            return None
+        if state.up:
+            return "ok"
+        # The reason goes with every heartbeat while the link is down, not only once.
+        self.note_error(f"control link: {state.detail}")
+        self._wake.clear()
+        return "down"
 
     def _run(self) -> None:
         last_sent: Heartbeat | None = None
@@ -200,7 +213,15 @@ def _round(value: float | None) -> float | None:
 def _changed(old: Heartbeat | None, new: Heartbeat) -> bool:
     if old is None:
         return True
-    for name in ("amp_power", "volume", "line", "playing", "last_error", "play_failures"):
+    for name in (
+        "amp_power",
+        "volume",
+        "line",
+        "playing",
+        "last_error",
+        "play_failures",
+        "control_link",
+    ):
         if getattr(old, name) != getattr(new, name):
             return True
     for name, jump in (("amp_temp_c", _TEMP_JUMP_C), ("supply_v", _SUPPLY_JUMP_V)):

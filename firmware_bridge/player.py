@@ -139,6 +139,22 @@ class Player:
             self._report(e.command, Outcome.FAILED, "stopped by operator before playback")
         return len(removed) + (1 if cur is not None else 0)
 
+    def preempt(self, why: str) -> bool:
+        """Interrupt the playing item as an emergency would: it is re-queued and replayed.
+
+        For an output shared with other clusters (the serial gateway's hall output), where
+        another cluster's emergency needs the audio line. An emergency is never pre-empted.
+        ``why`` must start with "interrupted". True if an item was interrupted.
+        """
+        with self._cond:
+            cur = self._current
+            if cur is None or cur.rank == 0 or self._interrupt.is_set():
+                return False
+            self._why = why if why.startswith("interrupted") else f"interrupted: {why}"
+            self._interrupt.set()
+            self._cond.notify_all()
+            return True
+
     def withdraw(self, command_id: str) -> bool:
         """Remove a waiting item (a schedule changed); True if it was waiting."""
         with self._cond:

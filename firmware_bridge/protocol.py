@@ -600,6 +600,9 @@ class Heartbeat(_Message):
     free_storage_mb: Annotated[float | None, Field(ge=0)] = None
     play_failures: Annotated[int, Field(ge=0)] = 0
     last_error: Annotated[str | None, Field(max_length=300)] = None
+    # The serial link to the box's MCU (or, for a gateway's serial cluster, to its
+    # receiver on the bus); None when there is none. "down" raises the control_link alarm.
+    control_link: Literal["ok", "down"] | None = None
 
 
 class ControlResult(_Message):

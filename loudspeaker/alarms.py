@@ -29,6 +29,7 @@ class AlarmKind(StrEnum):
     STORAGE_LOW = "storage_low"
     PLAYBACK_FAILURES = "playback_failures"
     LINK_FLAPPING = "link_flapping"
+    CONTROL_LINK = "control_link"
 
 
 SEVERITY: dict[AlarmKind, str] = {
@@ -42,6 +43,9 @@ SEVERITY: dict[AlarmKind, str] = {
     AlarmKind.LINK_FLAPPING: "major",
     AlarmKind.CLOCK_DRIFT: "minor",
     AlarmKind.STORAGE_LOW: "minor",
+    # EN 54-16 counts a failed transmission path as a fault to report: without it the
+    # box cannot switch its amplifier (a serial cluster cannot play at all).
+    AlarmKind.CONTROL_LINK: "critical",
 }
 
 # What a technician should do first, shown with each alarm.
@@ -56,6 +60,9 @@ ACTION: dict[AlarmKind, str] = {
     AlarmKind.STORAGE_LOW: "clear the audio cache or replace the SD card",
     AlarmKind.PLAYBACK_FAILURES: "run `loudspeaker diagnose`; reboot the cluster",
     AlarmKind.LINK_FLAPPING: "check the 4G antenna and signal; move or replace the modem",
+    AlarmKind.CONTROL_LINK: (
+        "check the serial cable/USB adapter or RS-485 bus, the receiver's power and address"
+    ),
 }
 
 
@@ -77,6 +84,8 @@ class Observation:
     play_failures: int | None = None
     disconnects: Sequence[datetime] = ()
     offline_reason: str = ""
+    control_link: str | None = None  # "ok" | "down" | None (no MCU link, or not heard)
+    control_link_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
         ),
         _failures(obs, cfg),
         _flapping(obs, cfg),
+        _control_link(obs),
     ]
 
 
@@ -230,3 +240,13 @@ def _flapping(obs: Observation, cfg: HealthConfig) -> Finding:
         float(n),
         float(cfg.flap_count),
     )
+
+
+def _control_link(obs: Observation) -> Finding:
+    kind = AlarmKind.CONTROL_LINK
+    # None: the box has no MCU link (or reported none), so it has no such fault. After a
+    # controller restart the monitor seeds "down" from the open alarm, not None.
+    if obs.control_link != "down":
+        return Finding(kind, False, "control link answers again")
+    detail = obs.control_link_detail or "the box reports its serial control link down"
+    return Finding(kind, True, detail[:300])

@@ -115,6 +115,8 @@ class _Cluster:
     skew: float | None = None
     free_storage_mb: float | None = None
     play_failures: int | None = None
+    control_link: str | None = None
+    control_link_detail: str = ""
     disconnects: deque[datetime] = field(default_factory=lambda: deque(maxlen=1000))
     alarms: dict[AlarmKind, AlarmRecord] = field(default_factory=dict)
 
@@ -279,6 +281,9 @@ class HealthMonitor:
                     c.alarms[AlarmKind(a.kind)] = a
                 except ValueError:
                     logger.warning("alarm %s of unknown kind %r left as it is", a.id, a.kind)
+                if a.kind == AlarmKind.CONTROL_LINK.value:
+                    # Heartbeats do not persist the link state: the open alarm is the memory.
+                    c.control_link, c.control_link_detail = "down", a.message
 
     # -- worker thread ----------------------------------------------------------------------
 
@@ -379,6 +384,8 @@ class HealthMonitor:
         c.last_hb_at, c.boot_id, c.interval_s = at, hb.boot_id, hb.interval_s
         c.amp_temp_c, c.supply_v, c.line = hb.amp_temp_c, hb.supply_v, hb.line
         c.skew, c.free_storage_mb, c.play_failures = skew, hb.free_storage_mb, hb.play_failures
+        c.control_link = hb.control_link
+        c.control_link_detail = (hb.last_error or "") if hb.control_link == "down" else ""
         if previous_boot and previous_boot != hb.boot_id:
             logger.info("cluster %s restarted (boot %s)", hb.cluster, hb.boot_id)
             self._confirm_reboots(s, hb.cluster, hb.boot_id, at)
@@ -572,6 +579,8 @@ class HealthMonitor:
             play_failures=c.play_failures,
             disconnects=tuple(c.disconnects),
             offline_reason=c.offline_reason,
+            control_link=c.control_link,
+            control_link_detail=c.control_link_detail,
         )
 
     def _alarms(self, s: Session, t: datetime) -> None:
