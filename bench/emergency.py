@@ -205,8 +205,13 @@ def measure(n: int, runs: int) -> dict[str, object]:
         }
         for name, fire in cases.items():
             latencies = []
+            errors: list[str] = []
             for i in range(runs):
-                bid, t0 = fire(i)
+                try:
+                    bid, t0 = fire(i)
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+                    continue
                 at = rig.all_playing_at(bid)
                 if at is not None:
                     latencies.append(at.timestamp() - t0)
@@ -217,6 +222,7 @@ def measure(n: int, runs: int) -> dict[str, object]:
                 "p95_s": pct(latencies, 95) if latencies else None,
                 "max_s": round(max(latencies), 3) if latencies else None,
                 "mean_s": round(statistics.fmean(latencies), 3) if latencies else None,
+                "errors": errors[:3],
             }
     return out
 
