@@ -7,9 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 from loudspeaker import models  # noqa: F401 - registers the tables
 from loudspeaker.exceptions import StorageError
@@ -45,12 +49,28 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def migration_config() -> Config:
+    """Alembic's configuration, pointing at ``loudspeaker/migrations``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
+
+
 def init_db(engine: Engine) -> None:
-    """Create missing tables (schema migrations: see docs/architecture.md)."""
+    """Bring the schema to the newest migration (creating it in an empty database)."""
+    cfg = migration_config()
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     try:
-        SQLModel.metadata.create_all(engine)
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current == head:
+                return
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot open the database: {exc}") from None
+        raise StorageError(f"cannot open or migrate the database: {exc}") from None
+    logger.info("database schema migrated from %s to %s", current or "empty", head)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
