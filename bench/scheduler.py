@@ -6,7 +6,7 @@ apart on every cluster; the controller stages them ahead; each box plays by its 
 clock. Jitter = actual start of playback (the simulated amplifier's record) minus the
 scheduled start; skew = latest minus earliest start of one item across the clusters.
 
-    python bench/scheduler_jitter.py [--items 12] [--spacing 1.5]
+    python bench/scheduler.py [--items 12] [--spacing 1.5]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
                 per_item.setdefault(k, []).append(actual)
         skew = [(max(v) - min(v)).total_seconds() * 1000 for v in per_item.values() if len(v) == 10]
         result = {
-            "benchmark": "scheduler_jitter",
+            "benchmark": "scheduler",
             "clusters": len(ids),
             "items_per_cluster": args.items,
             "firings": len(jitter),
