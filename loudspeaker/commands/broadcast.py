@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -83,35 +84,43 @@ def resolve_source(state: State, what: str, engine: str) -> Source:
 
 
 def status_table(view: BroadcastView, zone: ZoneInfo) -> Table:
+    """Per cluster: the state and, for each step, seconds since the broadcast was queued."""
     b = view.broadcast
-    table = Table(title=f"Broadcast {b.id}: {b.title}", title_justify="left")
-    for col_name in (
-        "cluster",
-        "hamlet",
-        "state",
-        "sent",
-        "received",
-        "staged",
-        "playing",
-        "done",
-        "reason",
-    ):
-        table.add_column(col_name)
+    queued = b.created_at
+    table = Table(
+        title=f"Broadcast {b.id} “{b.title}”, queued {local_time(queued, zone)} "
+        f"({b.priority}); seconds after that:",
+        title_justify="left",
+    )
+    with_reason = any(d.reason for d in view.deliveries)
+    for name in ("cluster", "hamlet", "state", "sent", "recv", "staged", "playing", "done"):
+        table.add_column(
+            name, justify="right" if name not in ("cluster", "hamlet", "state") else "left"
+        )
+    if with_reason:
+        table.add_column("reason", overflow="fold")
     colours = {"played": "green", "failed": "red", "unreachable": "red", "playing": "cyan"}
+
+    def since(ts: datetime | None) -> str:
+        return "-" if ts is None else f"{(ts - queued).total_seconds():.2f}"
+
     for d in view.deliveries:
-        done_at = d.times.get("played") or d.times.get("failed") or d.times.get("unreachable")
+        t = d.times
+        done_at = t.get("played") or t.get("failed") or t.get("unreachable") or t.get("missed")
         colour = colours.get(d.state, "yellow")
-        table.add_row(
+        row = [
             d.cluster,
             d.hamlet,
             f"[{colour}]{d.state}[/]",
-            local_time(d.times["sent"], zone),
-            local_time(d.times["received"], zone),
-            local_time(d.times["staged"], zone),
-            local_time(d.times["playing"], zone),
-            local_time(done_at, zone),
-            d.reason,
-        )
+            since(t["sent"]),
+            since(t["received"]),
+            since(t["staged"]),
+            since(t["playing"]),
+            since(done_at),
+        ]
+        if with_reason:
+            row.append(d.reason)
+        table.add_row(*row)
     return table
 
 
