@@ -23,7 +23,8 @@ from pathlib import Path
 
 from firmware_bridge import __version__
 from firmware_bridge.abc import AudioSink
-from firmware_bridge.exceptions import MediaError, ProtocolError
+from firmware_bridge.backoff import Backoff
+from firmware_bridge.exceptions import MediaError, MediaUnavailable, ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
@@ -45,6 +46,9 @@ from firmware_bridge.protocol import (
 logger = logging.getLogger(__name__)
 
 _FINAL = {AckState.PLAYED, AckState.FAILED}
+_FINAL_VALUES = {s.value for s in _FINAL}
+# Download retries while the media server is unreachable, until the command expires.
+_FETCH_RETRY = Backoff(initial=0.5, cap=15.0, jitter=0.2)
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,15 @@ class MediaFetcher:
         except MediaError:
             tmp.unlink(missing_ok=True)
             raise
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except urllib.error.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            err = MediaUnavailable if exc.code >= 500 else MediaError
+            raise err(f"download of {media.url} failed: {exc}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            # Controller restarting, 4G dropping: the file is still there, try again later.
+            tmp.unlink(missing_ok=True)
+            raise MediaUnavailable(f"download of {media.url} failed: {exc}") from None
+        except ValueError as exc:
             tmp.unlink(missing_ok=True)
             raise MediaError(f"download of {media.url} failed: {exc}") from None
         if size != media.size:
@@ -207,6 +219,8 @@ class ClusterAgent:
         self.player = Player(sink, self._on_outcome)
         self._worker: threading.Thread | None = None
         self._stopped_broadcasts: set[str] = set()
+        self._fetch_attempts: dict[str, int] = {}
+        self._stopping = threading.Event()
 
     @property
     def link(self) -> MqttLink:
@@ -250,6 +264,7 @@ class ClusterAgent:
     def stop(self) -> None:
         """Publish a retained ``offline``, disconnect, and stop working."""
         cfg = self.config
+        self._stopping.set()
         self._queue.put(None)
         self.player.stop()
         if self._loop is not None and self._link is not None:
@@ -303,9 +318,11 @@ class ClusterAgent:
         seen = self._journal.get(command.id)
         if seen is not None:
             # QoS 1 redelivery or a controller retry: report where we are, play nothing.
+            # Answering every duplicate (not only finished ones) lets a controller that
+            # restarted, or lost acks with a crashed broker, learn where we stand.
             logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
-            if seen in {s.value for s in _FINAL}:
-                self._ack(command, AckState(seen), reason="duplicate command; already handled")
+            reason = "duplicate command; already handled" if seen in _FINAL_VALUES else None
+            self._ack(command, AckState(seen), reason=reason)
             return
         if command.expires_at <= utcnow():
             self._journal.set(command.id, AckState.FAILED.value)
@@ -378,13 +395,36 @@ class ClusterAgent:
             return
         try:
             path = self._fetcher.fetch(command.media)
+        except MediaUnavailable as exc:
+            if not self._retry_later(command, str(exc)):
+                self._finish(command, AckState.FAILED, str(exc))
+            return
         except MediaError as exc:
             self._finish(command, AckState.FAILED, str(exc))
             return
+        self._fetch_attempts.pop(command.id, None)
         if self._journal.get(command.id) != AckState.STAGED.value:
             self._journal.set(command.id, AckState.STAGED.value)
             self._ack(command, AckState.STAGED)
         self.player.submit(command, path)
+
+    def _retry_later(self, command: PlayCommand, why: str) -> bool:
+        """Queue ``command`` again after a backoff delay; False if it would expire first."""
+        attempt = self._fetch_attempts.get(command.id, 0)
+        delay = _FETCH_RETRY.delay(attempt)
+        if utcnow().timestamp() + delay >= command.expires_at.timestamp():
+            self._fetch_attempts.pop(command.id, None)
+            return False
+        self._fetch_attempts[command.id] = attempt + 1
+        logger.warning("%s: %s; retrying in %.1f s", self.config.cluster, why, delay)
+        timer = threading.Timer(delay, self._requeue, (command,))
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _requeue(self, command: PlayCommand) -> None:
+        if not self._stopping.is_set():
+            self._queue.put(command)
 
     def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
         state = AckState(outcome.value)

@@ -40,6 +40,8 @@ class Settings:
     ack_timeout_s: float = 10.0
     command_ttl_s: float = 600.0
     poll_interval_s: float = 0.2
+    # How long a SQLite write waits for another writer before the dispatcher retries.
+    db_busy_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.ack_timeout_s <= 0 or self.command_ttl_s <= self.ack_timeout_s:

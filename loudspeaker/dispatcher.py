@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from firmware_bridge.exceptions import ProtocolError
@@ -55,6 +55,9 @@ _ACK_TO_STATE = {
     AckState.RECEIVED: DeliveryState.RECEIVED,
     AckState.STAGED: DeliveryState.STAGED,
     AckState.PLAYING: DeliveryState.PLAYING,
+    # Pre-empted by an emergency and re-queued: still on its way to "played"; the trail
+    # keeps the report (see _apply_ack).
+    AckState.INTERRUPTED: DeliveryState.PLAYING,
     AckState.PLAYED: DeliveryState.PLAYED,
     AckState.FAILED: DeliveryState.FAILED,
 }
@@ -120,6 +123,11 @@ class Dispatcher:
         self._inflight: set[int] = set()
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
+        # Answers can only arrive while we listen: deadlines never count time we were down.
+        self._listening_since = now()
+        self._air_at: dict[str, datetime] = {}
+        self._resync = False
+        self.resent = 0
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -156,6 +164,17 @@ class Dispatcher:
             self.dropped_messages += 1
             logger.warning("dropped message on %s: %s; payload %r", topic_name, exc, payload[:200])
             return
+        self._wake.set()
+
+    def on_connected(self) -> None:
+        """The controller's MQTT session (re)started: ask every unfinished cluster again.
+
+        Acks that arrived while we were down (or that a crashed broker lost) would
+        otherwise never come back; re-sending the same command id makes the cluster
+        repeat its last state without playing anything twice (docs/protocol.md, §5).
+        """
+        self._listening_since = now()
+        self._resync = True
         self._wake.set()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -203,17 +222,21 @@ class Dispatcher:
         try:
             with Session(self.engine) as s:
                 for ev in events:
-                    self._apply(s, ev)
+                    self._apply_guarded(s, ev)
                 s.commit()
         except OperationalError as exc:
             # Locked or briefly unavailable database: keep the events, try again.
             logger.warning("database busy (%s); %d events kept for retry", exc, len(events))
             self._retry = events
             return
-        with Session(self.engine) as s:
-            self._dispatch(s)
-            self._deadlines(s)
-            s.commit()
+        try:
+            with Session(self.engine) as s:
+                self._dispatch(s)
+                self._deadlines(s)
+                s.commit()
+        except OperationalError as exc:
+            # Published commands are tracked in _inflight, so nothing goes out twice.
+            logger.warning("database busy (%s); dispatch and deadlines retried", exc)
 
     def _apply(self, s: Session, ev: _Event) -> None:
         if isinstance(ev, _Sent):
@@ -359,6 +382,9 @@ class Dispatcher:
     def _dispatch(self, s: Session) -> None:
         if not self.link.connected.is_set():
             return
+        if self._resync:
+            self._resync = False
+            self._resend_unfinished(s)
         queued = s.exec(
             select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(5000)
         ).all()
@@ -382,7 +408,8 @@ class Dispatcher:
             b, m = pair
             expires = as_utc(d.expires_at)
             if expires is None:
-                expires = t + self.command_ttl
+                # A scheduled item lives its TTL from its air time, not from now.
+                expires = max(t, as_utc(b.scheduled_for) or t) + self.command_ttl
                 d.expires_at = expires
                 s.add(d)
             elif expires <= t:
@@ -412,6 +439,7 @@ class Dispatcher:
                 ),
                 repeat=b.repeat,
                 gap_s=b.gap_s,
+                start_at=self._start_at(b, t, expires),
             )
             assert d.id is not None
             self._inflight.add(d.id)
@@ -422,11 +450,80 @@ class Dispatcher:
                 on_done=functools.partial(self._sent, d.id),
             )
 
+    def _command(
+        self, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
+    ) -> PlayCommand:
+        return PlayCommand(
+            id=d.command_id,
+            cluster=d.cluster_id,
+            broadcast=b.id,
+            issued_at=min(t, expires - timedelta(seconds=1)),
+            expires_at=expires,
+            priority=Priority(b.priority),
+            title=b.title[:200],
+            media=MediaRef(
+                url=f"{self.media_base_url}/media/{m.sha256}.{m.format}",
+                sha256=m.sha256,
+                size=m.size,
+                duration_s=m.duration_s,
+                mime=m.mime,
+            ),
+            repeat=b.repeat,
+            gap_s=b.gap_s,
+            start_at=self._start_at(b, t, expires),
+        )
+
+    def _start_at(self, b: Broadcast, t: datetime, expires: datetime) -> datetime | None:
+        # TODO(scheduling, issue #4): the scheduler owns when a broadcast is queued; this
+        # only forwards its air time so the cluster holds the item and plays it on time
+        # even if the controller is down at that moment.
+        at = as_utc(b.scheduled_for)
+        if at is None or at <= t or at >= expires:
+            return None
+        return at
+
+    def _resend_unfinished(self, s: Session) -> None:
+        t = now()
+        active = s.exec(select(Delivery).where(col(Delivery.state).in_(_ACTIVE))).all()
+        pairs: dict[str, tuple[Broadcast, MediaRecord] | None] = {}
+        for d in active:
+            expires = as_utc(d.expires_at) or t + self.command_ttl
+            if expires <= t:
+                continue
+            if d.broadcast_id not in pairs:
+                b = s.get(Broadcast, d.broadcast_id)
+                m = s.get(MediaRecord, b.media_sha256) if b else None
+                pairs[d.broadcast_id] = (b, m) if b and m else None
+            pair = pairs[d.broadcast_id]
+            if pair is None:
+                continue
+            self.link.publish(
+                topic(self.site, d.cluster_id, Kind.CMD),
+                encode(self._command(d, pair[0], pair[1], t, expires)),
+                qos=1,
+            )
+            self.resent += 1
+        if self.resent:
+            logger.info("asked %d unfinished deliveries for their state again", self.resent)
+
+    def _apply_guarded(self, s: Session, ev: _Event) -> None:
+        try:
+            self._apply(s, ev)
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the event: keep the whole batch for a retry
+        except Exception:
+            # One bad event (a bug, an unexpected value) must not lose the others.
+            logger.exception("event %r could not be applied; dropped", ev)
+            self.dropped_messages += 1
+
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
         self._inbound.put(_Sent(delivery_id, ok, reason))
         self._wake.set()
 
     def _deadlines(self, s: Session) -> None:
+        if not self.link.connected.is_set():
+            # Deaf while the broker is away: silence proves nothing about the clusters.
+            return
         t = now()
         active: Sequence[Delivery] = s.exec(
             select(Delivery).where(col(Delivery.state).in_(_ACTIVE))
@@ -436,7 +533,7 @@ class Dispatcher:
         lengths: dict[str, timedelta] = {}
         for d in active:
             if d.state == DeliveryState.SENT.value:
-                sent = as_utc(d.sent_at) or t
+                sent = max(as_utc(d.sent_at) or t, self._listening_since)
                 if t - sent > self.ack_timeout:
                     secs = self.ack_timeout.total_seconds()
                     self._advance(
@@ -445,7 +542,11 @@ class Dispatcher:
                 continue
             if d.broadcast_id not in lengths:
                 lengths[d.broadcast_id] = self._air_time(s, d.broadcast_id)
+                b = s.get(Broadcast, d.broadcast_id)
+                if b is not None and b.scheduled_for is not None:
+                    self._air_at[d.broadcast_id] = as_utc(b.scheduled_for) or t
             start = as_utc(d.received_at) or as_utc(d.sent_at) or t
+            start = max(start, self._listening_since, self._air_at.get(d.broadcast_id, start))
             if t - start > _FETCH_ALLOWANCE + lengths[d.broadcast_id] + _FINAL_MARGIN:
                 self._advance(
                     s,
