@@ -120,6 +120,7 @@ def run_once(n: int, work: Path, fleet_processes: int = 1) -> dict[str, float]:
         stderr=(work / "serve.log").open("w"),
     )
     ids = cluster_ids(n)
+    slack = max(120.0, n / 50)  # seconds allowed to connect; 3x that to play out
     fleet: Fleet | ProcessFleet
     if fleet_processes > 1:
         fleet = ProcessFleet(
@@ -143,7 +144,7 @@ def run_once(n: int, work: Path, fleet_processes: int = 1) -> dict[str, float]:
         card = ControllerCard.read(work / "data" / "run")
         assert card is not None
         fleet.start()
-        assert fleet.wait_connected(120), "fleet did not connect"
+        assert fleet.wait_connected(slack), "fleet did not connect"
 
         def online() -> int:
             with Session(engine) as s:
@@ -155,7 +156,7 @@ def run_once(n: int, work: Path, fleet_processes: int = 1) -> dict[str, float]:
                     ).one()
                 )
 
-        assert wait_until(lambda: online() == n, 120), f"only {online()} of {n} online"
+        assert wait_until(lambda: online() == n, slack), f"only {online()} of {n} online"
         af = make_tone_mp3(work / "tone.mp3", 1.0)
         with Session(engine) as s:
             media = register_media(s, MediaStore(work / "data" / "media"), af)
@@ -177,7 +178,7 @@ def run_once(n: int, work: Path, fleet_processes: int = 1) -> dict[str, float]:
                     ).one()
                 )
 
-        ok = wait_until(lambda: played() == n, 300, interval=0.01)
+        ok = wait_until(lambda: played() == n, 3 * slack, interval=0.01)
         elapsed = time.perf_counter() - t0
         cpu = {
             "controller": cpu_seconds(ctl.pid) - cpu0["controller"],

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -70,6 +70,7 @@ _ACTIVE = [
 # Time a cluster gets to fetch the audio before playback must have started.
 _FETCH_ALLOWANCE = timedelta(seconds=60)
 _FINAL_MARGIN = timedelta(seconds=30)
+_DEADLINE_EVERY = timedelta(seconds=0.5)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Dispatcher:
         self._resync = False
         self.resent = 0
         self._by_command: dict[str, Delivery] = {}
+        self._deadlines_at = datetime.min.replace(tzinfo=UTC)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -554,6 +556,11 @@ class Dispatcher:
             # Deaf while the broker is away: silence proves nothing about the clusters.
             return
         t = now()
+        # Loading every active delivery is O(active): at 10,000 clusters doing it on every
+        # wake-up cost more than the acks themselves. Deadlines are seconds long anyway.
+        if t - self._deadlines_at < _DEADLINE_EVERY:
+            return
+        self._deadlines_at = t
         active: Sequence[Delivery] = s.exec(
             select(Delivery).where(col(Delivery.state).in_(_ACTIVE))
         ).all()
