@@ -125,6 +125,10 @@ def run_ffmpeg(
 def last_error(stderr: bytes) -> str:
     """The most telling line of an ffmpeg error log."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    # A full disk shows up in an "[out#...]" line that the loop below skips; say it plainly.
+    for line in lines:
+        if "No space left on device" in line or "Disk quota exceeded" in line:
+            return f"the output disk is full ({line.split(': ', 1)[-1]}): free space, then retry"
     for line in reversed(lines):
         if not line.startswith(
             ("Conversion failed", "Exiting", "[out#", "Error opening output", "Error parsing")

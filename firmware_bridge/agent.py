@@ -15,7 +15,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -26,8 +25,13 @@ from pathlib import Path
 
 from firmware_bridge import __version__
 from firmware_bridge.abc import AudioSink, Hardware
-from firmware_bridge.backoff import Backoff, Retrier
-from firmware_bridge.exceptions import CommandRefused, MediaError, ProtocolError
+from firmware_bridge.backoff import Backoff
+from firmware_bridge.exceptions import (
+    CommandRefused,
+    MediaError,
+    MediaUnavailable,
+    ProtocolError,
+)
 from firmware_bridge.hardware import HardwareSink, HostHardware
 from firmware_bridge.health import ControlHandler, HeartbeatReporter
 from firmware_bridge.keys import AgentKeyring
@@ -43,7 +47,6 @@ from firmware_bridge.protocol import (
     MediaRef,
     PlayCommand,
     PowerCommand,
-    Priority,
     RebootCommand,
     Status,
     StopCommand,
@@ -61,6 +64,9 @@ from firmware_bridge.protocol import (
 logger = logging.getLogger(__name__)
 
 _FINAL = {AckState.PLAYED, AckState.FAILED}
+_FINAL_VALUES = {s.value for s in _FINAL}
+# Download retries while the media server is unreachable, until the command expires.
+_FETCH_RETRY = Backoff(initial=0.5, cap=15.0, jitter=0.2)
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,15 @@ class MediaFetcher:
         except MediaError:
             tmp.unlink(missing_ok=True)
             raise
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except urllib.error.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            err = MediaUnavailable if exc.code >= 500 else MediaError
+            raise err(f"download of {media.url} failed: {exc}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            # Controller restarting, 4G dropping: the file is still there, try again later.
+            tmp.unlink(missing_ok=True)
+            raise MediaUnavailable(f"download of {media.url} failed: {exc}") from None
+        except ValueError as exc:
             tmp.unlink(missing_ok=True)
             raise MediaError(f"download of {media.url} failed: {exc}") from None
         if size != media.size:
@@ -257,6 +271,8 @@ class ClusterAgent:
         # Withdrawn play commands; the lock orders a withdraw against handing to the player.
         self._withdrawn: set[str] = set()
         self._withdraw_lock = threading.Lock()
+        self._fetch_attempts: dict[str, int] = {}
+        self._stopping = threading.Event()
 
     @property
     def link(self) -> MqttLink:
@@ -293,6 +309,7 @@ class ClusterAgent:
     def stop(self) -> None:
         """Publish a retained ``offline``, disconnect, and stop working."""
         cfg = self.config
+        self._stopping.set()
         self._queue.put(None)
         self.player.stop()
         if self._loop is not None and self._link is not None:
@@ -367,11 +384,12 @@ class ClusterAgent:
             return
         seen = self._journal.get(command.id)
         if seen is not None:
-            # QoS 1 redelivery, a controller retry or a replay: report where we are, play
-            # nothing.
+            # QoS 1 redelivery or a controller retry: report where we are, play nothing.
+            # Answering every duplicate (not only finished ones) lets a controller that
+            # restarted, or lost acks with a crashed broker, learn where we stand.
             logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
-            if seen in {s.value for s in _FINAL}:
-                self._ack(command, AckState(seen), reason="duplicate command; already handled")
+            reason = "duplicate command; already handled" if seen in _FINAL_VALUES else None
+            self._ack(command, AckState(seen), reason=reason)
             return
         if self._keys.configured and not self._fresh(command):
             self._journal.set(command.id, AckState.FAILED.value)
@@ -484,10 +502,15 @@ class ClusterAgent:
             self._finish(command, AckState.FAILED, "stopped by operator before playback")
             return
         try:
-            path = self._fetch(command)
+            path = self._fetcher.fetch(command.media)
+        except MediaUnavailable as exc:
+            if not self._retry_later(command, str(exc)):
+                self._finish(command, AckState.FAILED, str(exc))
+            return
         except MediaError as exc:
             self._finish(command, AckState.FAILED, str(exc))
             return
+        self._fetch_attempts.pop(command.id, None)
         with self._withdraw_lock:
             if command.id in self._withdrawn:
                 return  # already acknowledged as withdrawn
@@ -496,32 +519,28 @@ class ClusterAgent:
                 self._ack(command, AckState.STAGED)
             self.player.submit(command, path)
 
-    def _fetch(self, command: PlayCommand) -> Path:
-        # An emergency is worth a few more tries over a flaky 4G link before giving up.
-        tries = 5 if command.priority is Priority.EMERGENCY else 1
-        retry = Retrier(Backoff(initial=0.5, cap=4.0))
-        for attempt in range(1, tries + 1):
-            try:
-                return self._fetcher.fetch(command.media)
-            except MediaError as exc:
-                if attempt == tries or command.expires_at <= utcnow():
-                    raise
-                delay = retry.next_delay()
-                logger.warning(
-                    "%s: fetch of %s failed (%s); retry %d in %.1f s",
-                    self.config.cluster,
-                    command.id,
-                    exc,
-                    attempt,
-                    delay,
-                )
-                time.sleep(delay)
-        raise MediaError("unreachable")  # pragma: no cover - the loop returns or raises
-
     def _prepare(self, command: PlayCommand) -> None:
         """Just before an item starts: its volume (the site's emergency volume, for one)."""
         if command.volume is not None:
             self.output.set_volume(command.volume)
+
+    def _retry_later(self, command: PlayCommand, why: str) -> bool:
+        """Queue ``command`` again after a backoff delay; False if it would expire first."""
+        attempt = self._fetch_attempts.get(command.id, 0)
+        delay = _FETCH_RETRY.delay(attempt)
+        if utcnow().timestamp() + delay >= command.expires_at.timestamp():
+            self._fetch_attempts.pop(command.id, None)
+            return False
+        self._fetch_attempts[command.id] = attempt + 1
+        logger.warning("%s: %s; retrying in %.1f s", self.config.cluster, why, delay)
+        timer = threading.Timer(delay, self._requeue, (command,))
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _requeue(self, command: PlayCommand) -> None:
+        if not self._stopping.is_set():
+            self._queue.put(command)
 
     def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
         state = AckState(outcome.value)

@@ -19,6 +19,10 @@ class MediaError(BridgeError):
     """Announcement audio could not be fetched or failed verification."""
 
 
+class MediaUnavailable(MediaError):
+    """The media server could not be reached (or answered 5xx): worth trying again later."""
+
+
 class SinkError(BridgeError):
     """The audio sink could not play an item."""
 

@@ -47,6 +47,8 @@ class Settings:
     # ...and one whose time passed unsent still plays this late, else it is "missed".
     schedule_grace_s: float = 15 * 60.0
     clock_warn_s: float = 2.0  # warn when a cluster's clock is off by more
+    # How long a SQLite write waits for another writer before the dispatcher retries.
+    db_busy_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.ack_timeout_s <= 0 or self.command_ttl_s <= self.ack_timeout_s:

@@ -55,7 +55,7 @@ class Controller:
 
     def _start(self) -> None:
         st = self.settings
-        engine = make_engine(st.database_url)
+        engine = make_engine(st.database_url, busy_timeout_ms=int(st.db_busy_timeout_s * 1000))
         init_db(engine)
         with Session(engine) as s:
             self.site_id = current_site(s).site.id
@@ -84,6 +84,7 @@ class Controller:
                 *health_subscriptions(self.site_id),
             ),
             keepalive=10,
+            on_connected=self._on_connected,
         )
         self.dispatcher = Dispatcher(
             engine,
@@ -127,6 +128,10 @@ class Controller:
             self.health.poke()
         if self.schedules is not None:
             self.schedules.poke()
+
+    def _on_connected(self, _link: MqttLink) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.on_connected()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         if self.dispatcher is not None:

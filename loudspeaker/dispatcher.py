@@ -14,10 +14,10 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from firmware_bridge.exceptions import ProtocolError
@@ -61,8 +61,6 @@ _ACK_TO_STATE = {
     AckState.PLAYED: DeliveryState.PLAYED,
     AckState.FAILED: DeliveryState.FAILED,
 }
-# An emergency pre-empted the item; it is re-queued and plays again (still "playing").
-_ACK_TO_STATE[AckState.INTERRUPTED] = DeliveryState.PLAYING
 _ACTIVE = [
     DeliveryState.SENT.value,
     DeliveryState.RECEIVED.value,
@@ -72,6 +70,7 @@ _ACTIVE = [
 # Time a cluster gets to fetch the audio before playback must have started.
 _FETCH_ALLOWANCE = timedelta(seconds=60)
 _FINAL_MARGIN = timedelta(seconds=30)
+_DEADLINE_EVERY = timedelta(seconds=0.5)
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,12 @@ class Dispatcher:
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
         self.signer = CommandSigner(engine)
+        # Answers can only arrive while we listen: deadlines never count time we were down.
+        self._listening_since = now()
+        self._resync = False
+        self.resent = 0
+        self._by_command: dict[str, Delivery] = {}
+        self._deadlines_at = datetime.min.replace(tzinfo=UTC)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -191,6 +196,17 @@ class Dispatcher:
             return
         self._wake.set()
 
+    def on_connected(self) -> None:
+        """The controller's MQTT session (re)started: ask every unfinished cluster again.
+
+        Acks that arrived while we were down (or that a crashed broker lost) would
+        otherwise never come back; re-sending the same command id makes the cluster
+        repeat its last state without playing anything twice (docs/protocol.md, §5).
+        """
+        self._listening_since = now()
+        self._resync = True
+        self._wake.set()
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -235,19 +251,27 @@ class Dispatcher:
                 break
         try:
             with Session(self.engine) as s:
-                for ev in events:
-                    self._apply(s, ev)
+                held = self._prefetch(s, events)  # the identity map only holds weak refs
+                # One flush at commit instead of one per event (docs/scaling.md).
+                with s.no_autoflush:
+                    for ev in events:
+                        self._apply_guarded(s, ev)
                 s.commit()
+                del held
         except OperationalError as exc:
             # Locked or briefly unavailable database: keep the events, try again.
             logger.warning("database busy (%s); %d events kept for retry", exc, len(events))
             self._retry = events
             return
-        with Session(self.engine) as s:
-            self._stop_requests(s)
-            self._dispatch(s)
-            self._deadlines(s)
-            s.commit()
+        try:
+            with Session(self.engine) as s:
+                self._stop_requests(s)
+                self._dispatch(s)
+                self._deadlines(s)
+                s.commit()
+        except OperationalError as exc:
+            # Published commands are tracked in _inflight, so nothing goes out twice.
+            logger.warning("database busy (%s); dispatch and deadlines retried", exc)
 
     def _apply(self, s: Session, ev: _Event) -> None:
         if isinstance(ev, _Sent):
@@ -274,7 +298,9 @@ class Dispatcher:
                 logger.warning("ack from unknown cluster %r dropped", ack.cluster)
                 self.dropped_messages += 1
                 return
-        d = s.exec(select(Delivery).where(Delivery.command_id == ack.command)).first()
+        d = self._by_command.get(ack.command)
+        if d is None:
+            d = s.exec(select(Delivery).where(Delivery.command_id == ack.command)).first()
         if d is None or d.cluster_id != ack.cluster:
             logger.warning(
                 "ack for unknown command %s from %s dropped (%s)",
@@ -360,6 +386,8 @@ class Dispatcher:
                 logger.warning("status from unknown cluster %r dropped", status.cluster)
                 self.dropped_messages += 1
                 return
+        # Queries below must see what earlier events of this batch changed.
+        s.flush()
         online = status.state == "online"
         st = s.get(ClusterStatus, status.cluster) or ClusterStatus(cluster_id=status.cluster)
         changed = st.online != online or st.since is None
@@ -436,6 +464,9 @@ class Dispatcher:
     def _dispatch(self, s: Session) -> None:
         if not self.link.connected.is_set():
             return
+        if self._resync:
+            self._resync = False
+            self._resend_unfinished(s)
         queued = s.exec(
             select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(5000)
         ).all()
@@ -549,12 +580,82 @@ class Dispatcher:
             s.add(req)
             logger.info("stop of broadcast %s sent", req.broadcast_id)
 
+    def _resend_unfinished(self, s: Session) -> None:
+        t = now()
+        active = s.exec(select(Delivery).where(col(Delivery.state).in_(_ACTIVE))).all()
+        pairs: dict[str, tuple[Broadcast, MediaRecord] | None] = {}
+        count = 0
+        for d in active:
+            expires = as_utc(d.expires_at) or t + self.command_ttl
+            if expires <= t:
+                continue
+            if d.broadcast_id not in pairs:
+                b = s.get(Broadcast, d.broadcast_id)
+                m = s.get(MediaRecord, b.media_sha256) if b else None
+                pairs[d.broadcast_id] = (b, m) if b and m else None
+            pair = pairs[d.broadcast_id]
+            if pair is None:
+                continue
+            cmd = outbox.play_command(
+                d,
+                pair[0],
+                pair[1],
+                media_base_url=self.media_base_url,
+                issued_at=min(t, expires - timedelta(seconds=1)),
+                expires_at=expires,
+            )
+            self.link.publish(
+                topic(self.site, d.cluster_id, Kind.CMD), encode(self.signer.sign(cmd)), qos=1
+            )
+            count += 1
+        self.resent += count
+        if count:
+            logger.info("asked %d unfinished deliveries for their state again", count)
+
+    def _prefetch(self, s: Session, events: list[_Event]) -> list[object]:
+        """Load what a batch of events touches with a few IN queries, not one per event."""
+        commands = sorted({ev.ack.command for ev in events if isinstance(ev, _AckIn)})
+        sent = sorted({ev.delivery_id for ev in events if isinstance(ev, _Sent)})
+        clusters = sorted({ev.ack.cluster for ev in events if isinstance(ev, _AckIn)})
+        self._by_command = {}
+        held: list[object] = []
+        for i in range(0, len(commands), 500):
+            chunk = commands[i : i + 500]
+            for d in s.exec(select(Delivery).where(col(Delivery.command_id).in_(chunk))):
+                self._by_command[d.command_id] = d
+        for i in range(0, len(sent), 500):
+            held += s.exec(select(Delivery).where(col(Delivery.id).in_(sent[i : i + 500]))).all()
+        for i in range(0, len(clusters), 500):
+            chunk = clusters[i : i + 500]
+            held += s.exec(
+                select(ClusterStatus).where(col(ClusterStatus.cluster_id).in_(chunk))
+            ).all()
+        return held
+
+    def _apply_guarded(self, s: Session, ev: _Event) -> None:
+        try:
+            self._apply(s, ev)
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the event: keep the whole batch for a retry
+        except Exception:
+            # One bad event (a bug, an unexpected value) must not lose the others.
+            logger.exception("event %r could not be applied; dropped", ev)
+            self.dropped_messages += 1
+
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
         self._inbound.put(_Sent(delivery_id, ok, reason, now()))
         self._wake.set()
 
     def _deadlines(self, s: Session) -> None:
+        if not self.link.connected.is_set():
+            # Deaf while the broker is away: silence proves nothing about the clusters.
+            return
         t = now()
+        # Loading every active delivery is O(active): at 10,000 clusters doing it on every
+        # wake-up cost more than the acks themselves. Deadlines are seconds long anyway.
+        if t - self._deadlines_at < _DEADLINE_EVERY:
+            return
+        self._deadlines_at = t
         active: Sequence[Delivery] = s.exec(
             select(Delivery).where(col(Delivery.state).in_(_ACTIVE))
         ).all()
@@ -573,7 +674,7 @@ class Dispatcher:
                 self._timed_deadline(s, d, t, start_at)
                 continue
             if d.state == DeliveryState.SENT.value:
-                sent = as_utc(d.sent_at) or t
+                sent = max(as_utc(d.sent_at) or t, self._listening_since)
                 if t - sent > self.ack_timeout:
                     secs = self.ack_timeout.total_seconds()
                     self._advance(
@@ -584,7 +685,7 @@ class Dispatcher:
                 lengths[d.broadcast_id] = self._air_time(s, d.broadcast_id)
             # Counted from the last sign of progress; an item interrupted by an emergency
             # waits for the emergency to end, up to the command's lifetime.
-            start = as_utc(d.updated_at) or t
+            start = max(as_utc(d.updated_at) or t, self._listening_since)
             allowance = _FETCH_ALLOWANCE + lengths[d.broadcast_id] + _FINAL_MARGIN
             if d.reason.startswith("interrupted"):
                 allowance = max(allowance, self.command_ttl)

@@ -133,6 +133,9 @@ class MediaServer:
 
     class _Server(ThreadingHTTPServer):
         daemon_threads = True
+        # socketserver's default backlog is 5: when a broadcast makes a thousand clusters
+        # fetch at once, the rest of the SYNs are dropped and retried after 1, 3, 7 s.
+        request_queue_size = 4096
         store: MediaStore
         on_poke: Callable[[], None]
         metrics: Callable[[], str] | None = None

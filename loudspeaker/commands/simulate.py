@@ -23,8 +23,13 @@ def simulate(
         str | None, typer.Option(help="mqtt://HOST:PORT (default: the running controller's)")
     ] = None,
     time_scale: Annotated[float, typer.Option(help="Play each item for duration x this")] = 1.0,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Processes to spread the clusters over (default: one per 500)"),
+    ] = None,
 ) -> None:
     """Run simulated clusters of the site (real MQTT agents, pretend amplifiers)."""
+    from firmware_bridge.fleetproc import ProcessFleet
     from firmware_bridge.mqtt import BrokerEndpoint
     from firmware_bridge.simulator import Fleet
     from loudspeaker.site import current_site
@@ -36,8 +41,9 @@ def simulate(
     if clusters is not None:
         if clusters > len(ids):
             raise LoudspeakerError(
-                f"the site has {len(ids)} MQTT clusters; "
-                f"load a bigger site file to simulate {clusters}"
+                f"the site has {len(ids)} MQTT clusters; to simulate {clusters}, generate "
+                f"and load a bigger one: loudspeaker site generate --clusters {clusters} "
+                "-o big.toml && loudspeaker site load big.toml"
             )
         ids = ids[:clusters]
     if broker is None:
@@ -47,17 +53,31 @@ def simulate(
         broker = card.broker_url
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
-    fleet = Fleet(
-        site.site.id,
-        ids,
-        BrokerEndpoint.parse(broker),
-        state.settings.data_dir / "simulated",
-        time_scale=time_scale,
-    )
+    fleet: Fleet | ProcessFleet
+    procs = processes if processes is not None else max(1, -(-len(ids) // 500))
+    if procs > 1:
+        # One process under one GIL tops out at a few hundred clusters (docs/scaling.md).
+        fleet = ProcessFleet(
+            site.site.id,
+            ids,
+            BrokerEndpoint.parse(broker),
+            state.settings.data_dir / "simulated",
+            processes=procs,
+            time_scale=time_scale,
+        )
+    else:
+        fleet = Fleet(
+            site.site.id,
+            ids,
+            BrokerEndpoint.parse(broker),
+            state.settings.data_dir / "simulated",
+            time_scale=time_scale,
+        )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     fleet.start()
-    err_console.print(f"{len(ids)} simulated clusters running; Ctrl-C to stop")
+    where = f" in {procs} processes" if procs > 1 else ""
+    err_console.print(f"{len(ids)} simulated clusters running{where}; Ctrl-C to stop")
     done.wait()
     fleet.stop()
