@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11 and root): `make demo`, `make test`.
 # Each creates/updates .venv, installs what is missing (Python packages; Debian's
-# mosquitto, and PostgreSQL for the test suite, only where absent), then runs.
+# mosquitto and a font; for the test suite PostgreSQL and espeak-ng, only where absent),
+# then runs.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: demo test lint typecheck unit bench system-deps postgres-deps clean
+.PHONY: demo test lint typecheck unit bench system-deps test-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +28,14 @@ system-deps:
 	  apt-get update -qq && $(APT_INSTALL) fonts-dejavu-core; \
 	fi
 
-postgres-deps:
+test-deps:
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "Installing Debian's postgresql (the integration suite also runs on it)..."; \
 	  apt-get update -qq && $(APT_INSTALL) postgresql; \
+	fi
+	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+	  echo "Installing Debian's espeak-ng (the TTS contract suite also runs on the program)..."; \
+	  apt-get update -qq && $(APT_INSTALL) espeak-ng; \
 	fi
 
 demo: $(STAMP) system-deps
@@ -43,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps postgres-deps lint typecheck
+test: $(STAMP) system-deps test-deps lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -51,7 +56,13 @@ unit: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/emergency.py
+	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/audio_render.py
+	$(BIN)/python bench/serial_link.py
+	$(BIN)/python bench/health_latency.py
 	$(BIN)/python bench/report.py
+	$(BIN)/python bench/security.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
