@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +49,7 @@ from loudspeaker.models import (
     StopRequest,
     now,
 )
+from loudspeaker.worker import EventWorker
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class _WithdrawIn:
 _Event = _Sent | _AckIn | _StatusIn | _WithdrawIn
 
 
-class Dispatcher:
+class Dispatcher(EventWorker["_Event"]):
     """Owns delivery state. ``start()`` runs the worker thread; ``poke()`` wakes it."""
 
     def __init__(
@@ -119,18 +118,13 @@ class Dispatcher:
         poll_interval_s: float = 0.2,
         emergency_retry_s: float = 3.0,
     ) -> None:
+        super().__init__("dispatcher", poll_interval_s)
         self.engine = engine
         self.link = link
         self.site = site
         self.media_base_url = media_base_url.rstrip("/")
         self.ack_timeout = timedelta(seconds=ack_timeout_s)
         self.command_ttl = timedelta(seconds=command_ttl_s)
-        self.poll_interval_s = poll_interval_s
-        self._inbound: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._retry: list[_Event] = []
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._inflight: set[int] = set()
         self._last_sent: dict[int, datetime] = {}
         self.emergency_retry = timedelta(seconds=emergency_retry_s)
@@ -146,15 +140,6 @@ class Dispatcher:
 
     # -- any thread -------------------------------------------------------------------------
 
-    def poke(self) -> None:
-        """Look for new work now."""
-        self._wake.set()
-
-    @property
-    def backlog(self) -> int:
-        """Inbound events not yet applied (for the metrics endpoint)."""
-        return self._inbound.qsize() + len(self._retry)
-
     def withdraw(self, delivery_ids: Sequence[int], reason: str) -> None:
         """Take back deliveries that have not started (a schedule changed).
 
@@ -162,8 +147,7 @@ class Dispatcher:
         and end ``failed`` when the cluster confirms; playing ones are left to finish.
         """
         if delivery_ids:
-            self._inbound.put(_WithdrawIn(tuple(delivery_ids), reason))
-            self._wake.set()
+            self._put(_WithdrawIn(tuple(delivery_ids), reason))
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: parse, validate, enqueue. Malformed input is logged and dropped."""
@@ -212,15 +196,7 @@ class Dispatcher:
     def start(self) -> None:
         """Load the cluster list and start the worker thread."""
         self.reload_clusters()
-        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Finish the current iteration and stop."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._start_thread()
 
     def reload_clusters(self) -> None:
         """Re-read which clusters the site has."""
@@ -229,26 +205,9 @@ class Dispatcher:
 
     # -- worker thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll_interval_s)
-            self._wake.clear()
-            try:
-                self.step()
-            except Exception:
-                # Keep dispatching: a bug in one iteration must not silence the commune.
-                logger.exception("dispatcher iteration failed")
-                self._stop.wait(0.5)
-
     def step(self) -> None:
         """One iteration: apply inbound events, dispatch, apply deadlines."""
-        events = self._retry
-        self._retry = []
-        while True:
-            try:
-                events.append(self._inbound.get_nowait())
-            except queue.Empty:
-                break
+        events = self._take()
         try:
             with Session(self.engine) as s:
                 held = self._prefetch(s, events)  # the identity map only holds weak refs
@@ -643,8 +602,7 @@ class Dispatcher:
             self.dropped_messages += 1
 
     def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
-        self._inbound.put(_Sent(delivery_id, ok, reason, now()))
-        self._wake.set()
+        self._put(_Sent(delivery_id, ok, reason, now()))
 
     def _deadlines(self, s: Session) -> None:
         if not self.link.connected.is_set():

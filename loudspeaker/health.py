@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,6 +57,7 @@ from loudspeaker.models import (
     now,
 )
 from loudspeaker.site import HealthConfig, current_site
+from loudspeaker.worker import EventWorker
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def command_for(req: ControlRequest, issued: datetime) -> ControlCommand:
     raise LoudspeakerError(f"unknown control action {req.action!r}")
 
 
-class HealthMonitor:
+class HealthMonitor(EventWorker["_Event"]):
     """Owns cluster health state. ``start()`` runs the worker thread; ``poke()`` wakes it."""
 
     def __init__(
@@ -154,18 +153,13 @@ class HealthMonitor:
         site: str,
         poll_interval_s: float = 0.5,
     ) -> None:
+        super().__init__("health", poll_interval_s)
         self.engine = engine
         self.link = link
         self.site = site
-        self.poll_interval_s = poll_interval_s
         self.config = HealthConfig()
         # Control commands are signed like every other command (docs/security.md).
         self.signer = CommandSigner(engine)
-        self._inbound: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._retry: list[_Event] = []
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._clusters: dict[str, _Cluster] = {}
         self._inflight: set[str] = set()
         self._started_at = now()
@@ -177,15 +171,6 @@ class HealthMonitor:
         self.alarms_raised = 0
 
     # -- any thread -------------------------------------------------------------------------
-
-    def poke(self) -> None:
-        """Look for new control requests now."""
-        self._wake.set()
-
-    @property
-    def backlog(self) -> int:
-        """Inbound events not yet applied."""
-        return self._inbound.qsize() + len(self._retry)
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: parse heartbeats, results and status; enqueue. Never raises."""
@@ -238,15 +223,7 @@ class HealthMonitor:
         with Session(self.engine) as s:
             self._reload(s)
             self._seed(s)
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Finish the current iteration and stop."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._start_thread()
 
     def _reload(self, s: Session) -> None:
         try:
@@ -287,26 +264,9 @@ class HealthMonitor:
 
     # -- worker thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll_interval_s)
-            self._wake.clear()
-            try:
-                self.step()
-            except Exception:
-                # Keep watching: a bug in one iteration must not blind the technicians.
-                logger.exception("health iteration failed")
-                self._stop.wait(0.5)
-
     def step(self) -> None:
         """One iteration: apply inbound events, send/expire control, evaluate alarms."""
-        events = self._retry
-        self._retry = []
-        while True:
-            try:
-                events.append(self._inbound.get_nowait())
-            except queue.Empty:
-                break
+        events = self._take()
         t = now()
         try:
             with Session(self.engine, expire_on_commit=False) as s:
@@ -556,8 +516,7 @@ class HealthMonitor:
         )
 
     def _sent(self, request_id: str, ok: bool, reason: str) -> None:
-        self._inbound.put(_SentIn(request_id, ok, reason))
-        self._wake.set()
+        self._put(_SentIn(request_id, ok, reason))
 
     # -- alarms -----------------------------------------------------------------------------
 
