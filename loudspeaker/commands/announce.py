@@ -13,8 +13,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from loudspeaker import announcements, audit
-from loudspeaker.auth import Permission, require
+from loudspeaker.auth import Actor, Permission, current_actor, require
 from loudspeaker.commands.common import (
+    State,
     console,
     err_console,
     handle_errors,
@@ -58,6 +59,16 @@ def _show(ann: Announcement, as_json: bool, zone_name: str | None = None) -> Non
     )
 
 
+def _author(state: State, action: str, target: str) -> Actor:
+    """Who may make announcements: whoever may broadcast (a hamlet head: for their hamlet).
+
+    An announcement plays nowhere by itself; where it may play is checked when it is
+    broadcast, scheduled or used for an emergency.
+    """
+    me = current_actor(state)
+    return require(state, Permission.BROADCAST, me.hamlet or None, action=action, target=target)
+
+
 @announce_app.command("tts")
 @handle_errors
 def tts(
@@ -85,7 +96,7 @@ def tts(
         return
     if not title:
         raise LoudspeakerError("give the announcement a --title")
-    actor = require(state, Permission.BROADCAST, action="announce.tts", target=title)
+    actor = _author(state, "announce.tts", title)
     with render_progress("rendering speech", not as_json) as progress, state.session() as s:
         ann = announcements.create_from_text(
             s,
@@ -113,7 +124,7 @@ def from_file(
     state = state_of(ctx)
     if not title:
         raise LoudspeakerError("give the announcement a --title")
-    actor = require(state, Permission.BROADCAST, action="announce.file", target=title)
+    actor = _author(state, "announce.file", title)
     with render_progress("processing recording", not as_json) as progress, state.session() as s:
         ann = announcements.create_from_file(
             s, state.settings.data_dir, path, title=title, created_by=actor.name, progress=progress
@@ -216,7 +227,7 @@ def remove(
 ) -> None:
     """Remove an announcement (refused while a broadcast or schedule still needs it)."""
     state = state_of(ctx)
-    actor = require(state, Permission.BROADCAST, action="announce.remove", target=announcement_id)
+    actor = _author(state, "announce.remove", announcement_id)
     with state.session() as s:
         ann = announcements.remove(s, announcement_id)
         audit.record(s, actor.name, "announce.remove", ann.id, role=actor.role, commit=True)

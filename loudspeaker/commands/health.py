@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from sqlmodel import col, select
 
+from loudspeaker import audit
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import (
     console,
     handle_errors,
@@ -58,6 +59,7 @@ def alarms(
     from loudspeaker.alarms import ACTION, AlarmKind
 
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="alarms")
     zone = state.zone()
     with state.session() as s:
         q = select(AlarmRecord)
@@ -124,6 +126,8 @@ def _run(
     from loudspeaker.control import send_and_wait
 
     state = state_of(ctx)
+    permission = Permission.DIAGNOSE if action == "diagnose" else Permission.CONTROL
+    actor = require(state, permission, action=f"cluster.{action}", target=cluster)
     req = send_and_wait(
         state.session,
         state.controller(),
@@ -131,8 +135,19 @@ def _run(
         action,
         args,
         timeout_s=timeout,
-        created_by=os.environ.get("USER", ""),
+        created_by=actor.name,
     )
+    with state.session() as s:
+        audit.record(
+            s,
+            actor.name,
+            f"cluster.{action}",
+            cluster,
+            outcome="ok" if req.state == "confirmed" else str(req.state),
+            detail={"args": args, "reason": req.reason or None},
+            role=actor.role,
+            commit=True,
+        )
     if as_json:
         print_json(request_json(req))
     return req

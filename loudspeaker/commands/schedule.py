@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import date, datetime, time, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -12,6 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from firmware_bridge.protocol import Priority
+from loudspeaker import audit
+from loudspeaker.auth import Permission, require
 from loudspeaker.commands.common import (
     State,
     console,
@@ -88,6 +89,7 @@ def add(
     from schedules.spec import Recurrence
 
     state = state_of(ctx)
+    actor = require(state, Permission.SCHEDULE, action="schedule.add", target=to)
     if after and replace:
         raise LoudspeakerError("choose one of --after and --replace")
     if priority is Priority.EMERGENCY:
@@ -114,9 +116,18 @@ def add(
             repeat=repeat,
             gap_s=gap,
             on_conflict="after" if after else "replace" if replace else "",
-            created_by=os.environ.get("USER", ""),
+            created_by=actor.name,
         )
         data = schedule_json(added.record, zone)
+        audit.record(
+            s,
+            actor.name,
+            "schedule.add",
+            to,
+            detail={"schedule": added.record.id, "when": data["when"], "items": len(items)},
+            role=actor.role,
+            commit=True,
+        )
     _poke(state, "its items are staged")
     if as_json:
         data["first"] = added.first.astimezone(zone).isoformat() if added.first else None
@@ -163,6 +174,7 @@ def list_(
     )
 
     state = state_of(ctx)
+    require(state, Permission.VIEW, action="schedule.list")
     with state.session() as s:
         zone = site_context(s).zone
         start, end = _period(day, week, zone)
@@ -227,6 +239,9 @@ def _change(ctx: typer.Context, schedule_id: int, action: str, as_json: bool) ->
     from schedules.service import remove_schedule, schedule_json, set_paused, site_context
 
     state = state_of(ctx)
+    actor = require(
+        state, Permission.SCHEDULE, action=f"schedule.{action}", target=str(schedule_id)
+    )
     with state.session() as s:
         zone = site_context(s).zone
         notes: list[str] = []
@@ -235,6 +250,9 @@ def _change(ctx: typer.Context, schedule_id: int, action: str, as_json: bool) ->
         else:
             rec, notes = set_paused(s, schedule_id, action == "pause")
         data = schedule_json(rec, zone)
+        audit.record(
+            s, actor.name, f"schedule.{action}", str(schedule_id), role=actor.role, commit=True
+        )
     _poke(state, "staged items are withdrawn" if action != "resume" else "its items are staged")
     if as_json:
         data["notes"] = notes

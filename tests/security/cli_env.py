@@ -19,6 +19,7 @@ class CliEnv:
 
     root: Path
     runner: CliRunner
+    announcement: str = ""
 
     @property
     def data(self) -> Path:
