@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import create_engine
 
 from loudspeaker import models  # noqa: F401 - registers the tables
 from loudspeaker.exceptions import StorageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +51,48 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     return engine
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
 def migration_config() -> Config:
     """Alembic's configuration, pointing at ``loudspeaker/migrations``."""
+    from alembic.config import Config
+
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
 
 
-def init_db(engine: Engine) -> None:
-    """Bring the schema to the newest migration (creating it in an empty database)."""
-    cfg = migration_config()
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+def head_revision() -> str:
+    """The newest migration's id: revisions are numbered, ``NNNN_what.py``."""
+    ids = sorted(p.name[:4] for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return ids[-1]
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's migration id, or None for an empty (or pre-migration) database."""
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            if current == head:
-                return
+            value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        return None
+    return str(value) if value is not None else None
+
+
+def init_db(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creating it in an empty database).
+
+    The common case, a database already at the newest revision, costs one query and no
+    Alembic import: every CLI command passes here, an emergency among them.
+    """
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    from alembic import command
+
+    cfg = migration_config()
+    try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

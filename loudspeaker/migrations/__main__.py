@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alembic import command
 
-from loudspeaker.db import init_db, make_engine, migration_config
+from loudspeaker.db import head_revision, init_db, make_engine, migration_config
 
 
 def main() -> None:
@@ -24,7 +24,9 @@ def main() -> None:
         cfg = migration_config()
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.revision(cfg, message=sys.argv[1], autogenerate=True)
+            # Numbered ids keep the "is the database current?" check free of Alembic.
+            next_id = f"{int(head_revision()) + 1:04d}"
+            command.revision(cfg, message=sys.argv[1], autogenerate=True, rev_id=next_id)
 
 
 if __name__ == "__main__":
