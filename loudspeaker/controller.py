@@ -1,6 +1,6 @@
 """``loudspeaker serve``: the one controller process of a commune, wired together here.
 
-It owns the only dispatcher (and, later, the only scheduler) on the database; the CLI
+It owns the only dispatcher, schedule runner and health monitor on the database; the CLI
 talks to it by inserting rows and poking it over HTTP, never by running its own.
 """
 
