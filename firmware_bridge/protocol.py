@@ -370,20 +370,24 @@ def decode_command(payload: bytes) -> AnyCommand:
         raise ProtocolError(f"bad command: {_first_error(exc)}") from None
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _decode(model: type[_M], payload: bytes, what: str) -> _M:
+    try:
+        return model.model_validate(_load(payload))
+    except ValidationError as exc:
+        raise ProtocolError(f"bad {what}: {_first_error(exc)}") from None
+
+
 def decode_ack(payload: bytes) -> Ack:
     """Parse an acknowledgement payload; raise ``ProtocolError`` saying what is wrong."""
-    try:
-        return Ack.model_validate(_load(payload))
-    except ValidationError as exc:
-        raise ProtocolError(f"bad ack: {_first_error(exc)}") from None
+    return _decode(Ack, payload, "ack")
 
 
 def decode_status(payload: bytes) -> Status:
     """Parse a status payload; raise ``ProtocolError`` saying what is wrong."""
-    try:
-        return Status.model_validate(_load(payload))
-    except ValidationError as exc:
-        raise ProtocolError(f"bad status: {_first_error(exc)}") from None
+    return _decode(Status, payload, "status")
 
 
 def offline_will(cluster: str, agent: str) -> bytes:
@@ -628,18 +632,12 @@ def health_subscriptions(site: str) -> list[str]:
 
 def decode_heartbeat(payload: bytes) -> Heartbeat:
     """Parse a heartbeat payload; raise ``ProtocolError`` saying what is wrong."""
-    try:
-        return Heartbeat.model_validate(_load(payload))
-    except ValidationError as exc:
-        raise ProtocolError(f"bad heartbeat: {_first_error(exc)}") from None
+    return _decode(Heartbeat, payload, "heartbeat")
 
 
 def decode_result(payload: bytes) -> ControlResult:
     """Parse a control-result payload; raise ``ProtocolError`` saying what is wrong."""
-    try:
-        return ControlResult.model_validate(_load(payload))
-    except ValidationError as exc:
-        raise ProtocolError(f"bad result: {_first_error(exc)}") from None
+    return _decode(ControlResult, payload, "result")
 
 
 if __name__ == "__main__":
