@@ -19,10 +19,11 @@ from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
+from loudspeaker.exceptions import BrokerStartError, LoudspeakerError
 from loudspeaker.health import HealthMonitor
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
-from loudspeaker.runtime import ControllerCard
+from loudspeaker.runtime import ControllerCard, remember_port, remembered_port
 from loudspeaker.site import current_site
 from schedules.runner import ScheduleRunner
 
@@ -62,16 +63,9 @@ class Controller:
         if st.broker_url:
             self.endpoint = BrokerEndpoint.parse(st.broker_url)
         else:
-            self.broker = EmbeddedBroker(
-                st.run_dir / "mosquitto", host=st.broker_host, port=st.broker_port
-            )
-            self.broker.start()
+            self.broker = self._start_broker()
             self.endpoint = self.broker.endpoint
-        store = MediaStore(st.media_dir)
-        self.media = MediaServer(
-            store, st.http_host, st.http_port, on_poke=self._poke, metrics=self._metrics
-        )
-        self.media.start()
+        self.media = self._start_media(MediaStore(st.media_dir))
         http_url = f"http://{st.http_host}:{self.media.port}"
         self.loop = MqttLoop(name="controller-mqtt")
         self.loop.start()
@@ -120,6 +114,40 @@ class Controller:
         logger.info(
             "controller for %s up: broker %s, media %s", self.site_id, self.endpoint.url, http_url
         )
+
+    def _start_broker(self) -> EmbeddedBroker:
+        # Boxes are configured with the broker's port: keep the previous one when none is
+        # fixed with --broker-port, as for the media port below.
+        st = self.settings
+        port = st.broker_port or remembered_port(st.run_dir, "broker")
+        broker = EmbeddedBroker(st.run_dir / "mosquitto", host=st.broker_host, port=port)
+        try:
+            broker.start()
+        except BrokerStartError:
+            if st.broker_port or not port:
+                raise
+            logger.warning("previous broker port %s is taken; using a new one", port)
+            broker = EmbeddedBroker(st.run_dir / "mosquitto", host=st.broker_host, port=0)
+            broker.start()
+        remember_port(st.run_dir, "broker", broker.port)
+        return broker
+
+    def _start_media(self, store: MediaStore) -> MediaServer:
+        # Clusters keep the media URLs of commands they hold; with no fixed --http-port,
+        # take the previous controller's port again so a restart does not break them.
+        st = self.settings
+        port = st.http_port or remembered_port(st.run_dir, "media")
+        media = MediaServer(store, st.http_host, port, on_poke=self._poke, metrics=self._metrics)
+        try:
+            media.start()
+        except LoudspeakerError:
+            if st.http_port:
+                raise
+            logger.warning("previous media port %s is taken; using a new one", port)
+            media = MediaServer(store, st.http_host, 0, on_poke=self._poke, metrics=self._metrics)
+            media.start()
+        remember_port(st.run_dir, "media", media.port)
+        return media
 
     def _poke(self) -> None:
         if self.dispatcher is not None:

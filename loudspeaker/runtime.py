@@ -60,3 +60,17 @@ class ControllerCard:
         except (urllib.error.URLError, OSError):
             logger.debug("poke to %s failed", self.http_url)
             return False
+
+
+def remembered_port(run_dir: Path, name: str) -> int:
+    """A port a previous controller used (kept across clean stops and crashes), or 0."""
+    try:
+        return int((run_dir / f"{name}.port").read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def remember_port(run_dir: Path, name: str, port: int) -> None:
+    """Keep ``port`` for the next controller start."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / f"{name}.port").write_text(f"{port}\n", encoding="utf-8")

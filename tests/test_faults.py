@@ -192,3 +192,26 @@ def test_rogue_payloads_are_dropped_and_records_stay_intact(
     assert after["clusters"] == before["clusters"]
     # Only the new broadcast's events (and the forged one's trail entry) were added.
     assert n_after >= n_events + 10 * 5
+
+
+def test_a_restarted_controller_keeps_its_broker_and_media_ports(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Boxes hold the broker's address and media URLs: a restart must not move them."""
+    from loudspeaker.config import Settings
+    from tests.conftest import load_site
+
+    load_site(sqlite_url)
+    settings = Settings(data_dir=tmp_path / "data", db_url=sqlite_url)
+    first = Controller(settings)
+    first.start()
+    assert first.broker is not None and first.media is not None
+    ports = (first.broker.port, first.media.port)
+    first.stop()
+    second = Controller(settings)
+    second.start()
+    try:
+        assert second.broker is not None and second.media is not None
+        assert (second.broker.port, second.media.port) == ports
+    finally:
+        second.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +24,7 @@ from loudspeaker.commands.common import (
 )
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
-from loudspeaker.runtime import ControllerCard
+from loudspeaker.runtime import remembered_port
 
 
 def _actor(state: State) -> str:
@@ -47,15 +46,9 @@ def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
             "the controller is not running and no broker is reachable: the emergency is "
             "recorded and goes out as soon as `loudspeaker serve` starts"
         )
-    host, port = st.http_host, st.http_port
-    try:
-        last = json.loads(ControllerCard.path(st.run_dir).read_text())
-        url = str(last["http_url"]).removeprefix("http://")
-        host, _, p = url.rpartition(":")
-        port = int(p)
-    except (OSError, ValueError, KeyError):
-        pass
-    return endpoint, host, port
+    # The controller's own media address, so URLs in queued commands stay valid.
+    port = st.http_port or remembered_port(st.run_dir, "media")
+    return endpoint, st.http_host, port
 
 
 @handle_errors
