@@ -183,6 +183,12 @@ class EmbeddedBroker:
         self._reclaim_orphan()
         if self.port == 0:
             self.port = free_port(self.host)
+        elif wait_listening(self.host, self.port, 0.05):
+            # Someone else's server there would pass our "is it listening?" check.
+            raise BrokerStartError(
+                f"port {self.host}:{self.port} is already in use by another program; "
+                "choose another --broker-port"
+            )
         self.write_config()
         self._spawn(binary, timeout)
         if self.supervise:

@@ -215,3 +215,18 @@ def test_a_restarted_controller_keeps_its_broker_and_media_ports(
         assert (second.broker.port, second.media.port) == ports
     finally:
         second.stop()
+
+
+def test_a_taken_broker_port_is_refused_not_mistaken_for_ours(tmp_path: Path) -> None:
+    import socket
+
+    from loudspeaker.broker import EmbeddedBroker
+    from loudspeaker.exceptions import BrokerStartError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = EmbeddedBroker(tmp_path / "b", port=port, supervise=False)
+        with pytest.raises(BrokerStartError, match="already in use"):
+            broker.start()
