@@ -184,15 +184,21 @@ class MediaRef(BaseModel):
     mime: Annotated[str, Field(max_length=64)] = "audio/mpeg"
 
 
-class PlayCommand(_Message):
+class _Command(_Message):
+    """What every command carries: who it is for, its id, its lifetime, its signature."""
+
+    id: CommandId
+    cluster: ClusterId
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    sig: Signature | None = None
+
+
+class PlayCommand(_Command):
     """Play one announcement: download, verify, play ``repeat`` times."""
 
     type: Literal["play"] = "play"
-    id: CommandId
-    cluster: ClusterId
     broadcast: CommandId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
     priority: Priority = Priority.NORMAL
     title: Annotated[str, Field(max_length=200)] = ""
     media: MediaRef
@@ -200,7 +206,6 @@ class PlayCommand(_Message):
     gap_s: Annotated[float, Field(ge=0, le=7200)] = 0
     volume: Annotated[int | None, Field(ge=0, le=100)] = None
     start_at: AwareDatetime | None = None
-    sig: Signature | None = None
 
     @model_validator(mode="after")
     def _times_in_order(self) -> PlayCommand:
@@ -211,51 +216,31 @@ class PlayCommand(_Message):
         return self
 
 
-class StopCommand(_Message):
+class StopCommand(_Command):
     """Stop a broadcast (or, with ``broadcast`` null, whatever is playing)."""
 
     type: Literal["stop"] = "stop"
-    id: CommandId
-    cluster: ClusterId
     broadcast: CommandId | None = None
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
-    sig: Signature | None = None
 
 
-class VolumeCommand(_Message):
+class VolumeCommand(_Command):
     """Set the amplifier's volume (0-100 %); answered by a :class:`ControlResult`."""
 
     type: Literal["volume"] = "volume"
-    id: CommandId
-    cluster: ClusterId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
     volume: Annotated[int, Field(ge=0, le=100)]
-    sig: Signature | None = None
 
 
-class PowerCommand(_Message):
+class PowerCommand(_Command):
     """Open or close the amplifier's mains relay (off is not muted: no hum, no draw)."""
 
     type: Literal["power"] = "power"
-    id: CommandId
-    cluster: ClusterId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
     on: bool
-    sig: Signature | None = None
 
 
-class RebootCommand(_Message):
+class RebootCommand(_Command):
     """Restart the cluster; the result says it is going, the next heartbeat that it is back."""
 
     type: Literal["reboot"] = "reboot"
-    id: CommandId
-    cluster: ClusterId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
-    sig: Signature | None = None
 
 
 DiagnoseTest = Literal["self_test", "tone", "link", "clock"]
@@ -265,22 +250,17 @@ def _all_tests() -> list[DiagnoseTest]:
     return ["self_test", "tone", "link", "clock"]
 
 
-class DiagnoseCommand(_Message):
+class DiagnoseCommand(_Command):
     """Run active tests and report raw measurements; the controller gives the verdict."""
 
     type: Literal["diagnose"] = "diagnose"
-    id: CommandId
-    cluster: ClusterId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
     tests: Annotated[list[DiagnoseTest], Field(min_length=1, max_length=8)] = Field(
         default_factory=_all_tests
     )
     tone_s: Annotated[float, Field(gt=0, le=10)] = 2.0
-    sig: Signature | None = None
 
 
-class WithdrawCommand(_Message):
+class WithdrawCommand(_Command):
     """Take back a play command that has not started (its schedule changed).
 
     The cluster removes the item if it is waiting and acknowledges the *play* command
@@ -290,13 +270,8 @@ class WithdrawCommand(_Message):
     """
 
     type: Literal["withdraw"] = "withdraw"
-    id: CommandId
-    cluster: ClusterId
     broadcast: CommandId | None = None
     command: CommandId
-    issued_at: AwareDatetime
-    expires_at: AwareDatetime
-    sig: Signature | None = None
 
 
 ControlCommand = VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand

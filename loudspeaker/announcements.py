@@ -13,7 +13,14 @@ import audio
 from loudspeaker.broadcasts import AudioFile, register_media
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaStore
-from loudspeaker.models import Announcement, Broadcast, Delivery, DeliveryState, now
+from loudspeaker.models import (
+    Announcement,
+    Broadcast,
+    Delivery,
+    DeliveryState,
+    MediaRecord,
+    now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +37,6 @@ def audio_settings(data_dir: Path) -> audio.AudioSettings:
         chime_path=chime,
         extra_abbreviations=abbreviations if abbreviations.is_file() else None,
     )
-
-
-def _as_file(r: audio.RenderedAudio) -> AudioFile:
-    return AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
 
 
 def _new_id(session: Session) -> str:
@@ -55,7 +58,9 @@ def _store(
 ) -> Announcement:
     if not title.strip():
         raise LoudspeakerError("give the announcement a --title")
-    media = register_media(session, MediaStore(data_dir / "media"), _as_file(rendered))
+    media = register_media(
+        session, MediaStore(data_dir / "media"), AudioFile.from_rendered(rendered)
+    )
     ann = Announcement(
         id=_new_id(session),
         title=title.strip()[:200],
@@ -132,6 +137,19 @@ def get(session: Session, announcement_id: str) -> Announcement:
             f"no announcement {announcement_id!r} (see `loudspeaker announce list`)"
         )
     return ann
+
+
+def audio_of(session: Session, ann: Announcement, media_dir: Path) -> AudioFile:
+    """The stored audio of an announcement, to broadcast it without rendering again."""
+    media = session.get(MediaRecord, ann.media_sha256)
+    stored = MediaStore(media_dir).path_for(ann.media_sha256)
+    if media is None or stored is None:
+        raise LoudspeakerError(
+            f"the audio of announcement {ann.id} is gone from the media directory; make it again"
+        )
+    return AudioFile(
+        stored, media.sha256, media.size, media.duration_s, media.format, media.mime, ann.engine
+    )
 
 
 def list_all(session: Session) -> list[Announcement]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+import audio
 from firmware_bridge.protocol import Priority, new_id
 from loudspeaker.db import as_utc
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
@@ -39,6 +40,11 @@ class AudioFile:
     format: str
     mime: str
     engine: str
+
+    @classmethod
+    def from_rendered(cls, r: audio.RenderedAudio) -> AudioFile:
+        """The audio that ``audio.render_*`` produced."""
+        return cls(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
 
 
 def register_media(session: Session, store: MediaStore, audio: AudioFile) -> MediaRecord:

@@ -437,9 +437,7 @@ class Dispatcher(EventWorker["_Event"]):
             if d.id in self._inflight:
                 continue
             if d.broadcast_id not in broadcasts:
-                b = s.get(Broadcast, d.broadcast_id)
-                m = s.get(MediaRecord, b.media_sha256) if b else None
-                broadcasts[d.broadcast_id] = (b, m) if b and m else None
+                broadcasts[d.broadcast_id] = self._with_media(s, d.broadcast_id)
             pair = broadcasts[d.broadcast_id]
             if pair is None:
                 self._advance(
@@ -486,13 +484,12 @@ class Dispatcher(EventWorker["_Event"]):
         """Send an emergency again (same command id: a cluster that has it plays it once)."""
         if d.id in self._inflight or not self.link.connected.is_set():
             return
-        b = s.get(Broadcast, d.broadcast_id)
-        m = s.get(MediaRecord, b.media_sha256) if b else None
+        pair = self._with_media(s, d.broadcast_id)
         expires = as_utc(d.expires_at)
-        if b is None or m is None or expires is None or expires <= t:
+        if pair is None or expires is None or expires <= t:
             return
         s.add(DeliveryEvent(delivery_id=d.id or 0, state="resent", at=t, reason=why))
-        self._send(d, b, m, t, expires)
+        self._send(d, *pair, t, expires)
 
     def _stop_requests(self, s: Session) -> None:
         if not self.link.connected.is_set():
@@ -549,9 +546,7 @@ class Dispatcher(EventWorker["_Event"]):
             if expires <= t:
                 continue
             if d.broadcast_id not in pairs:
-                b = s.get(Broadcast, d.broadcast_id)
-                m = s.get(MediaRecord, b.media_sha256) if b else None
-                pairs[d.broadcast_id] = (b, m) if b and m else None
+                pairs[d.broadcast_id] = self._with_media(s, d.broadcast_id)
             pair = pairs[d.broadcast_id]
             if pair is None:
                 continue
@@ -681,11 +676,17 @@ class Dispatcher(EventWorker["_Event"]):
         if t - last >= self.emergency_retry:
             self._resend(s, d, t, "no answer yet; sent again")
 
-    def _air_time(self, s: Session, broadcast_id: str) -> timedelta:
+    def _with_media(self, s: Session, broadcast_id: str) -> tuple[Broadcast, MediaRecord] | None:
+        """A broadcast and its audio record, or None if either is missing."""
         b = s.get(Broadcast, broadcast_id)
         m = s.get(MediaRecord, b.media_sha256) if b else None
-        if b is None or m is None:
+        return (b, m) if b is not None and m is not None else None
+
+    def _air_time(self, s: Session, broadcast_id: str) -> timedelta:
+        pair = self._with_media(s, broadcast_id)
+        if pair is None:
             return timedelta(0)
+        b, m = pair
         return timedelta(seconds=m.duration_s * b.repeat + b.gap_s * (b.repeat - 1))
 
     # -- timed (scheduled) deliveries --------------------------------------------------------

@@ -133,13 +133,7 @@ def render(
         if session is None:
             raise LoudspeakerError("internal: announcements need a session")
         ann = announcements.get(session, req.announcement)
-        stored = MediaStore(media_dir).path_for(ann.media_sha256)
-        if stored is None:
-            raise LoudspeakerError(f"the audio of announcement {ann.id} is gone; make it again")
-        af = AudioFile(
-            stored, ann.media_sha256, ann.size, ann.duration_s, "mp3", "audio/mpeg", ann.engine
-        )
-        return af, ann.kind, ann.source
+        return announcements.audio_of(session, ann, media_dir), ann.kind, ann.source
     if req.siren:
         r = audio.render_tone("siren", cache_dir=media_dir, seconds=SIREN_SECONDS)
         kind, source = "tone", "siren"
@@ -149,8 +143,7 @@ def render(
     else:
         r = audio.render_text(req.text, cache_dir=media_dir, engine=req.engine, settings=settings)
         kind, source = "text", req.text
-    af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
-    return af, kind, source
+    return AudioFile.from_rendered(r), kind, source
 
 
 def trigger(session: Session, data_dir: Path, req: EmergencyRequest) -> Broadcast:

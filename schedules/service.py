@@ -31,7 +31,15 @@ from loudspeaker.targets import resolve_targets
 from schedules.exceptions import ScheduleError, SpecError
 from schedules.quiet import QuietHours
 from schedules.spec import Recurrence
-from schedules.timeline import CHECK_AHEAD, CheckResult, Item, OnConflict, Plan, check_addition
+from schedules.timeline import (
+    CHECK_AHEAD,
+    CheckResult,
+    Item,
+    OnConflict,
+    Placed,
+    Plan,
+    check_addition,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +327,28 @@ def _delivery_state(states: list[str]) -> str:
     return "staged"
 
 
+def _planned_row(
+    p: Placed,
+    schedule_title: str,
+    rec: ScheduleRecord | None,
+    zone: ZoneInfo,
+    state: str,
+    note: str,
+) -> TimelineRow:
+    return TimelineRow(
+        start=p.start.astimezone(zone),
+        end=p.end.astimezone(zone),
+        schedule_id=p.schedule_id,
+        schedule_title=schedule_title,
+        announcement_id=p.announcement_id,
+        title=p.title,
+        priority=p.priority.value,
+        target=rec.target if rec else "",
+        state=state,
+        note=note,
+    )
+
+
 def timeline_rows(
     session: Session, start: datetime, end: datetime, *, at: datetime | None = None
 ) -> list[TimelineRow]:
@@ -388,20 +418,7 @@ def timeline_rows(
             if rec is not None and p.start < t and p.slot_at < as_utc(rec.active_since):  # type: ignore[operator]
                 continue
             state = "planned" if p.start >= t else "not sent yet (controller down?)"
-            rows.append(
-                TimelineRow(
-                    start=p.start.astimezone(ctx.zone),
-                    end=p.end.astimezone(ctx.zone),
-                    schedule_id=p.schedule_id,
-                    schedule_title=block.plan.title,
-                    announcement_id=p.announcement_id,
-                    title=p.title,
-                    priority=p.priority.value,
-                    target=rec.target if rec else "",
-                    state=state,
-                    note=note,
-                )
-            )
+            rows.append(_planned_row(p, block.plan.title, rec, ctx.zone, state, note))
     for block in timeline.dropped:
         if not start <= block.slot_at < end:
             continue
@@ -409,20 +426,8 @@ def timeline_rows(
         for p in block.items:
             if p.key in seen:
                 continue
-            rows.append(
-                TimelineRow(
-                    start=p.start.astimezone(ctx.zone),
-                    end=p.end.astimezone(ctx.zone),
-                    schedule_id=p.schedule_id,
-                    schedule_title=block.plan.title,
-                    announcement_id=p.announcement_id,
-                    title=p.title,
-                    priority=p.priority.value,
-                    target=rec.target if rec else "",
-                    state="replaced" if block.replaced_by else "dropped",
-                    note=block.dropped,
-                )
-            )
+            state = "replaced" if block.replaced_by else "dropped"
+            rows.append(_planned_row(p, block.plan.title, rec, ctx.zone, state, block.dropped))
     rows.sort(key=lambda r: (r.start, r.schedule_id, r.announcement_id))
     return rows
 

@@ -15,6 +15,7 @@ from loudspeaker.config import Settings
 from loudspeaker.controller import Controller
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.site import load_site_file, store_site
+from tests.helpers import running_fleet
 from tests.pg import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,11 +88,8 @@ def controller(tmp_path: Path, db_url: str, mosquitto: EmbeddedBroker) -> Iterat
 def fleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
     """The site's ten clusters as simulated agents (audio plays 4x faster than real time)."""
     ids = [f"lb-{i:02d}" for i in range(1, 11)]
-    f = Fleet("luc-binh", ids, mosquitto.endpoint, tmp_path / "fleet", time_scale=0.25)
-    f.start()
-    assert f.wait_connected(20), "simulated clusters did not connect"
-    yield f
-    f.stop()
+    with running_fleet(ids, mosquitto.endpoint, tmp_path / "fleet") as f:
+        yield f
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from cli import app
 from firmware_bridge.simulator import Fleet
 from loudspeaker.controller import Controller
-from tests.conftest import SITE_FILE
 
 runner = CliRunner()
 
@@ -146,4 +145,16 @@ def test_broadcast_by_announcement_id_and_removal_guard(
     assert view["title"] == "Thử"
     assert view["media"]["sha256"] == ann["sha256"]
     assert view["counts"] == {"played": 2}
-    assert SITE_FILE.exists()
+    # While a broadcast still needs it, the announcement cannot be removed.
+    res = runner.invoke(
+        app, [*base, "broadcast", ann["id"], "--to", "all", "--repeat", "10", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    busy = json.loads(res.stdout)["id"]
+    res = runner.invoke(app, [*base, "announce", "remove", ann["id"]])
+    assert res.exit_code == 1
+    assert f"still needed by broadcast {busy}" in res.stderr
+    res = runner.invoke(app, [*base, "broadcast", "status", busy, "--wait", "--json"])
+    assert json.loads(res.stdout)["counts"] == {"played": 10}
+    res = runner.invoke(app, [*base, "announce", "remove", ann["id"]])
+    assert res.exit_code == 0, res.output

@@ -179,7 +179,7 @@ def test_stop_ends_an_emergency_everywhere(controller: Controller, fleet: Fleet)
     assert stopped["stopped"] == [eid]
     assert wait_until(lambda: _status(base, eid)["counts"] == {"failed": 10}, 20)
     st = _status(base, eid)
-    assert st["stopped_by"] is not None or st["stopped_at"] is not None
+    assert st["stopped_at"] is not None and st["stopped_by"]
     assert all(m["why"] == "stopped by operator" for m in st["not_played"])  # type: ignore[index, union-attr]
 
 

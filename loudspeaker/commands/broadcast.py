@@ -46,7 +46,6 @@ class Source:
 def resolve_source(state: State, what: str, engine: str) -> Source:
     """An existing recording, an announcement id, or text to speak."""
     from loudspeaker import announcements
-    from loudspeaker.media import MediaStore
     from loudspeaker.models import Announcement
 
     data_dir = state.settings.data_dir
@@ -57,21 +56,13 @@ def resolve_source(state: State, what: str, engine: str) -> Source:
             cache_dir=state.settings.media_dir,
             settings=announcements.audio_settings(data_dir),
         )
-        af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
-        return Source(af, "file", path.name, path.stem)
+        return Source(AudioFile.from_rendered(r), "file", path.name, path.stem)
     if len(what) < 255 and path.suffix.lower() in AUDIO_SUFFIXES:
         raise LoudspeakerError(f"audio file {what} does not exist")
     with state.session() as s:
         ann = s.get(Announcement, what)
         if ann is not None and ann.removed_at is None:
-            stored = MediaStore(state.settings.media_dir).path_for(ann.media_sha256)
-            if stored is None:
-                raise LoudspeakerError(
-                    f"the audio of announcement {ann.id} is gone from the media directory"
-                )
-            af = AudioFile(
-                stored, ann.media_sha256, ann.size, ann.duration_s, "mp3", "audio/mpeg", ann.engine
-            )
+            af = announcements.audio_of(s, ann, state.settings.media_dir)
             return Source(af, ann.kind, ann.source, ann.title, ann.id)
     r = audio.render_text(
         what,
@@ -79,8 +70,7 @@ def resolve_source(state: State, what: str, engine: str) -> Source:
         engine=engine,
         settings=announcements.audio_settings(data_dir),
     )
-    af = AudioFile(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
-    return Source(af, "text", what, what[:60])
+    return Source(AudioFile.from_rendered(r), "text", what, what[:60])
 
 
 def status_table(view: BroadcastView, zone: ZoneInfo) -> Table:

@@ -38,7 +38,7 @@ from loudspeaker.media import MediaStore
 from loudspeaker.models import ClusterStatus, DeliveryEvent
 from loudspeaker.targets import resolve_targets
 from tests.conftest import load_site, make_settings
-from tests.helpers import make_tone_mp3, wait_until
+from tests.helpers import make_tone_mp3, running_fleet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +58,10 @@ def ctl(tmp_path: Path, sqlite_url: str, mosquitto: EmbeddedBroker) -> Iterator[
 
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
-    f = Fleet(
-        "luc-binh",
-        MQTT_CLUSTERS,
-        mosquitto.endpoint,
-        tmp_path / "fleet",
-        time_scale=0.25,
-        heartbeat_s=HEARTBEAT_S,
-    )
-    f.start()
-    assert f.wait_connected(20), "simulated clusters did not connect"
-    yield f
-    f.stop()
+    with running_fleet(
+        MQTT_CLUSTERS, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=HEARTBEAT_S
+    ) as f:
+        yield f
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from firmware_bridge.simulator import Fleet
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.controller import Controller
 from tests.conftest import SITE_FILE, load_site, make_settings
+from tests.helpers import running_fleet
 
 CLUSTERS = [f"lb-{i:02d}" for i in range(1, 11)]
 HEARTBEAT_S = 0.5
@@ -72,15 +73,7 @@ def hcontroller_any_db(
 @pytest.fixture
 def hfleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
     """The ten clusters, beating every 0.5 s, audio at 4x speed."""
-    f = Fleet(
-        "luc-binh",
-        CLUSTERS,
-        mosquitto.endpoint,
-        tmp_path / "fleet",
-        time_scale=0.25,
-        heartbeat_s=HEARTBEAT_S,
-    )
-    f.start()
-    assert f.wait_connected(20), "simulated clusters did not connect"
-    yield f
-    f.stop()
+    with running_fleet(
+        CLUSTERS, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=HEARTBEAT_S
+    ) as f:
+        yield f
