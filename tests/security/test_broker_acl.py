@@ -372,7 +372,7 @@ def push_oversize(b: Broker, topic: str, payload: bytes, *, retain: bool = False
     """Publish as lb-01; the broker must refuse it (failure PUBACK) or hang up, never take it.
 
     mosquitto 2.0.11 answers a message over message_size_limit with a PUBACK reason code
-    paho cannot parse ("Packet too large"), so paho then closes the connection itself.
+    paho cannot parse for a PUBACK, so paho then closes the connection itself.
     """
     cl = connect(b, "lb-01")
     try:
