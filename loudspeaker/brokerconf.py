@@ -272,16 +272,30 @@ def _install_tls(tls: TlsFiles, tls_dir: Path) -> TlsFiles:
     if old_ca != ca:
         # A private CA key from an earlier --tls-self-signed no longer matches ca.crt.
         (tls_dir / "ca.key").unlink(missing_ok=True)
-    return existing_tls(tls_dir.parent) or tls
+    return _tls_dir_files(tls_dir.parent) or tls
 
 
-def existing_tls(out_dir: Path) -> TlsFiles | None:
-    """The TLS files an earlier run left in ``out_dir/tls``, if complete."""
+def _tls_dir_files(out_dir: Path) -> TlsFiles | None:
     tls_dir = out_dir / "tls"
     files = TlsFiles(cert=tls_dir / "server.crt", key=tls_dir / "server.key", ca=tls_dir / "ca.crt")
     if all(p.is_file() for p in (files.cert, files.key, files.ca)):
         return files
     return None
+
+
+def existing_tls(out_dir: Path) -> TlsFiles | None:
+    """The TLS files of the last run in ``out_dir``, if it configured a TLS listener.
+
+    The last ``mosquitto.conf`` decides, not the files alone: after ``--no-tls`` the old
+    ``tls/`` stays (its CA may come back) but is not switched on again silently.
+    """
+    try:
+        conf = (out_dir / "mosquitto.conf").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if not any(line.startswith("certfile ") for line in conf.splitlines()):
+        return None
+    return _tls_dir_files(out_dir)
 
 
 def _is_ip(host: str) -> bool:

@@ -170,6 +170,9 @@ def test_rerun_keeps_tls_and_the_ca_until_told_otherwise(env: CliEnv, tmp_path: 
     assert plain["password"] == first["password"]
     conf = (out / "mosquitto.conf").read_text()
     assert option(conf, "certfile") == [] and len(option(conf, "listener")) == 1
+    # ... and stays dropped on the next plain run, although tls/ is still there.
+    ok(config(env, out))
+    assert box_credentials(out) == plain and (out / "tls" / "ca.key").is_file()
 
 
 @pytest.mark.integration  # openssl compares the key with the certificate
