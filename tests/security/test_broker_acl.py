@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from firmware_bridge.credentials import read_credentials
 from firmware_bridge.protocol import MAX_PAYLOAD_BYTES, Kind
 from loudspeaker.broker import find_mosquitto, free_port, wait_listening
+from loudspeaker.brokerconf import write_broker_config
 from tests.conftest import SITE_FILE
 from tests.helpers import wait_until
 from tests.security.cli_env import CliEnv, mode, ok
@@ -422,6 +423,56 @@ def test_oversize_publishes_are_refused_and_never_delivered(broker: Broker) -> N
     finally:
         for cl in (ctl, bystander):
             cl.close()
+
+
+def test_max_connections_holds_per_listener(
+    tmp_path: Path, port_1883_held: socket.socket | None
+) -> None:
+    port = free_port()
+    files = write_broker_config(
+        tmp_path / "conf",
+        site=SITE,
+        clusters=BOXES,
+        host="127.0.0.1",
+        port=port,
+        no_tls=True,
+        max_connections=2,
+        run_as="root",
+    )
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        proc = subprocess.Popen([find_mosquitto(), "-c", str(files.conf)], stdout=log, stderr=log)
+        b = Broker(files.conf.parent, port, 0, proc)
+        clients: list[Client] = []
+        try:
+            # No wait_listening probe here: mosquitto 2.0.11 counts a socket that closes
+            # before CONNECT down twice (eclipse-mosquitto/mosquitto#1460), which would
+            # raise the limit by one. The first real client is the readiness check.
+            assert wait_until(lambda: _connects(b, "lb-01", clients), 10)
+            clients.append(connect(b, "lb-02"))
+            third = connect(b, "lb-03", wait=False)
+            clients.append(third)
+            assert third.disconnected.wait(5) and not third.connected.is_set()
+            clients[0].close()
+            assert clients[0].disconnected.wait(5)
+            clients.append(connect(b, "lb-04"))  # a freed slot is usable again
+            assert listening_sockets(proc.pid) == {("127.0.0.1", port)}
+        finally:
+            for cl in clients:
+                cl.close()
+            proc.terminate()
+            proc.wait(10)
+
+
+def _connects(b: Broker, user: str, into: list[Client]) -> bool:
+    try:
+        cl = connect(b, user, wait=False)
+    except ConnectionRefusedError:
+        return False  # not listening yet
+    if cl.connected.wait(5) and cl.connect_rc == 0:
+        into.append(cl)
+        return True
+    cl.close()
+    return False
 
 
 def test_anonymous_and_wrong_password_get_nothing(broker: Broker) -> None:
