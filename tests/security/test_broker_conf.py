@@ -154,6 +154,7 @@ def test_rerun_keeps_tls_and_the_ca_until_told_otherwise(env: CliEnv, tmp_path: 
     # Adding a cluster later, without repeating the TLS flags: TLS and passwords stay.
     result = ok(config(env, out, "--tls-port", "8884"))
     assert "Kept the TLS listener" in result.output and "--no-tls" in result.output
+    assert "NAME.json and ca.crt" in " ".join(result.output.split())
     assert box_credentials(out) == first
     conf = (out / "mosquitto.conf").read_text()
     assert len(option(conf, "certfile")) == 1 and (out / "credentials" / "ca.crt").is_file()
