@@ -148,20 +148,22 @@ def create_secret_file(path: Path, data: bytes, modes: FileModes) -> bool:
 def secure_data_dir(settings: Settings) -> list[str]:
     """Create the data directory and tighten what is loose in it; returns what was fixed.
 
-    Covered: the data directory, ``secrets/`` (the key store), ``tokens/`` and ``keys/``
-    (their files owner-only), and the SQLite database with its ``-wal`` and ``-shm``.
+    Covered: the data directory; ``secrets/`` (the key store), ``media/``, ``run/``,
+    ``tokens/`` and ``keys/`` (the files of the last two owner-only: people's tokens and
+    the boxes' key files); the SQLite database with its ``-wal`` and ``-shm``.
     SQLite gives ``-wal``/``-shm`` the mode of the database file, so the database is
     created here, empty, with the right mode before SQLite first opens it.
     """
     modes = FileModes.for_group(settings.group)
     data_dir = settings.data_dir
-    fixed = [ensure_dir(data_dir, modes), ensure_dir(data_dir / "secrets", modes)]
+    # media/ and run/ too: in group mode operators' CLI writes audio there (emergencies).
+    subdirs = ("", "secrets", "media", "run", "tokens", "keys")
+    fixed = [ensure_dir(data_dir / name, modes) for name in subdirs]
     fixed.append(_fix(settings.keystore_path, modes.file_mode, modes.gid, exact=True))
     for name in ("tokens", "keys"):
-        sub = data_dir / name
-        if sub.is_dir():
-            fixed.append(_fix(sub, modes.dir_mode, modes.gid, exact=True))
-            fixed.extend(_fix(p, _OWNER_ONLY, None, exact=False) for p in sorted(sub.iterdir()))
+        fixed.extend(
+            _fix(p, _OWNER_ONLY, None, exact=False) for p in sorted((data_dir / name).iterdir())
+        )
     db = settings.sqlite_path
     if db is not None:
         if db.parent != data_dir:

@@ -41,12 +41,13 @@ def _keystore(rows: int) -> Keystore | None:
 
 def upgrade() -> None:
     conn = op.get_bind()
+    # Read and check first: SQLite's DDL is not rolled back by pysqlite, so refuse before it.
+    rows = conn.execute(sa.text("SELECT id, cluster_id, kid, secret_hex FROM cluster_key")).all()
+    keystore = _keystore(len(rows))
     with op.batch_alter_table("cluster_key") as batch:
         batch.add_column(
             sa.Column("secret_sealed", sqlmodel.sql.sqltypes.AutoString(), nullable=True)
         )
-    rows = conn.execute(sa.text("SELECT id, cluster_id, kid, secret_hex FROM cluster_key")).all()
-    keystore = _keystore(len(rows))
     for row_id, cluster, kid, secret_hex in rows:
         assert keystore is not None
         sealed = keystore.seal(bytes.fromhex(secret_hex), cluster_key_context(cluster, kid))
@@ -63,10 +64,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
-    with op.batch_alter_table("cluster_key") as batch:
-        batch.add_column(sa.Column("secret_hex", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
     rows = conn.execute(sa.text("SELECT id, cluster_id, kid, secret_sealed FROM cluster_key")).all()
     keystore = _keystore(len(rows))
+    with op.batch_alter_table("cluster_key") as batch:
+        batch.add_column(sa.Column("secret_hex", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
     for row_id, cluster, kid, sealed in rows:
         assert keystore is not None
         secret = keystore.open(sealed, cluster_key_context(cluster, kid))
