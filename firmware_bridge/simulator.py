@@ -74,6 +74,8 @@ class Fleet:
                 state_dir=state_dir,
                 keepalive=self.keepalive,
                 heartbeat_s=self.heartbeat_s,
+                # Simulated boxes have no key files yet: a bench set-up, said explicitly.
+                insecure_unsigned=True,
             ),
             FaultySimulatedSink(hardware, state_dir / "plays.jsonl", time_scale=self.time_scale),
             loop=loop,
