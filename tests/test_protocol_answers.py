@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session, select
 
 from firmware_bridge.agent import AgentConfig, ClusterAgent
 from firmware_bridge.keys import KeyEntry, new_secret, write_key_file
@@ -25,6 +26,7 @@ from firmware_bridge.protocol import (
     DUPLICATE_IN_PROGRESS,
     RESUMED_AFTER_RESTART,
     Ack,
+    AckState,
     AnyCommand,
     ControlResult,
     DiagnoseCommand,
@@ -47,8 +49,13 @@ from firmware_bridge.protocol import (
     utcnow,
 )
 from firmware_bridge.sinks import SimulatedSink
+from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.controller import Controller
 from loudspeaker.media import MediaServer, MediaStore
+from loudspeaker.models import Delivery, DeliveryEvent
+from loudspeaker.targets import resolve_targets
+from tests.conftest import load_site, make_settings
 from tests.helpers import make_tone_mp3, wait_until
 
 pytestmark = pytest.mark.integration
@@ -456,3 +463,67 @@ def test_diagnose_on_a_box_without_mcu_is_typed(keyless_box: Box) -> None:
     assert tests.tone is not None and tests.tone.status == "passed"
     assert tests.tone.tone_a is None  # no current sensor on this box
     assert "None" not in json.dumps(res.detail)
+
+
+# -- the controller: an ack must name its command's broadcast -------------------------------
+
+
+def test_the_controller_drops_an_ack_naming_another_broadcast(
+    tmp_path: Path, mosquitto: EmbeddedBroker, sqlite_url: str
+) -> None:
+    load_site(sqlite_url)
+    # No box runs: the delivery waits at "sent" (a long ack timeout keeps it there).
+    ctl = Controller(make_settings(tmp_path, sqlite_url, mosquitto, ack_timeout_s=300.0))
+    ctl.start()
+    loop = MqttLoop("forger")
+    loop.start()
+    forger = MqttLink("forger", mosquitto.endpoint, on_message=lambda t, p: None)
+    loop.add(forger)
+    try:
+        dispatcher = ctl.dispatcher
+        assert dispatcher is not None and forger.connected.wait(10)
+        audio = make_tone_mp3(tmp_path / "tone.mp3", 0.4)
+        with Session(dispatcher.engine) as s:
+            media = register_media(s, MediaStore(ctl.settings.media_dir), audio)
+            bid = create_broadcast(
+                s,
+                media=media,
+                title="t",
+                target="cluster:lb-01",
+                clusters=resolve_targets(s, "cluster:lb-01"),
+            ).id
+        dispatcher.poke()
+
+        def delivery() -> Delivery:
+            with Session(dispatcher.engine) as s:
+                return s.exec(select(Delivery).where(Delivery.broadcast_id == bid)).one()
+
+        assert wait_until(lambda: delivery().state == "sent", 15)
+        command_id = delivery().command_id
+
+        def ack(state: str, broadcast: str | None) -> None:
+            forged = Ack(
+                cluster="lb-01",
+                command=command_id,
+                broadcast=broadcast,
+                state=AckState(state),
+                ts=utcnow(),
+            )
+            forger.publish(topic(SITE, "lb-01", Kind.ACK), encode(forged))
+
+        before = dispatcher.dropped_messages
+        ack("played", "b-someone-else")
+        ack("played", None)
+        assert wait_until(lambda: dispatcher.dropped_messages == before + 2, 10)
+        ack("received", bid)  # the right broadcast is applied, so the path itself works
+        assert wait_until(lambda: delivery().state == "received", 10)
+        assert dispatcher.dropped_messages == before + 2
+        with Session(dispatcher.engine) as s:
+            trail = s.exec(
+                select(DeliveryEvent).where(DeliveryEvent.delivery_id == delivery().id)
+            ).all()
+        assert "played" not in [e.state for e in trail]
+    finally:
+        loop.close_link(forger)
+        loop.stop()
+        ctl.stop()
