@@ -47,6 +47,7 @@ from loudspeaker.broadcasts import (
     create_broadcast,
     register_media,
 )
+from loudspeaker.brokerconf import CONTROLLER_USER
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
@@ -65,6 +66,7 @@ from loudspeaker.site import current_site
 logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDITY_S = 1800.0
+CONTROLLER_SESSION_EXPIRY_S = 24 * 3600  # MqttLink's default, which the controller uses
 SIREN_SECONDS = 8.0
 
 
@@ -279,6 +281,7 @@ def send_direct(
     http_port: int,
     sign: Callable[[PlayCommand], PlayCommand] = lambda c: c,
     wait_s: float = 20.0,
+    public_url: str | None = None,
 ) -> DirectResult:
     """Send an emergency's commands straight over the broker, serving its audio meanwhile.
 
@@ -305,7 +308,7 @@ def send_direct(
     except LoudspeakerError:
         server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
         server.start()
-    base = f"http://{http_host}:{server.port}"
+    base = public_url or f"http://{http_host}:{server.port}"
     result = DirectResult(media_url=outbox.media_url(base, m))
     by_command = {d.command_id: d for d in deliveries}
     acked = threading.Event()
@@ -328,12 +331,17 @@ def send_direct(
 
     loop = MqttLoop("emergency-direct")
     loop.start()
+    # Logged in with the controller's own account, the broker forces our client id to the
+    # user name (use_username_as_clientid), so this connection takes over the controller's
+    # persistent session: keep it alive afterwards (same expiry as the controller's), or
+    # the clusters' later answers would have no session to wait in.
+    own_session = endpoint.username == CONTROLLER_USER
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
         on_message=on_ack,
         subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
-        session_expiry_s=0,
+        session_expiry_s=CONTROLLER_SESSION_EXPIRY_S if own_session else 0,
     )
     loop.add(link)
     try:
