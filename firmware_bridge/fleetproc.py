@@ -46,6 +46,7 @@ class ProcessFleet:
         processes: int = 2,
         time_scale: float = 1.0,
         keepalive: int = 15,
+        heartbeat_s: float = 15.0,
         log_level: str = "WARNING",
         credentials_dir: Path | None = None,
         keys_dir: Path | None = None,
@@ -60,6 +61,7 @@ class ProcessFleet:
         self.time_scale = time_scale
         self.keepalive = keepalive
         self.log_level = log_level
+        self.heartbeat_s = heartbeat_s
         self.credentials_dir = credentials_dir
         self.keys_dir = keys_dir
         self._procs: list[subprocess.Popen[str]] = []
@@ -99,6 +101,8 @@ class ProcessFleet:
                         str(self.time_scale),
                         "--keepalive",
                         str(self.keepalive),
+                        "--heartbeat",
+                        str(self.heartbeat_s),
                         "--log-level",
                         self.log_level,
                     ],
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters-file", type=Path, required=True)
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--keepalive", type=int, default=15)
+    p.add_argument("--heartbeat", type=float, default=15.0)
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             args.state_root,
             time_scale=args.time_scale,
             keepalive=args.keepalive,
+            heartbeat_s=args.heartbeat,
             credentials_dir=args.credentials_dir,
             keys_dir=args.keys_dir,
         )

@@ -24,6 +24,9 @@ def simulate(
         str | None, typer.Option(help="mqtt://HOST:PORT (default: the running controller's)")
     ] = None,
     time_scale: Annotated[float, typer.Option(help="Play each item for duration x this")] = 1.0,
+    heartbeat: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds between heartbeats")
+    ] = 15.0,
     processes: Annotated[
         int | None,
         typer.Option(help="Processes to spread the clusters over (default: one per 500)"),
@@ -68,7 +71,7 @@ def simulate(
                 "give --broker or --credentials-dir, not both: each credentials file names "
                 "its broker"
             )
-        credentials_dir = _credentials_dir(credentials_dir, ids)
+        credentials_dir = _credentials_dir(credentials_dir.resolve(), ids)
     elif broker is None:
         card = state.controller()
         if card is None:
@@ -78,6 +81,7 @@ def simulate(
         logging.getLogger().setLevel(logging.INFO)
     endpoint = BrokerEndpoint.parse(broker) if broker is not None else None
     if keys_dir is not None:
+        keys_dir = keys_dir.resolve()
         missing = [c for c in ids if not (keys_dir / f"{c}.json").is_file()]
         if missing:
             raise LoudspeakerError(
@@ -100,6 +104,7 @@ def simulate(
             state.settings.data_dir / "simulated",
             processes=procs,
             time_scale=time_scale,
+            heartbeat_s=heartbeat,
             credentials_dir=credentials_dir,
             keys_dir=keys_dir,
         )
@@ -110,6 +115,7 @@ def simulate(
             endpoint,
             state.settings.data_dir / "simulated",
             time_scale=time_scale,
+            heartbeat_s=heartbeat,
             credentials_dir=credentials_dir,
             keys_dir=keys_dir,
         )
