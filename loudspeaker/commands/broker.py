@@ -9,7 +9,7 @@ import typer
 
 from loudspeaker import audit
 from loudspeaker.auth import Permission, require
-from loudspeaker.brokerconf import TlsFiles, make_self_signed, write_broker_config
+from loudspeaker.brokerconf import TlsFiles, write_broker_config
 from loudspeaker.commands.common import console, handle_errors, print_json, state_of
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.site import current_site
@@ -33,8 +33,23 @@ def broker_config(
     tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM)")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="CA certificate the boxes trust")] = None,
     tls_self_signed: Annotated[
-        bool, typer.Option("--tls-self-signed", help="Make a private CA and server cert")
+        bool,
+        typer.Option(
+            "--tls-self-signed",
+            help="Make a private CA (or reuse the one in DIR/tls) and a server cert",
+        ),
     ] = False,
+    no_tls: Annotated[
+        bool,
+        typer.Option(
+            "--no-tls",
+            help="Drop the TLS listener an earlier run set up (boxes then use plain mqtt://)",
+        ),
+    ] = False,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(help="Connections per listener (default: 2 per account + 64)", min=1),
+    ] = None,
     run_as: Annotated[
         str | None, typer.Option(help="User mosquitto drops to (must read these files)")
     ] = None,
@@ -52,9 +67,7 @@ def broker_config(
     # Serial clusters too: the gateway's stand-in for each logs in as that cluster.
     clusters = [c.id for c in site.clusters]
     tls: TlsFiles | None = None
-    if tls_self_signed:
-        tls = make_self_signed(output / "tls", host)
-    elif tls_cert or tls_key:
+    if tls_cert or tls_key or tls_ca:
         if not (tls_cert and tls_key and tls_ca):
             raise LoudspeakerError("--tls-cert needs --tls-key and --tls-ca as well")
         tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca)
@@ -66,6 +79,9 @@ def broker_config(
         port=port,
         bind=bind,
         tls=tls,
+        tls_self_signed=tls_self_signed,
+        no_tls=no_tls,
+        max_connections=max_connections,
         tls_port=tls_port,
         tls_bind=tls_bind,
         run_as=run_as,
@@ -80,7 +96,7 @@ def broker_config(
             str(output),
             detail={
                 "clusters": len(clusters),
-                "tls": tls is not None,
+                "tls": files.tls_source,
                 "rotated": sorted(rotate or []),
             },
             role=actor.role,
@@ -94,12 +110,17 @@ def broker_config(
         "credentials": {k: str(v) for k, v in files.credentials.items()},
         "tls": None
         if files.tls is None
-        else {"cert": str(files.tls.cert), "ca": str(files.tls.ca)},
+        else {"cert": str(files.tls.cert), "ca": str(files.tls.ca), "source": files.tls_source},
     }
     if as_json:
         print_json(out)
         return
     console.print(f"Wrote {files.conf}, {files.passwd} (0600) and {files.acl}.")
+    if files.tls_source == "kept":
+        console.print(
+            f"Kept the TLS listener of the earlier run ({files.conf.parent / 'tls'}): boxes "
+            f"stay on {files.cluster_url}. To drop TLS, run again with --no-tls."
+        )
     console.print(
         f"Per-box credentials (0600) in {files.conf.parent / 'credentials'}: copy NAME.json"
         f"{' and ca.crt' if tls else ''} to each box and run `loudspeaker-agent "
