@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         help="command-signing keys (default STATE_DIR/keys.json; see docs/security.md)",
     )
     p.add_argument(
+        "--insecure-unsigned",
+        action="store_true",
+        help="bench boxes only: run without a key file and play every command without "
+        "checking its signature (without this flag a missing key file stops the agent)",
+    )
+    p.add_argument(
         "--broker-credentials",
         type=Path,
         default=None,
@@ -84,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.mcu_address <= 247:
         print(f"--mcu-address must be 1-247, not {args.mcu_address}", file=sys.stderr)
         return 2
+    loop = MqttLoop()
+    agents: list[ClusterAgent] = []
     try:
         endpoint = BrokerEndpoint.parse(args.broker)
         if args.broker_credentials is not None:
             endpoint = read_credentials(args.broker_credentials)
-        loop = MqttLoop()
         loop.start()
-        agents: list[ClusterAgent] = []
         for cluster in args.cluster:
             state_dir = args.state_dir / cluster if len(args.cluster) > 1 else args.state_dir
             sink: AudioSink
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 state_dir=state_dir,
                 keepalive=args.keepalive,
                 keys_file=args.keys_file,
+                insecure_unsigned=args.insecure_unsigned,
             )
             hardware = None
             if args.mcu is not None:
@@ -113,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             agent.start()
             agents.append(agent)
     except BridgeError as exc:
+        # Agents already started (several simulated clusters) say offline before we go.
+        for agent in agents:
+            agent.stop()
+        loop.stop()
         print(f"loudspeaker-agent: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()

@@ -172,6 +172,8 @@ class GatewayConfig:
     gather_s: float = 0.3
     sensor_cache_s: float = 2.0
     recheck_s: float = 10.0
+    # As for the agent: every stand-in needs its key file unless this is a bench set-up.
+    insecure_unsigned: bool = False
 
 
 class Gateway:
@@ -248,6 +250,7 @@ class Gateway:
                 keepalive=cfg.keepalive,
                 heartbeat_s=cfg.heartbeat_s,
                 keys_file=cfg.keys_dir / f"{cluster.id}.json" if cfg.keys_dir else None,
+                insecure_unsigned=cfg.insecure_unsigned,
             ),
             sink,
             loop=loop,
@@ -311,6 +314,13 @@ def _parser() -> argparse.ArgumentParser:
         help="directory of CLUSTER.json command-signing key files "
         "(default STATE_DIR/CLUSTER/keys.json)",
     )
+    p.add_argument(
+        "--insecure-unsigned",
+        action="store_true",
+        help="bench set-ups only: run serial clusters without key files and play every "
+        "command without checking its signature (without this flag a missing key file "
+        "stops the gateway)",
+    )
     p.add_argument("--state-dir", type=Path, default=Path("/var/lib/loudspeaker-gateway"))
     p.add_argument(
         "--port",
@@ -355,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_s=args.heartbeat,
             keepalive=args.keepalive,
             gather_s=args.gather,
+            insecure_unsigned=args.insecure_unsigned,
         )
         args.state_dir.mkdir(parents=True, exist_ok=True)
         gateway = Gateway(site, config, output)

@@ -144,8 +144,8 @@ def read_key_file(path: Path, site: str, cluster: str) -> list[KeyEntry]:
 class AgentKeyring:
     """The keys a box accepts now: re-read when the key file changes, old keys retired.
 
-    ``load()`` reads the file if present; with no file the box accepts unsigned commands
-    (a development set-up) and says so loudly.
+    ``load()`` reads the file; a box without one refuses to start unless it was told it
+    is a bench box (``insecure_unsigned``), which then accepts unsigned commands.
     """
 
     def __init__(
@@ -179,15 +179,29 @@ class AgentKeyring:
         """Ids of the installed keys, newest first (not secret)."""
         return [k.kid for k in self._keys]
 
-    def load(self) -> None:
-        """Read the key file and the rotation state; raise ``KeyFileError`` if unusable."""
+    def load(self, *, required: bool = True) -> None:
+        """Read the key file and the rotation state.
+
+        Raises ``KeyFileError`` if the file is unusable, or missing while ``required``
+        (a box must not run unauthenticated by accident: docs/security.md, "fail closed").
+        Without ``required`` a missing file means a bench box that accepts unsigned
+        commands, and says so loudly.
+        """
+        if required and not self.path.exists():
+            raise KeyFileError(
+                f"{self.cluster}: no key file at {self.path}: install the key file written by "
+                f"`loudspeaker keys issue {self.cluster}` (or `keys export {self.cluster}`), "
+                "or pass --insecure-unsigned to run a bench box that accepts unauthenticated "
+                "commands"
+            )
         with self._lock:
             self._reload()
             self._load_state()
         if not self._keys:
             logger.warning(
-                "%s: no key file at %s: commands are NOT authenticated; install one with "
-                "`loudspeaker keys issue %s`",
+                "%s: running with --insecure-unsigned and no key file at %s: commands are NOT "
+                "authenticated (anyone who can publish to the broker can make it speak); "
+                "install one with `loudspeaker keys issue %s`",
                 self.cluster,
                 self.path,
                 self.cluster,

@@ -89,6 +89,8 @@ class Fleet:
                 keepalive=self.keepalive,
                 heartbeat_s=self.heartbeat_s,
                 keys_file=self.keys_dir / f"{cluster}.json" if self.keys_dir else None,
+                # Without key files the simulated boxes are a bench set-up, said explicitly.
+                insecure_unsigned=self.keys_dir is None,
             ),
             FaultySimulatedSink(hardware, state_dir / "plays.jsonl", time_scale=self.time_scale),
             loop=loop,

@@ -17,6 +17,9 @@ ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
 ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
 ENV_SCHEDULE_HORIZON = "LOUDSPEAKER_SCHEDULE_HORIZON"
 ENV_SCHEDULE_GRACE = "LOUDSPEAKER_SCHEDULE_GRACE"
+# The operators' OS group (docs/security.md, "Secrets"): the data directory and its secret
+# files are shared with it (2770/0660) instead of private to the controller's account.
+ENV_GROUP = "LOUDSPEAKER_GROUP"
 
 
 def default_data_dir() -> Path:
@@ -53,6 +56,8 @@ class Settings:
     clock_warn_s: float = 2.0  # warn when a cluster's clock is off by more
     # How long a SQLite write waits for another writer before the dispatcher retries.
     db_busy_timeout_s: float = 30.0
+    # The operators' OS group that shares the data directory; None: private (0700/0600).
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.ack_timeout_s <= 0 or self.command_ttl_s <= self.ack_timeout_s:
@@ -84,6 +89,8 @@ class Settings:
                 raise ConfigError(f"{ENV_HTTP_PORT} must be a port number") from None
         if os.environ.get(ENV_PUBLIC_URL):
             env["public_url"] = os.environ[ENV_PUBLIC_URL]
+        if os.environ.get(ENV_GROUP):
+            env["group"] = os.environ[ENV_GROUP]
         for name, key in (
             (ENV_SCHEDULE_HORIZON, "schedule_horizon_s"),
             (ENV_SCHEDULE_GRACE, "schedule_grace_s"),
@@ -101,6 +108,20 @@ class Settings:
     def database_url(self) -> str:
         """The SQLAlchemy URL; SQLite under the data directory by default."""
         return self.db_url or f"sqlite:///{self.data_dir / 'loudspeaker.db'}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for another database (or in memory)."""
+        url = self.database_url
+        if not url.startswith("sqlite"):
+            return None
+        path = url.split("///", 1)[-1]
+        return Path(path) if path and path != ":memory:" else None
+
+    @property
+    def keystore_path(self) -> Path:
+        """The key that seals the cluster signing keys in the database (loudspeaker.keystore)."""
+        return self.data_dir / "secrets" / "keystore.key"
 
     @property
     def media_dir(self) -> Path:

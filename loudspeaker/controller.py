@@ -20,7 +20,9 @@ from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.exceptions import BrokerStartError, LoudspeakerError
+from loudspeaker.filemodes import secure_data_dir
 from loudspeaker.health import HealthMonitor
+from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
 from loudspeaker.runtime import (
@@ -63,8 +65,10 @@ class Controller:
 
     def _start(self) -> None:
         st = self.settings
+        secure_data_dir(st)
+        keystore = Keystore.of(st)
         engine = make_engine(st.database_url, busy_timeout_ms=int(st.db_busy_timeout_s * 1000))
-        init_db(engine)
+        init_db(engine, keystore)
         with Session(engine) as s:
             self.site_id = current_site(s).site.id
         external = broker_endpoint(st.broker_url, st.broker_credentials)
@@ -96,10 +100,15 @@ class Controller:
             ack_timeout_s=st.ack_timeout_s,
             command_ttl_s=st.command_ttl_s,
             poll_interval_s=st.poll_interval_s,
+            keystore=keystore,
         )
         self.dispatcher.start()
         self.health = HealthMonitor(
-            engine, self.link, site=self.site_id, poll_interval_s=min(0.5, st.poll_interval_s)
+            engine,
+            self.link,
+            site=self.site_id,
+            poll_interval_s=min(0.5, st.poll_interval_s),
+            keystore=keystore,
         )
         self.health.start()
         self._engine = engine

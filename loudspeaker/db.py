@@ -17,6 +17,8 @@ from loudspeaker.exceptions import StorageError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from loudspeaker.keystore import Keystore
+
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
@@ -79,11 +81,17 @@ def current_revision(engine: Engine) -> str | None:
     return str(value) if value is not None else None
 
 
-def init_db(engine: Engine) -> None:
+# The migration that sealed the cluster keys: the clear values it replaced are scrubbed.
+SEALED_KEYS_REVISION = "0002"
+
+
+def init_db(engine: Engine, keystore: Keystore | None = None) -> None:
     """Bring the schema to the newest migration (creating it in an empty database).
 
     The common case, a database already at the newest revision, costs one query and no
-    Alembic import: every CLI command passes here, an emergency among them.
+    Alembic import: every CLI command passes here, an emergency among them. ``keystore``
+    seals cluster keys that an older database holds in clear (migration 0002); without
+    one such a database is refused with ``KeystoreError``.
     """
     head = head_revision()
     current = current_revision(engine)
@@ -92,13 +100,26 @@ def init_db(engine: Engine) -> None:
     from alembic import command
 
     cfg = migration_config()
+    cfg.attributes["keystore"] = keystore
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+        if current is not None and current < SEALED_KEYS_REVISION:
+            _scrub(engine)
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot open or migrate the database: {exc}") from None
     logger.info("database schema migrated from %s to %s", current or "empty", head)
+
+
+def _scrub(engine: Engine) -> None:
+    """Reclaim the space of deleted rows, so no clear key stays behind in the files."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("VACUUM")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("VACUUM FULL cluster_key")
 
 
 def as_utc(value: datetime | None) -> datetime | None:

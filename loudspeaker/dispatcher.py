@@ -37,6 +37,7 @@ from firmware_bridge.protocol import (
 from loudspeaker import outbox
 from loudspeaker.db import as_utc
 from loudspeaker.keys import CommandSigner
+from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
     Broadcast,
     ClusterAvailability,
@@ -117,6 +118,7 @@ class Dispatcher(EventWorker["_Event"]):
         command_ttl_s: float,
         poll_interval_s: float = 0.2,
         emergency_retry_s: float = 3.0,
+        keystore: Keystore,
     ) -> None:
         super().__init__("dispatcher", poll_interval_s)
         self.engine = engine
@@ -130,7 +132,7 @@ class Dispatcher(EventWorker["_Event"]):
         self.emergency_retry = timedelta(seconds=emergency_retry_s)
         self._known_clusters: set[str] = set()
         self.dropped_messages = 0
-        self.signer = CommandSigner(engine)
+        self.signer = CommandSigner(engine, keystore)
         # Answers can only arrive while we listen: deadlines never count time we were down.
         self._listening_since = now()
         self._resync = False

@@ -18,6 +18,10 @@ class SiteError(LoudspeakerError):
     """The site file is invalid; the message names the field and line."""
 
 
+class KeystoreError(LoudspeakerError):
+    """The key store that seals the cluster signing keys is missing, unreadable or wrong."""
+
+
 class StorageError(LoudspeakerError):
     """The database cannot be opened or written."""
 

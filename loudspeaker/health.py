@@ -46,6 +46,7 @@ from loudspeaker.db import as_utc
 from loudspeaker.diagnosis import judge, unreachable
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
+from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
     AlarmRecord,
     ClusterHealth,
@@ -152,6 +153,7 @@ class HealthMonitor(EventWorker["_Event"]):
         *,
         site: str,
         poll_interval_s: float = 0.5,
+        keystore: Keystore,
     ) -> None:
         super().__init__("health", poll_interval_s)
         self.engine = engine
@@ -159,7 +161,7 @@ class HealthMonitor(EventWorker["_Event"]):
         self.site = site
         self.config = HealthConfig()
         # Control commands are signed like every other command (docs/security.md).
-        self.signer = CommandSigner(engine)
+        self.signer = CommandSigner(engine, keystore)
         self._clusters: dict[str, _Cluster] = {}
         self._inflight: set[str] = set()
         self._started_at = now()

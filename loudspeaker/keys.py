@@ -3,9 +3,9 @@
 Each cluster has its own HMAC key, so a box that is stolen and read out yields only the
 key to its own loudspeakers. A key goes ``next`` (exported to the box, not yet used) ->
 ``active`` (the dispatcher signs with it) -> ``retired`` (kept in exports for a while so
-the box can still accept commands already in flight). Secrets live in the database (the
-controller's trust boundary: docs/security.md) and in the 0600 key files written for the
-boxes; they are never printed or logged.
+the box can still accept commands already in flight). Secrets live in the database sealed
+under the local key store (loudspeaker.keystore: a copied database yields no key) and in
+the 0600 key files written for the boxes; they are never printed or logged.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from firmware_bridge.protocol import AnyCommand, sign_command
 from loudspeaker import audit
 from loudspeaker.auth import Actor
 from loudspeaker.db import as_utc
-from loudspeaker.exceptions import LoudspeakerError, NotFoundError
+from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
+from loudspeaker.keystore import Keystore, cluster_key_context
 from loudspeaker.models import ClusterKey, ClusterRecord, now
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,12 @@ def _keys(session: Session, cluster: str, *states: str) -> list[ClusterKey]:
     return list(session.exec(q.order_by(col(ClusterKey.created_at).desc())).all())
 
 
-def _new_key(session: Session, cluster: str, state: str) -> ClusterKey:
+def secret_of(keystore: Keystore, key: ClusterKey) -> bytes:
+    """The key's secret, opened from the key store (``KeystoreError`` says what is wrong)."""
+    return keystore.open(key.secret_sealed, cluster_key_context(key.cluster_id, key.kid))
+
+
+def _new_key(session: Session, keystore: Keystore, cluster: str, state: str) -> ClusterKey:
     taken = {k.kid for k in _keys(session, cluster)}
     kid = new_kid()
     while kid in taken:
@@ -83,7 +89,7 @@ def _new_key(session: Session, cluster: str, state: str) -> ClusterKey:
     key = ClusterKey(
         cluster_id=cluster,
         kid=kid,
-        secret_hex=new_secret().hex(),
+        secret_sealed=keystore.seal(new_secret(), cluster_key_context(cluster, kid)),
         state=state,
         created_at=t,
         activated_at=t if state == ACTIVE else None,
@@ -92,7 +98,7 @@ def _new_key(session: Session, cluster: str, state: str) -> ClusterKey:
     return key
 
 
-def issue(session: Session, cluster: str, actor: Actor) -> ClusterKey:
+def issue(session: Session, cluster: str, actor: Actor, *, keystore: Keystore) -> ClusterKey:
     """Give a cluster its first key (active at once)."""
     _cluster(session, cluster)
     if _keys(session, cluster, ACTIVE, NEXT):
@@ -100,14 +106,14 @@ def issue(session: Session, cluster: str, actor: Actor) -> ClusterKey:
             f"{cluster} already has a key; use `keys rotate {cluster}` for a new one or "
             f"`keys export {cluster}` to write its key file again"
         )
-    key = _new_key(session, cluster, ACTIVE)
+    key = _new_key(session, keystore, cluster, ACTIVE)
     audit.record(
         session, actor.name, "keys.issue", cluster, detail={"kid": key.kid}, role=actor.role
     )
     return key
 
 
-def rotate(session: Session, cluster: str, actor: Actor) -> ClusterKey:
+def rotate(session: Session, cluster: str, actor: Actor, *, keystore: Keystore) -> ClusterKey:
     """Create the cluster's next key; commands stay signed with the current one until
     :func:`activate`, so the box can be updated first and is never lost."""
     _cluster(session, cluster)
@@ -118,7 +124,7 @@ def rotate(session: Session, cluster: str, actor: Actor) -> ClusterKey:
             f"{cluster} already has key {pending[0].kid} waiting: install its key file and "
             f"run `keys activate {cluster}` first"
         )
-    key = _new_key(session, cluster, NEXT)
+    key = _new_key(session, keystore, cluster, NEXT)
     audit.record(
         session, actor.name, "keys.rotate", cluster, detail={"kid": key.kid}, role=actor.role
     )
@@ -150,7 +156,9 @@ def activate(session: Session, cluster: str, actor: Actor) -> ClusterKey:
     return new
 
 
-def export(session: Session, site: str, cluster: str, path: Path, actor: Actor) -> list[str]:
+def export(
+    session: Session, site: str, cluster: str, path: Path, actor: Actor, *, keystore: Keystore
+) -> list[str]:
     """Write the box's key file (next, active, recently retired keys); returns the key ids."""
     _cluster(session, cluster)
     t = now()
@@ -166,7 +174,7 @@ def export(session: Session, site: str, cluster: str, path: Path, actor: Actor) 
     entries = [
         KeyEntry(
             kid=k.kid,
-            secret=bytes.fromhex(k.secret_hex),
+            secret=secret_of(keystore, k),
             created=(as_utc(k.created_at) or t).isoformat(),
         )
         for k in keep
@@ -204,15 +212,19 @@ class CommandSigner:
     """Signs outgoing commands with each cluster's active key (the dispatcher's helper).
 
     Active keys are re-read at most every ``refresh_s`` seconds, so ``keys activate``
-    takes effect within that time without a restart.
+    takes effect within that time without a restart. They are opened with ``keystore``; a
+    key that cannot be opened is logged as an error and its cluster's commands go out
+    unsigned, which a box with keys refuses (the delivery then shows why).
     """
 
-    def __init__(self, engine: Engine, refresh_s: float = 1.0) -> None:
+    def __init__(self, engine: Engine, keystore: Keystore, refresh_s: float = 1.0) -> None:
         self.engine = engine
+        self.keystore = keystore
         self.refresh_s = refresh_s
         self._keys: dict[str, tuple[str, bytes]] = {}
         self._loaded = float("-inf")
         self._warned: set[str] = set()
+        self._unopened: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
@@ -220,7 +232,15 @@ class CommandSigner:
             return
         with Session(self.engine) as s:
             rows = s.exec(select(ClusterKey).where(ClusterKey.state == ACTIVE)).all()
-            self._keys = {k.cluster_id: (k.kid, bytes.fromhex(k.secret_hex)) for k in rows}
+        keys: dict[str, tuple[str, bytes]] = {}
+        for k in rows:
+            try:
+                keys[k.cluster_id] = (k.kid, secret_of(self.keystore, k))
+            except KeystoreError as exc:
+                if (k.cluster_id, k.kid) not in self._unopened:
+                    self._unopened.add((k.cluster_id, k.kid))
+                    logger.error("cannot sign for cluster %s: %s", k.cluster_id, exc)
+        self._keys = keys
         self._loaded = time.monotonic()
 
     def sign(self, command: _C) -> _C:

@@ -336,7 +336,8 @@ class ClusterKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     cluster_id: str = Field(index=True)
     kid: str
-    secret_hex: str = Field(repr=False)
+    # AES-GCM under the key store (loudspeaker.keystore), never the secret in clear.
+    secret_sealed: str = Field(repr=False)
     state: str = Field(index=True)
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     activated_at: datetime | None = _when()

@@ -109,7 +109,11 @@ def _agent(tmp_path: Path, broker: EmbeddedBroker) -> tuple[ClusterAgent, Simula
     sink = SimulatedSink(tmp_path / "agent" / "plays.jsonl", time_scale=0.2)
     agent = ClusterAgent(
         AgentConfig(
-            site=SITE, cluster="lb-01", endpoint=broker.endpoint, state_dir=tmp_path / "agent"
+            site=SITE,
+            cluster="lb-01",
+            endpoint=broker.endpoint,
+            state_dir=tmp_path / "agent",
+            insecure_unsigned=True,
         ),
         sink,
     )

@@ -63,6 +63,7 @@ def test_cluster_killed_mid_broadcast_is_unreachable_and_offline(
             str(tmp_path / "victim"),
             "--sink",
             "simulated",
+            "--insecure-unsigned",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from firmware_bridge.exceptions import BridgeError
 from loudspeaker.config import Settings
 from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.keystore import Keystore
 from loudspeaker.runtime import ControllerCard
 
 console = Console()
@@ -54,16 +55,26 @@ class State:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._engine: Engine | None = None
+        self._keystore: Keystore | None = None
 
     @property
     def engine(self) -> Engine:
         """The database engine (tables created on first use)."""
         if self._engine is None:
             from loudspeaker.db import init_db, make_engine
+            from loudspeaker.filemodes import secure_data_dir
 
+            secure_data_dir(self.settings)
             self._engine = make_engine(self.settings.database_url)
-            init_db(self._engine)
+            init_db(self._engine, self.keystore)
         return self._engine
+
+    @property
+    def keystore(self) -> Keystore:
+        """The key store that seals the cluster signing keys in the database."""
+        if self._keystore is None:
+            self._keystore = Keystore.of(self.settings)
+        return self._keystore
 
     def session(self) -> Session:
         """A new session; one per command, never shared across threads."""

@@ -194,7 +194,7 @@ def emergency(
                 media_dir=state.settings.media_dir,
                 http_host=host,
                 http_port=port,
-                sign=CommandSigner(state.engine).sign,
+                sign=CommandSigner(state.engine, state.keystore).sign,
                 wait_s=wait,
                 public_url=state.settings.public_url,
             )

@@ -40,11 +40,11 @@ def _export(state: State, cluster: str, output: Path | None, what: str) -> None:
     with state.session() as s:
         site = current_site(s).site.id
         if what == "issue":
-            cluster_keys.issue(s, cluster, actor)
+            cluster_keys.issue(s, cluster, actor, keystore=state.keystore)
         elif what == "rotate":
-            cluster_keys.rotate(s, cluster, actor)
+            cluster_keys.rotate(s, cluster, actor, keystore=state.keystore)
         s.flush()
-        kids = cluster_keys.export(s, site, cluster, path, actor)
+        kids = cluster_keys.export(s, site, cluster, path, actor, keystore=state.keystore)
         s.commit()
     console.print(
         f"{cluster}: key file {path} (mode 0600) holds {', '.join(kids)}. Install it on the "

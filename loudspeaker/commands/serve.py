@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ def serve(
     from dataclasses import replace
 
     from loudspeaker.controller import Controller
+    from loudspeaker.filemodes import FileModes
 
     state = state_of(ctx)
     settings = replace(
@@ -64,6 +66,9 @@ def serve(
     )
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
+    # Everything the daemon creates (media, run files, the broker's) is private to its
+    # account, or shared with the operators' group only (docs/security.md, "Secrets").
+    os.umask(FileModes.for_group(settings.group).umask)
     controller = Controller(settings)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

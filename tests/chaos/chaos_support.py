@@ -148,6 +148,7 @@ class AgentProcess:
                 str(self.time_scale),
                 "--keepalive",
                 str(self.keepalive),
+                "--insecure-unsigned",
             ],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

@@ -65,6 +65,7 @@ def test_gateway_process_brings_its_clusters_online_and_says_offline_on_stop(
                     "simulated",
                     "--heartbeat",
                     "1",
+                    "--insecure-unsigned",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

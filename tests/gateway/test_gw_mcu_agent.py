@@ -73,6 +73,7 @@ def agent(
             endpoint=mosquitto.endpoint,
             state_dir=tmp_path / "agent",
             heartbeat_s=HEARTBEAT_S,
+            insecure_unsigned=True,
         ),
         SimulatedSink(time_scale=0.25),
         hardware=hardware,

@@ -85,6 +85,7 @@ def gateway(tmp_path: Path, mosquitto: EmbeddedBroker, bus: McuEmulator) -> Iter
             sensor_cache_s=0.2,
             recheck_s=0.5,
             gather_s=0.3,
+            insecure_unsigned=True,
         ),
         SimulatedSink(tmp_path / "hall-plays.jsonl", time_scale=0.25),
     )

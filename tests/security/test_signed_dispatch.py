@@ -19,6 +19,7 @@ from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.controller import Controller
 from loudspeaker.db import make_engine
+from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaStore
 from loudspeaker.models import ClusterRecord, ClusterStatus, Delivery
 from tests.helpers import make_tone_mp3, wait_until
@@ -84,11 +85,12 @@ def test_controller_signs_and_rotation_keeps_the_cluster(
     controller: Controller, mosquitto: EmbeddedBroker, tmp_path: Path, spy: list[bytes]
 ) -> None:
     engine = make_engine(controller.settings.database_url)
+    keystore = Keystore.of(controller.settings)
     box = tmp_path / "box"
     with Session(engine) as s:
-        keys.issue(s, "lb-01", ADMIN)
+        keys.issue(s, "lb-01", ADMIN, keystore=keystore)
         s.flush()
-        keys.export(s, "luc-binh", "lb-01", box / "keys.json", ADMIN)
+        keys.export(s, "luc-binh", "lb-01", box / "keys.json", ADMIN, keystore=keystore)
         s.commit()
     agent = ClusterAgent(
         AgentConfig(site="luc-binh", cluster="lb-01", endpoint=mosquitto.endpoint, state_dir=box),
@@ -103,9 +105,9 @@ def test_controller_signs_and_rotation_keeps_the_cluster(
         old_kid = first.sig.kid
         # Rotate: new key file on the box first, then switch the controller over.
         with Session(engine) as s:
-            keys.rotate(s, "lb-01", ADMIN)
+            keys.rotate(s, "lb-01", ADMIN, keystore=keystore)
             s.flush()
-            keys.export(s, "luc-binh", "lb-01", box / "keys.json", ADMIN)
+            keys.export(s, "luc-binh", "lb-01", box / "keys.json", ADMIN, keystore=keystore)
             s.commit()
         assert _broadcast(controller, tmp_path, "during") == "played"
         with Session(engine) as s:
