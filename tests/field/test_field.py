@@ -340,10 +340,6 @@ def test_forged_unsigned_and_expired_commands_of_every_type_do_nothing(
     _forgery_test(field, shared, "expired")
 
 
-@pytest.mark.xfail(
-    reason="branch `protocol`: control commands skip the issued/expiry checks (issue 13 #6)",
-    strict=True,
-)
 def test_future_dated_and_overlong_commands_of_every_type_do_nothing(
     field: Deployment, shared: dict[str, Any]
 ) -> None:
