@@ -151,6 +151,19 @@ class Deployment:
             raise
 
     def _start(self) -> None:
+        self.prepare()
+        self.start_broker()
+        self.start_serve()
+        self.start_gateway()
+        self.start_simulate()
+        if not self.wait_online(CLUSTERS, 60):
+            raise RuntimeError(
+                f"clusters not online: {sorted(set(CLUSTERS) - self.online())}; "
+                f"simulate: {self.log('simulate')}; gateway: {self.log('gateway')}"
+            )
+
+    def prepare(self) -> None:
+        """Site, one key file per cluster, and ``broker config`` (the admin's set-up)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._hold_1883()
         base = (ROOT / "sites" / "luc-binh.toml").read_text(encoding="utf-8")
@@ -177,11 +190,16 @@ class Deployment:
             "--tls-self-signed",
             *as_root,
         )
+
+    def start_broker(self) -> None:
+        """mosquitto with the generated configuration, as ``broker config`` says to run it."""
         self._spawn("mosquitto", [find_mosquitto(), "-c", str(self.conf / "mosquitto.conf")])
         for port in (self.broker_port, self.tls_port):
             if not wait_listening("127.0.0.1", port, 15):
                 raise RuntimeError(f"mosquitto is not listening on {port}: {self.log('mosquitto')}")
-        self.start_serve()
+
+    def start_gateway(self) -> None:
+        """The MCU emulator on a pty, and ``loudspeaker-gateway`` driving it."""
         self.emulator = McuEmulator(addresses=(1,), seed=11)
         self.emulator.start()
         self._spawn(
@@ -212,7 +230,11 @@ class Deployment:
                 "WARNING",
             ],
         )
-        self._spawn(
+
+    def start_simulate(self, processes: int | None = None) -> subprocess.Popen[str]:
+        """``loudspeaker simulate --credentials-dir CONF --keys-dir KEYS`` (the ten boxes)."""
+        more = ["--processes", str(processes)] if processes is not None else []
+        return self._spawn(
             "simulate",
             [
                 *self._loudspeaker(),
@@ -227,13 +249,9 @@ class Deployment:
                 str(TIME_SCALE),
                 "--heartbeat",
                 str(HEARTBEAT_S),
+                *more,
             ],
         )
-        if not self.wait_online(CLUSTERS, 60):
-            raise RuntimeError(
-                f"clusters not online: {sorted(set(CLUSTERS) - self.online())}; "
-                f"simulate: {self.log('simulate')}; gateway: {self.log('gateway')}"
-            )
 
     def _hold_1883(self) -> None:
         # The generated config must not need port 1883: hold it like another program would.
