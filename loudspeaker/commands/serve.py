@@ -30,7 +30,7 @@ def serve(
         typer.Option(
             help="The controller's credentials file from `loudspeaker broker config` "
             "(credentials/_controller.json) for a locked-down broker "
-            "[env LOUDSPEAKER_BROKER_CREDENTIALS]"
+            "\\[env LOUDSPEAKER_BROKER_CREDENTIALS]"
         ),
     ] = None,
     broker_port: Annotated[int, typer.Option(help="Port of the private mosquitto (0: any)")] = 0,

@@ -151,3 +151,9 @@ def test_the_controller_down_path_says_what_to_do_when_it_may_not_read_the_crede
     assert res.exit_code == 1, res.output
     assert "LOUDSPEAKER_BROKER_CREDENTIALS" in res.output
     assert "recorded" in res.output and "Traceback" not in res.output
+
+
+def test_serve_help_names_the_environment_variable() -> None:
+    res = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "[env LOUDSPEAKER_BROKER_CREDENTIALS]" in res.output
