@@ -320,30 +320,43 @@ def inject(d: Deployment, commands: dict[str, list[AnyCommand]]) -> dict[str, st
     """Publish the commands with the controller's account; PUBACK reason per command id.
 
     The broker binds the client id to the user name, so this connection displaces the
-    running controller for a moment (it reconnects by itself); the session is kept so the
-    controller finds its subscriptions and queue again.
+    running controller, which reconnects by itself after a fraction of a second and then
+    displaces us: whatever was not acknowledged by then is sent again on a new connection
+    (the session is kept, so the controller finds its subscriptions and queue again).
     """
     ctl = read_credentials(d.credentials("_controller"), group_readable=True)
     assert ctl.username is not None and ctl.password is not None
-    cl = MqttClient.connect(
-        ctl.host, ctl.port, ctl.username, ctl.password, client_id="compromised", keep_session=True
-    )
+    todo = [c for batch in commands.values() for c in batch]
     out: dict[str, str] = {}
-    try:
-        if not cl.connected.wait(10) or cl.connect_rc is None or cl.connect_rc.is_failure:
-            raise AssertionError(f"controller account refused: {cl.connect_rc}")
-        infos = []
-        for batch in commands.values():
-            for c in batch:
-                infos.append((c.id, cl.c.publish(f"{T}/{c.cluster}/cmd", encode(c), qos=1)))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(i.mid in cl.puback for _, i in infos):
-            if cl.disconnected.is_set():
-                break
-            time.sleep(0.01)
-        for cid, info in infos:
-            rc = cl.puback.get(info.mid)
-            out[cid] = "no PUBACK" if rc is None else rc.getName()
-    finally:
-        cl.close()
+    for _attempt in range(10):
+        if not todo:
+            break
+        cl = MqttClient.connect(
+            ctl.host,
+            ctl.port,
+            ctl.username,
+            ctl.password,
+            client_id="compromised",
+            keep_session=True,
+        )
+        try:
+            if not cl.connected.wait(10) or cl.connect_rc is None or cl.connect_rc.is_failure:
+                raise AssertionError(f"controller account refused: {cl.connect_rc}")
+            infos = [(c, cl.c.publish(f"{T}/{c.cluster}/cmd", encode(c), qos=1)) for c in todo]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(i.mid in cl.puback for _, i in infos):
+                if cl.disconnected.is_set():
+                    break
+                time.sleep(0.01)
+            todo = []
+            for c, info in infos:
+                rc = cl.puback.get(info.mid)
+                if rc is None:
+                    todo.append(c)
+                else:
+                    out[c.id] = rc.getName()
+        finally:
+            cl.close()
+    for c in todo:
+        out[c.id] = "no PUBACK"
     return out
