@@ -339,6 +339,17 @@ class Deployment:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    def stop_serve(self) -> None:
+        """Stop the controller cleanly (SIGTERM), as systemd does."""
+        proc = self.procs.pop("serve")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self._close_serve_output(proc)
+
     def stop(self) -> None:
         """Stop everything started here (agents first, so they say offline)."""
         for name in ("simulate", "gateway", "serve", "mosquitto"):

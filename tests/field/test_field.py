@@ -406,3 +406,5 @@ def test_controller_down_emergency_plays_and_is_reconciled_on_restart(
     with Session(field.engine) as s:
         raised = s.exec(select(AlarmRecord).where(AlarmRecord.cluster_id != ATTACKER)).all()
     assert [a.kind for a in raised if a.kind != "heartbeat_missed"] == []
+    # This test started the controller running now: it stops it (nothing outlives a test).
+    field.stop_serve()
