@@ -410,7 +410,11 @@ def write_broker_config(
     if tls is not None:
         check_tls_files(tls)  # before anything is written
     out_dir = out_dir.resolve()
-    created = not out_dir.exists()
+    with_tls = tls is not None or tls_self_signed or (not no_tls and existing_tls(out_dir))
+    if with_tls and port == tls_port:
+        raise ConfigError(f"--port and --tls-port are both {port}: give the TLS listener its own")
+    # The topmost directory this call creates: removed again if anything fails.
+    created = next((p for p in (*reversed(out_dir.parents), out_dir) if not p.exists()), None)
     try:
         return _write(
             out_dir,
@@ -430,8 +434,8 @@ def write_broker_config(
             rotate=rotate,
         )
     except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 

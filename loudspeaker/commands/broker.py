@@ -123,7 +123,7 @@ def broker_config(
         )
     console.print(
         f"Per-box credentials (0600) in {files.conf.parent / 'credentials'}: copy NAME.json"
-        f"{' and ca.crt' if tls else ''} to each box and run `loudspeaker-agent "
+        f"{' and ca.crt' if files.tls else ''} to each box and run `loudspeaker-agent "
         "--broker-credentials NAME.json ...`. Run the broker with "
         f"`mosquitto -c {files.conf}`."
     )

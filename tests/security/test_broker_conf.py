@@ -101,14 +101,14 @@ def box_credentials(out: Path) -> dict[str, object]:
 
 
 def test_missing_tls_file_is_a_clear_error_and_writes_nothing(env: CliEnv, tmp_path: Path) -> None:
-    out = tmp_path / "conf"
+    out = tmp_path / "new" / "conf"
     result = config(
         env, out, "--tls-cert", "/nope.crt", "--tls-key", "/nope.key", "--tls-ca", "/nope.crt"
     )
     assert result.exit_code == 1, result.output
     assert "--tls-cert /nope.crt: no such file" in result.output
     assert "Traceback" not in result.output
-    assert not out.exists()
+    assert not out.parent.exists()
 
 
 def test_a_file_that_is_not_a_certificate_is_refused(env: CliEnv, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_a_file_that_is_not_a_certificate_is_refused(env: CliEnv, tmp_path: Path
 
 
 def test_a_failure_half_way_leaves_no_partial_directory(env: CliEnv, tmp_path: Path) -> None:
-    out = tmp_path / "conf"
+    out = tmp_path / "new" / "conf"
     no_tools = tmp_path / "no-tools"  # openssl cannot be found once the directory exists
     no_tools.mkdir()
     result = env.runner.invoke(
@@ -140,7 +140,7 @@ def test_a_failure_half_way_leaves_no_partial_directory(env: CliEnv, tmp_path: P
     )
     assert result.exit_code == 1, result.output
     assert "openssl is not installed" in result.output
-    assert not out.exists()
+    assert not out.parent.exists()  # neither DIR nor the parent this run made for it
 
 
 @pytest.mark.integration  # openssl makes the CA and certificates
@@ -154,6 +154,7 @@ def test_rerun_keeps_tls_and_the_ca_until_told_otherwise(env: CliEnv, tmp_path: 
     # Adding a cluster later, without repeating the TLS flags: TLS and passwords stay.
     result = ok(config(env, out, "--tls-port", "8884"))
     assert "Kept the TLS listener" in result.output and "--no-tls" in result.output
+    assert "NAME.json and ca.crt" in " ".join(result.output.split())
     assert box_credentials(out) == first
     conf = (out / "mosquitto.conf").read_text()
     assert len(option(conf, "certfile")) == 1 and (out / "credentials" / "ca.crt").is_file()
@@ -198,3 +199,11 @@ def test_given_certificate_files_are_checked_and_copied_in(env: CliEnv, tmp_path
     assert (out / "credentials" / "ca.crt").read_bytes() == ca.read_bytes()
     conf = (out / "mosquitto.conf").read_text()
     assert option(conf, "certfile") == [str((out / "tls" / "server.crt").resolve())]
+
+
+def test_same_port_for_both_listeners_is_refused(env: CliEnv, tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    result = config(env, out, "--tls-self-signed", "--port", "8883", "--tls-port", "8883")
+    assert result.exit_code == 1
+    assert "--port and --tls-port are both 8883" in result.output
+    assert not out.exists()
