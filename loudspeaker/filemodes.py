@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loudspeaker.config import ENV_GROUP, Settings
-from loudspeaker.exceptions import ConfigError
+from loudspeaker.exceptions import ConfigError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -156,23 +156,29 @@ def secure_data_dir(settings: Settings) -> list[str]:
     """
     modes = FileModes.for_group(settings.group)
     data_dir = settings.data_dir
-    # media/ and run/ too: in group mode operators' CLI writes audio there (emergencies).
-    subdirs = ("", "secrets", "media", "run", "tokens", "keys")
-    fixed = [ensure_dir(data_dir / name, modes) for name in subdirs]
-    fixed.append(_fix(settings.keystore_path, modes.file_mode, modes.gid, exact=True))
-    for name in ("tokens", "keys"):
-        fixed.extend(
-            _fix(p, _OWNER_ONLY, None, exact=False) for p in sorted((data_dir / name).iterdir())
-        )
-    db = settings.sqlite_path
-    if db is not None:
-        if db.parent != data_dir:
-            with umask(modes.umask):
-                db.parent.mkdir(parents=True, exist_ok=True)
-        with umask(modes.umask), contextlib.suppress(FileExistsError):
-            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.file_mode))
-        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")):
-            fixed.append(_fix(path, modes.file_mode, modes.gid, exact=True))
+    try:
+        # media/ and run/ too: in group mode operators' CLI writes audio there (emergencies).
+        subdirs = ("", "secrets", "media", "run", "tokens", "keys")
+        fixed = [ensure_dir(data_dir / name, modes) for name in subdirs]
+        fixed.append(_fix(settings.keystore_path, modes.file_mode, modes.gid, exact=True))
+        for name in ("tokens", "keys"):
+            fixed.extend(
+                _fix(p, _OWNER_ONLY, None, exact=False) for p in sorted((data_dir / name).iterdir())
+            )
+        db = settings.sqlite_path
+        if db is not None:
+            if db.parent != data_dir:
+                with umask(modes.umask):
+                    db.parent.mkdir(parents=True, exist_ok=True)
+            with umask(modes.umask), contextlib.suppress(FileExistsError):
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.file_mode))
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")):
+                fixed.append(_fix(path, modes.file_mode, modes.gid, exact=True))
+    except OSError as exc:
+        raise StorageError(
+            f"cannot use data directory {data_dir}: {exc.strerror} ({exc.filename}): run this "
+            f"as the account that owns it, or as a member of its group ({ENV_GROUP})"
+        ) from None
     done = [f for f in fixed if f]
     for line in done:
         logger.warning("tightened file permissions: %s", line)

@@ -370,3 +370,21 @@ def test_controller_and_operator_cli_still_sign(
     assert "controller not running" in r.stderr
     assert wait_until(lambda: all(len(s.plays) >= 1 for s in keyed_boxes.values()), 20)
     assert len(keyed_boxes["lb-02"].plays) == 1 and len(keyed_boxes["lb-01"].plays) == 2
+
+
+@needs_root
+def test_cli_of_another_account_says_what_to_do(open_dir: Path) -> None:
+    data = open_dir / "data"
+    _cli(data, "site", "load", str(SITE_FILE))
+    r = subprocess.run(
+        [*_as_nobody([]), LOUDSPEAKER, "clusters"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOUDSPEAKER_HOME": str(data), "HOME": str(open_dir)},
+        cwd=open_dir,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"cannot use data directory {data}: Permission denied" in r.stderr
+    assert "LOUDSPEAKER_GROUP" in r.stderr and "Traceback" not in r.stderr
