@@ -33,6 +33,7 @@ from firmware_bridge.protocol import (
     Kind,
     PlayCommand,
     Priority,
+    controller_subscriptions,
     decode_ack,
     encode,
     new_id,
@@ -314,7 +315,9 @@ def send_direct(
     acked = threading.Event()
     lock = threading.Lock()
 
-    def on_ack(_topic: str, payload: bytes) -> None:
+    def on_ack(topic_name: str, payload: bytes) -> None:
+        if not topic_name.endswith(f"/{Kind.ACK.value}"):
+            return  # the controller's status filter, when we hold its session
         try:
             ack = decode_ack(payload)
         except ProtocolError:
@@ -334,13 +337,20 @@ def send_direct(
     # Logged in with the controller's own account, the broker forces our client id to the
     # user name (use_username_as_clientid), so this connection takes over the controller's
     # persistent session: keep it alive afterwards (same expiry as the controller's), or
-    # the clusters' later answers would have no session to wait in.
+    # the clusters' later answers would have no session to wait in. It then subscribes
+    # with the controller's own filters, which the session already holds, so that no extra
+    # subscription outlives us there and doubles every later ack.
     own_session = endpoint.username == CONTROLLER_USER
+    filters = (
+        tuple(controller_subscriptions(site))
+        if own_session
+        else tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries)
+    )
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
         on_message=on_ack,
-        subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
+        subscriptions=filters,
         session_expiry_s=CONTROLLER_SESSION_EXPIRY_S if own_session else 0,
     )
     loop.add(link)
