@@ -63,6 +63,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/health_latency.py
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/security.py
+	$(BIN)/python bench/field.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ the process list and shell history, where ``--broker mqtt://user:pass@host`` wou
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +17,23 @@ from firmware_bridge.keys import check_private
 from firmware_bridge.mqtt import BrokerEndpoint
 
 
-def read_credentials(path: Path) -> BrokerEndpoint:
-    """The endpoint described by a credentials file; ``KeyFileError`` says what is wrong."""
+def read_credentials(path: Path, *, group_readable: bool = False) -> BrokerEndpoint:
+    """The endpoint described by a credentials file; ``KeyFileError`` says what is wrong.
+
+    A box's file must be 0600. The controller's (``_controller.json``) may be 0640 with
+    ``group_readable``: the operators' OS group reads it for the controller-down
+    emergency path (docs/security.md); a file other accounts may read is always refused.
+    """
     try:
-        check_private(path)
+        if group_readable:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o037:
+                raise KeyFileError(
+                    f"{path} is readable or writable by others (mode {mode:o}); "
+                    f"run `chmod 640 {path}` (group: the operators)"
+                )
+        else:
+            check_private(path)
         data = json.loads(path.read_text(encoding="utf-8"))
         endpoint = BrokerEndpoint.parse(str(data["url"]))
         username, password = str(data["username"]), str(data["password"])

@@ -7,7 +7,9 @@ clusters, so a 2-core machine can drive thousands. Same agents, same protocol, s
 state directories (``state_root/<cluster>``) as the in-process fleet.
 
     python -m firmware_bridge.fleetproc --site S --broker mqtt://H:P --state-root DIR \
-        --clusters-file FILE [--time-scale X]
+        --clusters-file FILE [--time-scale X] [--credentials-dir DIR] [--keys-dir DIR]
+
+(``--credentials-dir`` instead of ``--broker``: each cluster logs in with its own file.)
 """
 
 from __future__ import annotations
@@ -38,14 +40,19 @@ class ProcessFleet:
         self,
         site: str,
         clusters: Sequence[str],
-        endpoint: BrokerEndpoint,
+        endpoint: BrokerEndpoint | None,
         state_root: Path,
         *,
         processes: int = 2,
         time_scale: float = 1.0,
         keepalive: int = 15,
+        heartbeat_s: float = 15.0,
         log_level: str = "WARNING",
+        credentials_dir: Path | None = None,
+        keys_dir: Path | None = None,
     ) -> None:
+        if endpoint is None and credentials_dir is None:
+            raise BridgeError("simulated clusters need a broker URL or a credentials directory")
         self.site = site
         self.clusters = list(clusters)
         self.endpoint = endpoint
@@ -54,6 +61,9 @@ class ProcessFleet:
         self.time_scale = time_scale
         self.keepalive = keepalive
         self.log_level = log_level
+        self.heartbeat_s = heartbeat_s
+        self.credentials_dir = credentials_dir
+        self.keys_dir = keys_dir
         self._procs: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
@@ -68,6 +78,12 @@ class ProcessFleet:
             ids = self.state_root / f"fleet-{n}.clusters"
             ids.write_text("\n".join(share) + "\n", encoding="utf-8")
             log = (self.state_root / f"fleet-{n}.log").open("ab")
+            # Only paths and the URL go on the command line: never a password.
+            login = ["--broker", self.endpoint.url] if self.endpoint is not None else []
+            if self.credentials_dir is not None:
+                login = ["--credentials-dir", str(self.credentials_dir)]
+            if self.keys_dir is not None:
+                login += ["--keys-dir", str(self.keys_dir)]
             self._procs.append(
                 subprocess.Popen(
                     [
@@ -76,8 +92,7 @@ class ProcessFleet:
                         "firmware_bridge.fleetproc",
                         "--site",
                         self.site,
-                        "--broker",
-                        self.endpoint.url,
+                        *login,
                         "--state-root",
                         str(self.state_root),
                         "--clusters-file",
@@ -86,6 +101,8 @@ class ProcessFleet:
                         str(self.time_scale),
                         "--keepalive",
                         str(self.keepalive),
+                        "--heartbeat",
+                        str(self.heartbeat_s),
                         "--log-level",
                         self.log_level,
                     ],
@@ -147,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m firmware_bridge.fleetproc")
     p.add_argument("--site", required=True)
-    p.add_argument("--broker", required=True)
+    p.add_argument("--broker", default=None)
+    p.add_argument("--credentials-dir", type=Path, default=None)
+    p.add_argument("--keys-dir", type=Path, default=None)
     p.add_argument("--state-root", type=Path, required=True)
     p.add_argument("--clusters-file", type=Path, required=True)
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--keepalive", type=int, default=15)
+    p.add_argument("--heartbeat", type=float, default=15.0)
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -165,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         fleet = Fleet(
             args.site,
             ids,
-            BrokerEndpoint.parse(args.broker),
+            BrokerEndpoint.parse(args.broker) if args.broker else None,
             args.state_root,
             time_scale=args.time_scale,
             keepalive=args.keepalive,
+            heartbeat_s=args.heartbeat,
+            credentials_dir=args.credentials_dir,
+            keys_dir=args.keys_dir,
         )
         fleet.start()
     except BridgeError as exc:

@@ -3,6 +3,12 @@
 The agents are the real :class:`~firmware_bridge.agent.ClusterAgent` with a
 :class:`~firmware_bridge.sinks.SimulatedSink`; only the amplifier is pretend. Their MQTT
 clients are spread over a few :class:`~firmware_bridge.mqtt.MqttLoop` threads.
+
+In the production shape (docs/security.md) every box logs in with its own password and
+verifies commands with its own key: give ``credentials_dir`` (``CLUSTER.json`` files as
+``loudspeaker broker config`` writes them under ``credentials/``) and ``keys_dir``
+(``CLUSTER.json`` key files as ``loudspeaker keys issue|export CLUSTER -o`` write them).
+Without ``keys_dir`` the simulated boxes do not verify signatures (a bench set-up).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firmware_bridge.agent import AgentConfig, ClusterAgent
+from firmware_bridge.credentials import read_credentials
+from firmware_bridge.exceptions import BridgeError
 from firmware_bridge.hardware import FaultySimulatedSink, SimulatedHardware
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLoop
 
@@ -27,17 +35,23 @@ class Fleet:
         self,
         site: str,
         clusters: Sequence[str],
-        endpoint: BrokerEndpoint,
+        endpoint: BrokerEndpoint | None,
         state_root: Path,
         *,
         time_scale: float = 1.0,
         links_per_loop: int = 250,
         keepalive: int = 15,
         heartbeat_s: float = 15.0,
+        credentials_dir: Path | None = None,
+        keys_dir: Path | None = None,
     ) -> None:
+        if endpoint is None and credentials_dir is None:
+            raise BridgeError("simulated clusters need a broker URL or a credentials directory")
         self.site = site
         self.clusters = list(clusters)
         self.endpoint = endpoint
+        self.credentials_dir = credentials_dir
+        self.keys_dir = keys_dir
         self.state_root = state_root
         self.time_scale = time_scale
         self.links_per_loop = links_per_loop
@@ -70,12 +84,13 @@ class Fleet:
             AgentConfig(
                 site=self.site,
                 cluster=cluster,
-                endpoint=self.endpoint,
+                endpoint=self.endpoint_of(cluster),
                 state_dir=state_dir,
                 keepalive=self.keepalive,
                 heartbeat_s=self.heartbeat_s,
-                # Simulated boxes have no key files yet: a bench set-up, said explicitly.
-                insecure_unsigned=True,
+                keys_file=self.keys_dir / f"{cluster}.json" if self.keys_dir else None,
+                # Without key files the simulated boxes are a bench set-up, said explicitly.
+                insecure_unsigned=self.keys_dir is None,
             ),
             FaultySimulatedSink(hardware, state_dir / "plays.jsonl", time_scale=self.time_scale),
             loop=loop,
@@ -84,6 +99,13 @@ class Fleet:
         agent.start()
         self.agents[cluster] = agent
         return agent
+
+    def endpoint_of(self, cluster: str) -> BrokerEndpoint:
+        """The broker and login of one cluster: its own credentials file, if given."""
+        if self.credentials_dir is not None:
+            return read_credentials(self.credentials_dir / f"{cluster}.json")
+        assert self.endpoint is not None  # checked in __init__
+        return self.endpoint
 
     def stop_agent(self, cluster: str) -> None:
         """Stop one cluster's agent (it says offline), as a power cut with a UPS would."""

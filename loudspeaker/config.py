@@ -11,6 +11,7 @@ from loudspeaker.exceptions import ConfigError
 ENV_HOME = "LOUDSPEAKER_HOME"
 ENV_DB_URL = "LOUDSPEAKER_DB_URL"
 ENV_BROKER = "LOUDSPEAKER_BROKER"
+ENV_BROKER_CREDENTIALS = "LOUDSPEAKER_BROKER_CREDENTIALS"
 ENV_HTTP_HOST = "LOUDSPEAKER_HTTP_HOST"
 ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
 ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
@@ -37,6 +38,9 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     db_url: str | None = None
     broker_url: str | None = None  # None: start a private mosquitto
+    # The controller's credentials file (`broker config`'s credentials/_controller.json):
+    # user name and password for a locked-down broker, kept off the command line.
+    broker_credentials: Path | None = None
     broker_port: int = 0  # embedded broker port; 0 picks a free one
     broker_host: str = "127.0.0.1"
     http_host: str = "127.0.0.1"
@@ -74,6 +78,8 @@ class Settings:
             env["db_url"] = os.environ[ENV_DB_URL]
         if os.environ.get(ENV_BROKER):
             env["broker_url"] = os.environ[ENV_BROKER]
+        if os.environ.get(ENV_BROKER_CREDENTIALS):
+            env["broker_credentials"] = Path(os.environ[ENV_BROKER_CREDENTIALS]).expanduser()
         if os.environ.get(ENV_HTTP_HOST):
             env["http_host"] = os.environ[ENV_HTTP_HOST]
         if os.environ.get(ENV_HTTP_PORT):
@@ -124,5 +130,10 @@ class Settings:
 
     @property
     def run_dir(self) -> Path:
-        """Runtime files: the controller's address card, the embedded broker's files."""
+        """Runtime files: the controller's address card, endpoints, the embedded broker."""
         return self.data_dir / "run"
+
+    @property
+    def endpoints_file(self) -> Path:
+        """Where ``serve`` writes its addresses (kept after it stops: docs/architecture.md)."""
+        return self.run_dir / "endpoints.json"

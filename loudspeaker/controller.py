@@ -25,7 +25,13 @@ from loudspeaker.health import HealthMonitor
 from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
-from loudspeaker.runtime import ControllerCard, remember_port, remembered_port
+from loudspeaker.runtime import (
+    ControllerCard,
+    Endpoints,
+    broker_endpoint,
+    remember_port,
+    remembered_port,
+)
 from loudspeaker.site import current_site
 from schedules.runner import ScheduleRunner
 
@@ -46,6 +52,7 @@ class Controller:
         self.health: HealthMonitor | None = None
         self.schedules: ScheduleRunner | None = None
         self.site_id = ""
+        self.endpoints: Endpoints | None = None
         self._engine: Engine | None = None
 
     def start(self) -> None:
@@ -64,8 +71,9 @@ class Controller:
         init_db(engine, keystore)
         with Session(engine) as s:
             self.site_id = current_site(s).site.id
-        if st.broker_url:
-            self.endpoint = BrokerEndpoint.parse(st.broker_url)
+        external = broker_endpoint(st.broker_url, st.broker_credentials)
+        if external is not None:
+            self.endpoint = external
         else:
             self.broker = self._start_broker()
             self.endpoint = self.broker.endpoint
@@ -120,6 +128,17 @@ class Controller:
             http_url=http_url,
             started_at=now().isoformat(),
         ).write(st.run_dir)
+        self.endpoints = Endpoints(
+            broker_url=self.endpoint.url,
+            credentials_file=(
+                str(st.broker_credentials.resolve()) if st.broker_credentials else None
+            ),
+            media=http_url,
+            metrics=f"{http_url}/metrics",
+            pid=os.getpid(),
+            started_at=now().isoformat(),
+        )
+        self.endpoints.write(st.endpoints_file)
         logger.info(
             "controller for %s up: broker %s, media %s", self.site_id, self.endpoint.url, http_url
         )

@@ -33,6 +33,7 @@ from firmware_bridge.protocol import (
     Kind,
     PlayCommand,
     Priority,
+    controller_subscriptions,
     decode_ack,
     encode,
     new_id,
@@ -47,6 +48,7 @@ from loudspeaker.broadcasts import (
     create_broadcast,
     register_media,
 )
+from loudspeaker.brokerconf import CONTROLLER_USER
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
@@ -65,6 +67,7 @@ from loudspeaker.site import current_site
 logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDITY_S = 1800.0
+CONTROLLER_SESSION_EXPIRY_S = 24 * 3600  # MqttLink's default, which the controller uses
 SIREN_SECONDS = 8.0
 
 
@@ -279,6 +282,7 @@ def send_direct(
     http_port: int,
     sign: Callable[[PlayCommand], PlayCommand] = lambda c: c,
     wait_s: float = 20.0,
+    public_url: str | None = None,
 ) -> DirectResult:
     """Send an emergency's commands straight over the broker, serving its audio meanwhile.
 
@@ -305,13 +309,15 @@ def send_direct(
     except LoudspeakerError:
         server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
         server.start()
-    base = f"http://{http_host}:{server.port}"
+    base = public_url or f"http://{http_host}:{server.port}"
     result = DirectResult(media_url=outbox.media_url(base, m))
     by_command = {d.command_id: d for d in deliveries}
     acked = threading.Event()
     lock = threading.Lock()
 
-    def on_ack(_topic: str, payload: bytes) -> None:
+    def on_ack(topic_name: str, payload: bytes) -> None:
+        if not topic_name.endswith(f"/{Kind.ACK.value}"):
+            return  # the controller's status filter, when we hold its session
         try:
             ack = decode_ack(payload)
         except ProtocolError:
@@ -328,12 +334,24 @@ def send_direct(
 
     loop = MqttLoop("emergency-direct")
     loop.start()
+    # Logged in with the controller's own account, the broker forces our client id to the
+    # user name (use_username_as_clientid), so this connection takes over the controller's
+    # persistent session: keep it alive afterwards (same expiry as the controller's), or
+    # the clusters' later answers would have no session to wait in. It then subscribes
+    # with the controller's own filters, which the session already holds, so that no extra
+    # subscription outlives us there and doubles every later ack.
+    own_session = endpoint.username == CONTROLLER_USER
+    filters = (
+        tuple(controller_subscriptions(site))
+        if own_session
+        else tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries)
+    )
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
         on_message=on_ack,
-        subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
-        session_expiry_s=0,
+        subscriptions=filters,
+        session_expiry_s=CONTROLLER_SESSION_EXPIRY_S if own_session else 0,
     )
     loop.add(link)
     try:

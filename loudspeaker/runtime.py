@@ -7,8 +7,12 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from firmware_bridge.mqtt import BrokerEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +78,88 @@ def remember_port(run_dir: Path, name: str, port: int) -> None:
     """Keep ``port`` for the next controller start."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"{name}.port").write_text(f"{port}\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """``DATA_DIR/run/endpoints.json``: where the last ``serve`` listened (docs/architecture.md).
+
+    Written at every start and kept after the controller stops or dies, so the CLI's
+    controller-down emergency path knows the broker and the credentials file to use. It
+    never holds a secret: only the path of the credentials file.
+    """
+
+    broker_url: str
+    credentials_file: str | None
+    media: str
+    metrics: str
+    pid: int
+    started_at: str
+
+    def to_json(self) -> dict[str, object]:
+        """The documented file format."""
+        return {
+            "broker": {"url": self.broker_url, "credentials_file": self.credentials_file},
+            "media": self.media,
+            "metrics": self.metrics,
+            "pid": self.pid,
+            "started_at": self.started_at,
+        }
+
+    def lines(self) -> list[str]:
+        """What ``serve`` prints at start: one line per address it listens on."""
+        creds = f" (credentials {self.credentials_file})" if self.credentials_file else ""
+        return [
+            f"broker  {self.broker_url}{creds}",
+            f"media   {self.media}",
+            f"metrics {self.metrics}",
+        ]
+
+    def write(self, path: Path) -> None:
+        """Write the file atomically (readable by the operators: no secret inside)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> Endpoints | None:
+        """The last controller's endpoints, or None if it never started here."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            broker = data["broker"]
+            creds = broker.get("credentials_file")
+            return cls(
+                broker_url=str(broker["url"]),
+                credentials_file=str(creds) if creds else None,
+                media=str(data["media"]),
+                metrics=str(data["metrics"]),
+                pid=int(data["pid"]),
+                started_at=str(data["started_at"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring unreadable %s: %s", path, exc)
+            return None
+
+
+def broker_endpoint(url: str | None, credentials_file: Path | None) -> BrokerEndpoint | None:
+    """The broker to log in to: ``url`` with the credentials file's user name and password.
+
+    With only a credentials file its own ``url`` is used; with neither, None (the private
+    broker). ``url`` wins over the file's URL, so ``--broker`` can name another address of
+    the same broker.
+    """
+    # Imported here: every CLI command imports this module, most never touch MQTT.
+    from firmware_bridge.credentials import read_credentials
+    from firmware_bridge.mqtt import BrokerEndpoint
+
+    if credentials_file is None:
+        return BrokerEndpoint.parse(url) if url else None
+    creds = read_credentials(credentials_file, group_readable=True)
+    if not url:
+        return creds
+    given = BrokerEndpoint.parse(url)
+    tls_ca = (creds.tls_ca or given.tls_ca) if given.tls_ca else None
+    return replace(given, username=creds.username, password=creds.password, tls_ca=tls_ca)

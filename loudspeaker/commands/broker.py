@@ -64,7 +64,8 @@ def broker_config(
     actor = require(state, Permission.KEYS, action="broker.config", target=str(output))
     with state.session() as s:
         site = current_site(s)
-    clusters = [c.id for c in site.clusters if c.transport == "mqtt"]
+    # Serial clusters too: the gateway's stand-in for each logs in as that cluster.
+    clusters = [c.id for c in site.clusters]
     tls: TlsFiles | None = None
     if tls_cert or tls_key or tls_ca:
         if not (tls_cert and tls_key and tls_ca):

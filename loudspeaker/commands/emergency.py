@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlparse
 
 import typer
 from rich.table import Table
 
+from firmware_bridge.exceptions import KeyFileError
 from firmware_bridge.mqtt import BrokerEndpoint
 from loudspeaker import audit
 from loudspeaker import emergency as em
@@ -24,7 +26,7 @@ from loudspeaker.commands.common import (
 )
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
-from loudspeaker.runtime import remembered_port
+from loudspeaker.runtime import Endpoints, broker_endpoint, remembered_port
 
 
 def _actor(state: State) -> str:
@@ -34,21 +36,38 @@ def _actor(state: State) -> str:
 
 
 def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
-    """Broker endpoint and media address to use while the controller is down."""
+    """Broker endpoint and media address to use while the controller is down.
+
+    In order: ``LOUDSPEAKER_BROKER`` / ``LOUDSPEAKER_BROKER_CREDENTIALS``; else the broker
+    and credentials file the last ``serve`` wrote to ``run/endpoints.json`` (the
+    environment's credentials file still wins); else the private broker if it runs.
+    """
     st = state.settings
-    endpoint = (
-        BrokerEndpoint.parse(st.broker_url)
-        if st.broker_url
-        else running_broker(st.run_dir / "mosquitto")
-    )
+    last = Endpoints.read(st.endpoints_file)
+    url = st.broker_url or (last.broker_url if last else None)
+    creds = st.broker_credentials
+    if creds is None and last is not None and last.credentials_file:
+        creds = Path(last.credentials_file)
+    try:
+        endpoint = broker_endpoint(url, creds) or running_broker(st.run_dir / "mosquitto")
+    except KeyFileError as exc:
+        raise LoudspeakerError(
+            f"the controller is not running and its broker credentials cannot be used: {exc}. "
+            "Run this as a member of the operators' group (the file is 0640), or set "
+            "LOUDSPEAKER_BROKER_CREDENTIALS to a credentials file you may read. The emergency "
+            "is recorded and goes out as soon as `loudspeaker serve` starts"
+        ) from None
     if endpoint is None:
         raise LoudspeakerError(
             "the controller is not running and no broker is reachable: the emergency is "
             "recorded and goes out as soon as `loudspeaker serve` starts"
         )
     # The controller's own media address, so URLs in queued commands stay valid.
-    port = st.http_port or remembered_port(st.run_dir, "media")
-    return endpoint, st.http_host, port
+    host, port = st.http_host, st.http_port or remembered_port(st.run_dir, "media")
+    if last is not None and not st.http_port:
+        parsed = urlparse(last.media)
+        host, port = parsed.hostname or host, parsed.port or port
+    return endpoint, host, port
 
 
 @handle_errors
@@ -177,6 +196,7 @@ def emergency(
                 http_port=port,
                 sign=CommandSigner(state.engine, state.keystore).sign,
                 wait_s=wait,
+                public_url=state.settings.public_url,
             )
         err_console.print(
             f"[yellow]controller not running:[/] sent directly over the broker to "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +23,14 @@ def serve(
         typer.Option(
             help="mqtt://HOST:PORT of an external broker [env LOUDSPEAKER_BROKER]; "
             "default: start a private mosquitto"
+        ),
+    ] = None,
+    broker_credentials: Annotated[
+        Path | None,
+        typer.Option(
+            help="The controller's credentials file from `loudspeaker broker config` "
+            "(credentials/_controller.json) for a locked-down broker "
+            "\\[env LOUDSPEAKER_BROKER_CREDENTIALS]"
         ),
     ] = None,
     broker_port: Annotated[int, typer.Option(help="Port of the private mosquitto (0: any)")] = 0,
@@ -46,6 +56,7 @@ def serve(
     settings = replace(
         state.settings,
         broker_url=broker or state.settings.broker_url,
+        broker_credentials=broker_credentials or state.settings.broker_credentials,
         broker_port=broker_port,
         broker_host=broker_host,
         http_host=http_host,
@@ -63,6 +74,12 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     controller.start()
+    # One line per address, on stdout for whoever started us (also in endpoints.json).
+    assert controller.endpoints is not None
+    for line in controller.endpoints.lines():
+        typer.echo(line)
+    typer.echo(f"endpoints {settings.endpoints_file}")
+    sys.stdout.flush()
     err_console.print(f"controller running for site {controller.site_id}; Ctrl-C to stop")
     done.wait()
     controller.stop()
