@@ -7,12 +7,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from firmware_bridge.keys import KeyEntry, new_secret, write_key_file
+from loudspeaker.conformance import CHECKS
 
 SITE = "luc-binh"
+
+# Decisions for issue 13 the project's agent does not follow yet (branch `protocol` is
+# fixing it): these checks fail against it, so their tests are strict xfails until then.
+PENDING: dict[str, str] = {
+    "duplicate-pending": "decision: a duplicate of an unfinished command is answered with "
+    "its last state and reason 'duplicate command; in progress'",
+    "volume-restored": "decision: after an emergency the box restores the volume it had "
+    "before the emergency",
+    "refused-control": "decision: every command type (control commands too) goes through "
+    "the same freshness checks and is refused 'refused: ...'",
+}
+
+
+def every_check() -> list[object]:
+    """One pytest param per check, the pending decisions marked strict xfail."""
+    params: list[object] = []
+    for c in CHECKS:
+        marks = [pytest.mark.xfail(strict=True, reason=PENDING[c.key])] if c.key in PENDING else []
+        params.append(pytest.param(c.key, marks=marks, id=c.key))
+    return params
 
 
 @dataclass(frozen=True)

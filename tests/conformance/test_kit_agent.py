@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conformance_support import SITE, KitRun, issue_key, run_kit
+from conformance_support import PENDING, SITE, KitRun, every_check, issue_key, run_kit
 
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.conformance import CHECKS
@@ -20,17 +20,6 @@ from loudspeaker.conformance import CHECKS
 pytestmark = pytest.mark.integration
 
 CLUSTER = "lb-01"
-# Decisions for issue 13 the agent does not follow yet (branch `protocol` is fixing it).
-PENDING: dict[str, str] = {
-    "duplicate-pending": "decision: a duplicate of an unfinished command is answered with "
-    "its last state and reason 'duplicate command; in progress'",
-    "volume-restored": "decision: after an emergency the box restores the volume it had "
-    "before the emergency",
-    "refused-control": "decision: every command type (control commands too) goes through "
-    "the same freshness checks and is refused 'refused: ...'",
-}
-# Skipped by design in this run: the kit must not reboot the box unless asked.
-SKIPPED = {"reboot"}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +62,7 @@ def agent_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KitRun]:
             str(keys),
             "--kill-command",
             f"kill -9 {agent.pid}",
+            "--allow-reboot",
         )
         yield run
     finally:
@@ -82,22 +72,13 @@ def agent_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KitRun]:
         broker.stop()
 
 
-def _marks(key: str) -> list[pytest.MarkDecorator]:
-    if key in PENDING:
-        return [pytest.mark.xfail(strict=True, reason=PENDING[key])]
-    return []
-
-
-@pytest.mark.parametrize(
-    "key", [pytest.param(c.key, marks=_marks(c.key), id=c.key) for c in CHECKS]
-)
+@pytest.mark.parametrize("key", every_check())
 def test_the_agent_passes(agent_run: KitRun, key: str) -> None:
     result = agent_run.result(key)
-    expected = "skipped" if key in SKIPPED else "pass"
-    assert result["result"] == expected, result
+    assert result["result"] == "pass", result
 
 
-@pytest.mark.xfail(strict=True, reason="the decisions in PENDING are not implemented yet")
+@pytest.mark.xfail(bool(PENDING), strict=True, reason="; ".join(PENDING.values()))
 def test_the_agent_conforms_exit_0(agent_run: KitRun) -> None:
     assert agent_run.exit_code == 0, agent_run.failed()
     assert agent_run.report["passed"] is True

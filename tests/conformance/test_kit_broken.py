@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from broken_agent import BROKEN_CHECKS, BrokenAgent
-from conformance_support import SITE, KitRun, issue_key, run_kit
-from test_kit_agent import PENDING
+from conformance_support import PENDING, SITE, KitRun, issue_key, run_kit
 
 from firmware_bridge.agent import AgentConfig
 from firmware_bridge.sinks import SimulatedSink
