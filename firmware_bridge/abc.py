@@ -56,11 +56,15 @@ class SensorReadings:
 
 @dataclass(frozen=True)
 class SelfTestResult:
-    """The microcontroller's self-test: ``ok`` and one line per failed check."""
+    """The microcontroller's self-test: ``ok`` and one line per failed check.
+
+    ``present`` False means the box has no microcontroller: nothing was tested.
+    """
 
     ok: bool
     checks: dict[str, bool] = field(default_factory=dict)
     detail: str = ""
+    present: bool = True
 
 
 @dataclass(frozen=True)

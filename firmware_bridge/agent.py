@@ -38,6 +38,10 @@ from firmware_bridge.keys import AgentKeyring
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop, Will
 from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
+    DUPLICATE_DONE,
+    DUPLICATE_IN_PROGRESS,
+    RESUMED_AFTER_RESTART,
+    WITHDRAWN,
     Ack,
     AckState,
     AnyCommand,
@@ -56,6 +60,7 @@ from firmware_bridge.protocol import (
     decode_command,
     encode,
     offline_will,
+    sent_string,
     topic,
     utcnow,
     validate_cluster_id,
@@ -65,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 _FINAL = {AckState.PLAYED, AckState.FAILED}
 _FINAL_VALUES = {s.value for s in _FINAL}
+# Journal state of a stop or withdraw that was carried out.
+_HANDLED = "handled"
 # Download retries while the media server is unreachable, until the command expires.
 _FETCH_RETRY = Backoff(initial=0.5, cap=15.0, jitter=0.2)
 
@@ -208,6 +215,14 @@ class PendingStore:
         tmp.write_bytes(encode(command))
         os.replace(tmp, self._dir / f"{command.id}.json")
 
+    def get(self, command_id: str) -> PlayCommand | None:
+        """The stored command, if it is still waiting (None if absent or unreadable)."""
+        try:
+            command = decode_command((self._dir / f"{command_id}.json").read_bytes())
+        except (OSError, ProtocolError):
+            return None
+        return command if isinstance(command, PlayCommand) else None
+
     def remove(self, command_id: str) -> None:
         """Forget a finished command."""
         (self._dir / f"{command_id}.json").unlink(missing_ok=True)
@@ -258,7 +273,9 @@ class ClusterAgent:
         )
         self._fetcher = MediaFetcher(config.state_dir / "media", config.download_timeout_s)
         self._pending = PendingStore(config.state_dir / "pending")
-        self.player = Player(self.output, self._on_outcome, prepare=self._prepare)
+        self.player = Player(
+            self.output, self._on_outcome, prepare=self._prepare, after=self._after_item
+        )
         self._keys = AgentKeyring(
             config.key_path,
             config.state_dir / "key-rotation.json",
@@ -273,6 +290,8 @@ class ClusterAgent:
         self._withdraw_lock = threading.Lock()
         self._fetch_attempts: dict[str, int] = {}
         self._stopping = threading.Event()
+        # Items taken back from the persistent store at start, not yet reported again.
+        self._resumed: set[str] = set()
 
     @property
     def link(self) -> MqttLink:
@@ -291,7 +310,10 @@ class ClusterAgent:
         self.hardware.start()
         self.player.start()
         for command in self._pending.load():
-            # Staged before a restart: fetch again if needed, play at its time.
+            # Accepted before a restart (waiting, or cut off while playing): fetch again if
+            # needed (usually cached) and play from the start at its time. `received` is not
+            # sent again; `staged` "resumed after restart" says where it stands.
+            self._resumed.add(command.id)
             self._queue.put(command)
         if self._shared_loop is None:
             self._loop = MqttLoop(name=f"mqtt-{cfg.cluster}")
@@ -361,58 +383,67 @@ class ClusterAgent:
                 command.cluster,
             )
             return
+        if not self._admit(command, payload):
+            return
+        if isinstance(command, StopCommand):
+            self._handle_stop(command)
+        elif isinstance(command, WithdrawCommand):
+            self._handle_withdraw(command)
+        elif isinstance(command, PlayCommand):
+            self._journal.set(command.id, AckState.RECEIVED.value)
+            self._pending.add(command)
+            self._ack(command, AckState.RECEIVED)
+            self._queue.put(command)
+        elif self.control is not None:
+            self.control.submit(command)
+
+    def _admit(self, command: AnyCommand, payload: bytes) -> bool:
+        """The one check every command type passes before the box acts on it.
+
+        In this order (docs/protocol.md §10): signature (unless the box has no keys; not
+        journaled, so an unauthenticated sender cannot burn an id), then the id against
+        the journal (a duplicate is answered, never acted on twice), then freshness (the
+        same issued/expiry/lifetime rules for play, stop, withdraw and every control
+        command; a stale command is journaled as failed). False: refused or answered.
+        """
         if self._keys.configured:
             try:
                 self._keys.verify(command, utcnow())
             except CommandRefused as exc:
-                # Not journaled: an unauthenticated sender must not be able to burn an id.
                 self._refuse(command, str(exc))
-                return
-        if isinstance(command, StopCommand):
-            if self._keys.configured and not self._fresh(command):
-                return
-            self._handle_stop(command)
-            return
-        if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
-            if self.control is not None:
-                self.control.submit(command)
-            return
-        if isinstance(command, WithdrawCommand):
-            if self._keys.configured and not self._fresh(command):
-                return
-            self._handle_withdraw(command)
-            return
+                return False
         seen = self._journal.get(command.id)
         if seen is not None:
-            # QoS 1 redelivery or a controller retry: report where we are, play nothing.
-            # Answering every duplicate (not only finished ones) lets a controller that
-            # restarted, or lost acks with a crashed broker, learn where we stand.
-            logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
-            reason = "duplicate command; already handled" if seen in _FINAL_VALUES else None
-            self._ack(command, AckState(seen), reason=reason)
-            return
-        if self._keys.configured and not self._fresh(command):
-            self._journal.set(command.id, AckState.FAILED.value)
-            return
-        if command.expires_at <= utcnow():
-            self._journal.set(command.id, AckState.FAILED.value)
-            self._ack(command, AckState.FAILED, reason="expired before it arrived")
-            return
-        self._journal.set(command.id, AckState.RECEIVED.value)
-        self._pending.add(command)
-        self._ack(command, AckState.RECEIVED)
-        self._queue.put(command)
-
-    def _fresh(self, command: AnyCommand) -> bool:
-        # Replays outlive the journal only within the command's own bounded lifetime.
+            self._answer_duplicate(command, seen)
+            return False
         try:
             check_freshness(
-                command, utcnow(), max_skew=timedelta(seconds=self.config.max_clock_skew_s)
+                command,
+                utcnow(),
+                max_skew=timedelta(seconds=self.config.max_clock_skew_s),
+                expires_as_sent=sent_string(payload, "expires_at"),
             )
         except CommandRefused as exc:
+            # Journaled: its replays (and QoS 1 redeliveries) get the same answer.
+            self._journal.set(command.id, AckState.FAILED.value)
             self._refuse(command, str(exc))
             return False
+        if isinstance(command, StopCommand | WithdrawCommand):
+            # Journaled too, so a replayed stop cannot cut off a later broadcast.
+            self._journal.set(command.id, _HANDLED)
         return True
+
+    def _answer_duplicate(self, command: AnyCommand, seen: str) -> None:
+        # QoS 1 redelivery or a controller retry: report where we are, act on nothing.
+        # Answering unfinished ones too lets a controller that restarted, or lost acks
+        # with a crashed broker, learn where we stand.
+        logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
+        if isinstance(command, PlayCommand):
+            reason = DUPLICATE_DONE if seen in _FINAL_VALUES else DUPLICATE_IN_PROGRESS
+            self._ack(command, AckState(seen), reason=reason)
+        elif not isinstance(command, StopCommand | WithdrawCommand) and self.control is not None:
+            self.control.answer_duplicate(command, seen)
+        # A stop or withdraw has no state of its own to repeat: done once, nothing more.
 
     def _refuse(self, command: AnyCommand, reason: str) -> None:
         cfg = self.config
@@ -463,9 +494,6 @@ class ClusterAgent:
         self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
 
     def _handle_stop(self, command: StopCommand) -> None:
-        if command.expires_at <= utcnow():
-            logger.info("%s: expired stop %s ignored", self.config.cluster, command.id)
-            return
         if command.broadcast is not None:
             self._stopped_broadcasts.add(command.broadcast)
         self.player.stop_broadcast(command.broadcast)
@@ -514,7 +542,11 @@ class ClusterAgent:
         with self._withdraw_lock:
             if command.id in self._withdrawn:
                 return  # already acknowledged as withdrawn
-            if self._journal.get(command.id) != AckState.STAGED.value:
+            if command.id in self._resumed:
+                self._resumed.discard(command.id)
+                self._journal.set(command.id, AckState.STAGED.value)
+                self._ack(command, AckState.STAGED, RESUMED_AFTER_RESTART)
+            elif self._journal.get(command.id) != AckState.STAGED.value:
                 self._journal.set(command.id, AckState.STAGED.value)
                 self._ack(command, AckState.STAGED)
             self.player.submit(command, path)
@@ -522,7 +554,15 @@ class ClusterAgent:
     def _prepare(self, command: PlayCommand) -> None:
         """Just before an item starts: its volume (the site's emergency volume, for one)."""
         if command.volume is not None:
-            self.output.set_volume(command.volume)
+            self.output.set_item_volume(command.volume)
+
+    def _after_item(self, command: PlayCommand) -> None:
+        """After an item, however it ended: back to the box's own volume.
+
+        So the bulletin an emergency interrupted, and everything after, play at the volume
+        the box had before the emergency, not at the emergency's.
+        """
+        self.output.restore_volume()
 
     def _retry_later(self, command: PlayCommand, why: str) -> bool:
         """Queue ``command`` again after a backoff delay; False if it would expire first."""
@@ -656,6 +696,7 @@ class ClusterAgent:
 
     def _handle_withdraw(self, command: WithdrawCommand) -> None:
         target = command.command
+        broadcast = self._broadcast_of(target) or command.broadcast
         with self._withdraw_lock:
             waiting = self.player.withdraw(target)
             if not waiting:
@@ -679,9 +720,17 @@ class ClusterAgent:
         ack = Ack(
             cluster=cfg.cluster,
             command=target,
-            broadcast=command.broadcast,
+            broadcast=broadcast,
             state=AckState.FAILED,
             ts=utcnow(),
-            reason="withdrawn: schedule changed",
+            reason=WITHDRAWN,
         )
         self.link.publish(topic(cfg.site, cfg.cluster, Kind.ACK), encode(ack))
+
+    def _broadcast_of(self, command_id: str) -> str | None:
+        # The ack must carry the play command's own broadcast (the controller drops others).
+        for waiting in self.player.pending():
+            if waiting.id == command_id:
+                return waiting.broadcast
+        stored = self._pending.get(command_id)
+        return stored.broadcast if stored is not None else None

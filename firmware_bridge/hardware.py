@@ -264,7 +264,9 @@ class HostHardware(Hardware):
         raise HardwareError("this box has no amplifier relay (no microcontroller attached)")
 
     def self_test(self) -> SelfTestResult:
-        return SelfTestResult(ok=True, checks={}, detail="no microcontroller: nothing to test")
+        return SelfTestResult(
+            ok=False, checks={}, detail="no microcontroller on this box", present=False
+        )
 
 
 class FaultySimulatedSink(SimulatedSink):
@@ -313,6 +315,10 @@ class HardwareSink(AudioSink):
         self._lock = threading.Lock()
         self._tone_stop: threading.Event | None = None
         self.active = False
+        # The box's own volume while an item plays at its own (an emergency's), to return to.
+        self._volume_lock = threading.Lock()
+        self._saved_volume: int | None = None
+        self._item_volume = False
 
     def start(self) -> None:
         self.inner.start()
@@ -326,6 +332,39 @@ class HardwareSink(AudioSink):
         except HardwareError as exc:
             logger.warning("could not set the amplifier volume to %d %%: %s", percent, exc)
         self.inner.set_volume(percent)
+
+    def set_box_volume(self, percent: int) -> int:
+        """Set the box's own volume (a technician's command); return the volume in effect.
+
+        It takes effect at once; while an item plays at its own volume it is also what the
+        box returns to afterwards.
+        """
+        in_effect = self.hardware.set_volume(percent)
+        self.inner.set_volume(in_effect)
+        with self._volume_lock:
+            if self._item_volume:
+                self._saved_volume = in_effect
+        return in_effect
+
+    def set_item_volume(self, percent: int) -> None:
+        """Play the next item at ``percent``; :meth:`restore_volume` returns to the box's own."""
+        with self._volume_lock:
+            if not self._item_volume:
+                try:
+                    self._saved_volume = self.hardware.read_sensors().volume
+                except HardwareError as exc:
+                    logger.warning("cannot read the volume to restore it later: %s", exc)
+                    self._saved_volume = None
+                self._item_volume = True
+        self.set_volume(percent)
+
+    def restore_volume(self) -> None:
+        """After an item with its own volume: back to the volume the box had before it."""
+        with self._volume_lock:
+            saved, had = self._saved_volume, self._item_volume
+            self._saved_volume, self._item_volume = None, False
+        if had and saved is not None:
+            self.set_volume(saved)
 
     def play(self, path: Path, *, duration_s: float, stop: threading.Event) -> PlayResult:
         tone = self._tone_stop

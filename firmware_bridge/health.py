@@ -20,7 +20,6 @@ import time
 import uuid
 import wave
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +27,20 @@ from firmware_bridge.abc import Hardware, PlayResult, SensorReadings
 from firmware_bridge.exceptions import BridgeError, HardwareError, SinkError
 from firmware_bridge.hardware import HardwareSink
 from firmware_bridge.protocol import (
+    DUPLICATE_DONE,
+    ClockReport,
     ControlCommand,
     ControlResult,
     DiagnoseCommand,
+    DiagnoseDetail,
+    DiagnoseTests,
     Heartbeat,
     LineState,
+    LinkReport,
     PowerCommand,
     RebootCommand,
+    SelfTestReport,
+    ToneReport,
     VolumeCommand,
     encode,
 )
@@ -296,24 +302,23 @@ class ControlHandler:
             self._thread.join(10)
 
     def submit(self, command: ControlCommand) -> None:
-        """Take a command (MQTT loop thread: no blocking here)."""
-        seen = self._journal.get(command.id)
-        if seen is not None:
-            logger.info("%s: duplicate control command %s (%s)", self.cluster, command.id, seen)
-            if seen in (_DONE, _FAILED):
-                self._answer(
-                    command,
-                    seen == _DONE,
-                    "duplicate command; already handled",
-                    {"duplicate": True},
-                )
-            return
-        if command.expires_at <= self.hardware.now():
-            self._journal.set(command.id, _FAILED)
-            self._answer(command, False, "expired before it arrived")
-            return
+        """Take an admitted command (MQTT loop thread: no blocking here).
+
+        The agent has already checked its signature, freshness and id (one place for every
+        command type, ``ClusterAgent._admit``); this only queues it.
+        """
         self._journal.set(command.id, "received")
         self._queue.put(command)
+
+    def answer_duplicate(self, command: ControlCommand, seen: str) -> None:
+        """Answer a command id seen before: its result again if finished.
+
+        An unfinished one gets no answer now: a ``ControlResult`` has no in-progress state,
+        and its one real result follows when it finishes (docs/protocol.md §5).
+        """
+        logger.info("%s: duplicate control command %s (%s)", self.cluster, command.id, seen)
+        if seen in (_DONE, _FAILED):
+            self._answer(command, seen == _DONE, DUPLICATE_DONE, {"duplicate": True})
 
     def _answer(
         self,
@@ -355,7 +360,8 @@ class ControlHandler:
             return
         try:
             if isinstance(command, VolumeCommand):
-                now_in_effect = self.hardware.set_volume(command.volume)
+                # The box's own setting: also what it returns to after an item's own volume.
+                now_in_effect = self.output.set_box_volume(command.volume)
                 ok = now_in_effect == command.volume
                 detail: dict[str, Any] = {"volume": now_in_effect}
                 reason = None if ok else f"volume is {now_in_effect}, not {command.volume}"
@@ -398,34 +404,55 @@ class ControlHandler:
     def _diagnose(self, command: DiagnoseCommand) -> dict[str, Any]:
         started = time.monotonic()
         received = self.hardware.now()
-        tests: dict[str, Any] = {}
+        reports: dict[str, Any] = {}
         for name in command.tests:
             try:
                 if name == "self_test":
-                    r = self.hardware.self_test()
-                    tests[name] = {"ok": r.ok, "checks": r.checks, "detail": r.detail}
+                    reports[name] = self._self_test()
                 elif name == "tone":
-                    tests[name] = self._tone_test(command.tone_s)
+                    reports[name] = self._tone_test(command.tone_s)
                 elif name == "link":
-                    counters = asdict(self.hardware.link_counters())
-                    counters["mqtt_reconnects"] = self._mqtt_reconnects()
-                    counters["rssi_dbm"] = self.hardware.read_sensors().rssi_dbm
-                    tests[name] = counters
+                    reports[name] = self._link_test()
                 elif name == "clock":
-                    tests[name] = {"box_time": self.hardware.now().isoformat()}
+                    reports[name] = ClockReport(status="passed", box_time=self.hardware.now())
             except (BridgeError, OSError) as exc:
-                tests[name] = {"error": str(exc)[:300]}
-        return {
-            "received": received.isoformat(),
-            "took_s": round(time.monotonic() - started, 3),
-            "hardware": self.hardware.name,
-            "tests": tests,
-        }
+                failed = {"status": "failed", "reason": str(exc)[:300] or type(exc).__name__}
+                reports[name] = _REPORTS[name].model_validate(failed)
+        detail = DiagnoseDetail(
+            received=received,
+            took_s=round(time.monotonic() - started, 3),
+            hardware=self.hardware.name[:64],
+            tests=DiagnoseTests(**reports),
+        )
+        return detail.model_dump(mode="json")
 
-    def _tone_test(self, seconds: float) -> dict[str, Any]:
+    def _self_test(self) -> SelfTestReport:
+        r = self.hardware.self_test()
+        if not r.present:
+            return SelfTestReport(status="not_present", reason=r.detail or "no microcontroller")
+        if r.ok:
+            return SelfTestReport(status="passed", checks=r.checks)
+        failed = [k for k, v in r.checks.items() if not v]
+        why = r.detail or ", ".join(failed) or "self-test failed"
+        return SelfTestReport(status="failed", reason=why[:300], checks=r.checks)
+
+    def _link_test(self) -> LinkReport:
+        c = self.hardware.link_counters()
+        return LinkReport(
+            status="passed",
+            rx_frames=c.rx_frames,
+            rx_errors=c.rx_errors,
+            timeouts=c.timeouts,
+            retransmissions=c.retransmissions,
+            mqtt_reconnects=self._mqtt_reconnects(),
+            rssi_dbm=self.hardware.read_sensors().rssi_dbm,
+        )
+
+    def _tone_test(self, seconds: float) -> ToneReport:
         busy = self._busy()
         if busy:
-            return {"skipped": f"busy playing broadcast {busy}; never interrupted for a test"}
+            why = f"busy playing broadcast {busy}; never interrupted for a test"
+            return ToneReport(status="skipped", reason=why[:300])
         path = tone_file(self.work_dir, seconds)
         before = self.hardware.read_sensors()
         switched_on = before.amp_power is False
@@ -438,7 +465,7 @@ class ControlHandler:
             if switched_on:
                 self.hardware.set_amplifier_power(False)
 
-    def _tone_measured(self, path: Path, seconds: float, before: SensorReadings) -> dict[str, Any]:
+    def _tone_measured(self, path: Path, seconds: float, before: SensorReadings) -> ToneReport:
         idle = self.hardware.read_sensors()
         stop = threading.Event()
         outcome: dict[str, Any] = {}
@@ -453,34 +480,49 @@ class ControlHandler:
         player = threading.Thread(target=play, name=f"tone-{self.cluster}", daemon=True)
         player.start()
         samples: list[float] = []
-        lines: set[str] = set()
+        lines: set[LineState] = set()
         bound = time.monotonic() + seconds * 3 + 5
         while player.is_alive() and time.monotonic() < bound:
             if self.output.active:
                 r = self.hardware.read_sensors()
                 if r.amp_current_a is not None:
                     samples.append(r.amp_current_a)
-                lines.add(r.line)
+                lines.add(_line(r.line))
             player.join(0.03)
         if player.is_alive():
             stop.set()
             player.join(2)
             outcome.setdefault("result", "timeout")
         result = outcome.get("result", "timeout")
+        status: Literal["passed", "failed", "skipped"] = "passed"
+        reason: str | None = None
         if result == PlayResult.COMPLETED.value:
             self.reporter.note_playback(True)
-        elif result in ("error", "timeout"):
-            self.reporter.note_playback(False, f"test tone: {outcome.get('error', result)}")
-        return {
-            "result": result,
-            "error": outcome.get("error"),
-            "seconds": seconds,
-            "amp_power_before": before.amp_power,
-            "volume": before.volume,
-            "idle_a": idle.amp_current_a,
-            "tone_a": round(statistics.median(samples), 3) if samples else None,
-            "peak_a": max(samples) if samples else None,
-            "samples": len(samples),
-            "line": before.line,
-            "lines_during": sorted(lines),
-        }
+        elif result == PlayResult.STOPPED.value:
+            status, reason = "skipped", "the test tone gave way to a broadcast"
+        else:
+            status = "failed"
+            reason = outcome.get("error") or f"no end of playback ({result})"
+            self.reporter.note_playback(False, f"test tone: {reason}")
+        return ToneReport(
+            status=status,
+            reason=reason,
+            result=result,
+            seconds=seconds,
+            amp_power_before=before.amp_power,
+            volume=before.volume,
+            idle_a=idle.amp_current_a,
+            tone_a=round(statistics.median(samples), 3) if samples else None,
+            peak_a=max(samples) if samples else None,
+            samples=len(samples),
+            line=_line(before.line),
+            lines_during=sorted(lines),
+        )
+
+
+_REPORTS: dict[str, type[SelfTestReport | ToneReport | LinkReport | ClockReport]] = {
+    "self_test": SelfTestReport,
+    "tone": ToneReport,
+    "link": LinkReport,
+    "clock": ClockReport,
+}

@@ -10,6 +10,10 @@ Rules (docs/protocol.md, "Playout"):
   ``interrupted``, then ``playing`` again). An emergency never interrupts another: a
   second one plays right after the first.
 - An item is never *started* at or after its ``expires_at``.
+- ``after`` runs when an item stops playing, however it ended (the agent returns the
+  amplifier to the box's own volume there, so an emergency's volume does not stick).
+- An item cut off by shutdown is not reported: the agent keeps it in its persistent store
+  and plays it again from the start when it runs again (docs/protocol.md §4, "Restart").
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Outcome(StrEnum):
 
 Report = Callable[[PlayCommand, Outcome, str | None], None]
 Prepare = Callable[[PlayCommand], None]
+After = Callable[[PlayCommand], None]
 
 
 @dataclass(order=True)
@@ -54,6 +59,7 @@ class _Entry:
     command: PlayCommand = field(compare=False)
     path: Path = field(compare=False)
     interrupted: int = field(default=0, compare=False)
+    started: bool = field(default=False, compare=False)
 
 
 class Player:
@@ -69,11 +75,13 @@ class Player:
         report: Report,
         *,
         prepare: Prepare | None = None,
+        after: After | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sink = sink
         self._report = report
         self._prepare = prepare
+        self._after = after
         self._clock = clock
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
@@ -206,6 +214,11 @@ class Player:
             finally:
                 with self._cond:
                     self._current = None
+                if self._after is not None and entry.started:
+                    try:
+                        self._after(entry.command)
+                    except Exception:
+                        logger.exception("after-playback hook of %s failed", entry.command.id)
 
     def _play(self, entry: _Entry) -> None:
         cmd = entry.command
@@ -215,6 +228,7 @@ class Player:
                 why += " (it had been interrupted by an emergency)"
             self._report(cmd, Outcome.FAILED, why)
             return
+        entry.started = True
         if self._prepare is not None:
             self._prepare(cmd)
         self._report(cmd, Outcome.PLAYING, None if not entry.interrupted else "replaying")
@@ -241,6 +255,7 @@ class Player:
                 heapq.heappush(self._heap, entry)
             self._report(cmd, Outcome.INTERRUPTED, why)
         elif why == "shutdown":
-            self._report(cmd, Outcome.FAILED, "agent shut down during playback")
+            # Not finished: it stays in the box's store and plays again after the restart.
+            logger.info("%s cut off by shutdown; it resumes after the restart", cmd.id)
         else:
             self._report(cmd, Outcome.FAILED, why or "stopped")

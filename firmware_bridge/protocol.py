@@ -384,6 +384,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "DiagnoseCommand": DiagnoseCommand.model_json_schema(),
         "Heartbeat": Heartbeat.model_json_schema(),
         "ControlResult": ControlResult.model_json_schema(),
+        "DiagnoseDetail": DiagnoseDetail.model_json_schema(),
     }
 
 
@@ -514,8 +515,14 @@ def check_freshness(
     *,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
     max_lifetime: timedelta = MAX_COMMAND_LIFETIME,
+    expires_as_sent: str | None = None,
 ) -> None:
-    """Raise :class:`StaleCommand` if the command is expired, from the future or too long-lived."""
+    """Raise :class:`StaleCommand` if the command is expired, from the future or too long-lived.
+
+    Applies to every command type alike (docs/protocol.md §10). ``expires_as_sent`` is the
+    ``expires_at`` string exactly as it came over the wire; the expiry refusal quotes it
+    (``expired at <expires_at as sent>``) so the sender recognises its own value.
+    """
     if command.issued_at > now + max_skew:
         ahead = (command.issued_at - now).total_seconds()
         raise StaleCommand(
@@ -529,19 +536,52 @@ def check_freshness(
             f"lifetime longer than the {max_lifetime.total_seconds() / 3600:.0f} h allowed"
         )
     if command.expires_at <= now:
-        raise StaleCommand(f"expired at {command.expires_at.isoformat()}")
+        sent = expires_as_sent or wire_time(command.expires_at)
+        raise StaleCommand(f"expired at {sent}")
+
+
+_TIME_ADAPTER: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def wire_time(value: datetime) -> str:
+    """A time as this module writes it on the wire (RFC 3339, ``Z`` for UTC)."""
+    return cast(str, _TIME_ADAPTER.dump_python(value, mode="json"))
+
+
+def sent_string(payload: bytes, name: str) -> str | None:
+    """The top-level string field ``name`` of a JSON payload exactly as sent, if any."""
+    try:
+        value = json.loads(payload).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def verify_command(
     command: AnyCommand,
-    keyring: Keyring,
+    keyring: Keyring | None,
     now: datetime,
     *,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
+    expires_as_sent: str | None = None,
 ) -> None:
-    """Refuse (raise a :class:`CommandRefused` subclass) unless signed, valid and fresh."""
-    check_signature(command, keyring)
-    check_freshness(command, now, max_skew=max_skew)
+    """Refuse (raise a :class:`CommandRefused` subclass) unless signed, valid and fresh.
+
+    ``keyring`` None is a box without keys (``--insecure-unsigned``): ``sig`` is ignored,
+    present or not, and only freshness is checked.
+    """
+    if keyring is not None:
+        check_signature(command, keyring)
+    check_freshness(command, now, max_skew=max_skew, expires_as_sent=expires_as_sent)
+
+
+# Reason texts a box sends (docs/protocol.md); a conforming box uses them verbatim.
+REFUSED_PREFIX = "refused: "
+DUPLICATE_DONE = "duplicate command; already handled"
+DUPLICATE_IN_PROGRESS = "duplicate command; in progress"
+EXPIRED_BEFORE_PLAYBACK = "expired before playback"
+RESUMED_AFTER_RESTART = "resumed after restart"
+WITHDRAWN = "withdrawn: schedule changed"
 
 
 # -- health and remote control (issue #6) -------------------------------------------------
@@ -598,6 +638,100 @@ class ControlResult(_Message):
     ts: AwareDatetime
     reason: Annotated[str | None, Field(max_length=500)] = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+TestStatus = Literal["passed", "failed", "skipped", "not_present"]
+"""How one diagnose test ended on the box.
+
+``passed``: it ran and the box's part succeeded (the controller still judges the numbers);
+``failed``: it ran, or tried to, and did not succeed (``reason`` says why); ``skipped``: it
+was not run this time (``reason`` says why, e.g. a broadcast was playing); ``not_present``:
+the box has no such part (e.g. no microcontroller), so there is nothing to test.
+"""
+
+
+class DiagnoseReport(BaseModel):
+    """What every diagnose test reports: its status, and why unless it passed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: TestStatus
+    # Always set unless passed; a number the box could not measure is null, never a string.
+    reason: Annotated[str | None, Field(max_length=300)] = None
+
+    @model_validator(mode="after")
+    def _reason_unless_passed(self) -> DiagnoseReport:
+        if self.status != "passed" and not self.reason:
+            raise ValueError(f"a {self.status} test must say why (reason)")
+        return self
+
+
+class SelfTestReport(DiagnoseReport):
+    """The microcontroller's self-test: one boolean per check it ran."""
+
+    checks: dict[Annotated[str, Field(max_length=64)], bool] = Field(default_factory=dict)
+
+
+class ToneReport(DiagnoseReport):
+    """A test tone through the amplifier, with its current draw measured around it."""
+
+    result: Literal["completed", "stopped", "error", "timeout"] | None = None
+    seconds: Annotated[float | None, Field(ge=0, le=10)] = None
+    amp_power_before: bool | None = None
+    volume: Annotated[int | None, Field(ge=0, le=100)] = None
+    idle_a: Annotated[float | None, Field(ge=0, le=100)] = None
+    tone_a: Annotated[float | None, Field(ge=0, le=100)] = None
+    peak_a: Annotated[float | None, Field(ge=0, le=100)] = None
+    samples: Annotated[int, Field(ge=0)] = 0
+    line: LineState = "unknown"
+    lines_during: list[LineState] = Field(default_factory=list)
+
+
+class LinkReport(DiagnoseReport):
+    """Error counters of the box's links; null where the box has no such counter."""
+
+    rx_frames: Annotated[int | None, Field(ge=0)] = None
+    rx_errors: Annotated[int | None, Field(ge=0)] = None
+    timeouts: Annotated[int | None, Field(ge=0)] = None
+    retransmissions: Annotated[int | None, Field(ge=0)] = None
+    mqtt_reconnects: Annotated[int | None, Field(ge=0)] = None
+    rssi_dbm: Annotated[int | None, Field(ge=-150, le=0)] = None
+
+
+class ClockReport(DiagnoseReport):
+    """The box's clock when it ran the test (the controller measures the offset)."""
+
+    box_time: AwareDatetime | None = None
+
+
+class DiagnoseTests(BaseModel):
+    """One report per test the command asked for; a test not asked for is absent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    self_test: SelfTestReport | None = None
+    tone: ToneReport | None = None
+    link: LinkReport | None = None
+    clock: ClockReport | None = None
+
+
+class DiagnoseDetail(BaseModel):
+    """``ControlResult.detail`` of a diagnose command (``type`` "diagnose", ``ok`` true)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    received: AwareDatetime
+    took_s: Annotated[float, Field(ge=0)]
+    hardware: Annotated[str, Field(max_length=64)] = ""
+    tests: DiagnoseTests
+
+
+def decode_diagnose_detail(detail: Mapping[str, Any]) -> DiagnoseDetail:
+    """Parse a diagnose result's ``detail``; raise ``ProtocolError`` saying what is wrong."""
+    try:
+        return DiagnoseDetail.model_validate(detail)
+    except ValidationError as exc:
+        raise ProtocolError(f"bad diagnose detail: {_first_error(exc)}") from None
 
 
 def health_subscriptions(site: str) -> list[str]:

@@ -11,9 +11,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.protocol import (
+    ClockReport,
+    DiagnoseReport,
+    LinkReport,
+    SelfTestReport,
+    ToneReport,
+    decode_diagnose_detail,
+)
 from loudspeaker.site import HealthConfig
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+# A check's status: judged (ok/warn/fail), or not judged because the test did not run
+# (skip) or the box has no such part (not_present). Only "ok" is ever called passed.
+OK, WARN, FAIL, SKIP, NOT_PRESENT = "ok", "warn", "fail", "skip", "not_present"
 _RTT_WARN_S = 2.0
 _RTT_FAIL_S = 10.0
 _RECONNECTS_WARN = 3
@@ -25,7 +36,7 @@ class Check:
     """One test's outcome."""
 
     name: str
-    status: str  # ok | warn | fail | skip
+    status: str  # ok | warn | fail | skip | not_present
     summary: str
     action: str = ""
     value: float | None = None
@@ -64,40 +75,61 @@ def judge(
     cluster_ts: datetime,
     cfg: HealthConfig,
 ) -> Diagnosis:
-    """Judge a diagnose result's ``detail`` (see the ControlResult payload)."""
-    tests: dict[str, Any] = detail.get("tests") or {}
-    took = float(detail.get("took_s") or 0.0)
-    rtt = max(0.0, (answered_at - sent_at).total_seconds() - took)
+    """Judge a diagnose result's ``detail`` (a :class:`DiagnoseDetail` on the wire).
+
+    Only a test the box reports ``passed`` can be judged healthy; a test it did not run,
+    could not run or does not have is shown as such, never as passed.
+    """
+    try:
+        parsed = decode_diagnose_detail(detail)
+    except ProtocolError as exc:
+        return Diagnosis(
+            "fault",
+            f"the cluster's diagnose result is not understood: {exc}",
+            "update the cluster's agent to this protocol version, then diagnose again",
+            [Check("result", FAIL, str(exc))],
+        )
+    tests = parsed.tests
+    rtt = max(0.0, (answered_at - sent_at).total_seconds() - parsed.took_s)
     checks = [_round_trip(rtt)]
-    if "self_test" in tests:
-        checks.append(_self_test(tests["self_test"]))
-    if "tone" in tests:
-        checks.append(_tone(tests["tone"], cfg))
-    if "link" in tests:
-        checks.append(_link(tests["link"]))
-    if "clock" in tests:
-        # The box stamped the result just before sending; half the round trip later it
-        # arrived. What remains is how far its clock is off ours.
-        offset = (cluster_ts - answered_at).total_seconds() + rtt / 2
-        checks.append(_clock(offset, cfg))
+    if tests.self_test is not None:
+        checks.append(_self_test(tests.self_test))
+    if tests.tone is not None:
+        checks.append(_tone(tests.tone, cfg))
+    if tests.link is not None:
+        checks.append(_link(tests.link))
+    if tests.clock is not None:
+        checks.append(_clock(tests.clock, cluster_ts, answered_at, rtt, cfg))
     fails = [c for c in checks if c.status == FAIL]
     warns = [c for c in checks if c.status == WARN]
+    measured = {"round_trip_s": round(rtt, 3)}
     if fails:
         status, primary = "fault", fails[0]
     elif warns:
         status, primary = "warning", warns[0]
     else:
-        return Diagnosis(
-            "ok", "healthy: every test passed", "none", checks, {"round_trip_s": round(rtt, 3)}
-        )
+        return Diagnosis("ok", _healthy(checks), "none", checks, measured)
     actions = [c.action for c in (*fails, *warns) if c.action]
     return Diagnosis(
-        status,
-        primary.summary,
-        "; then ".join(dict.fromkeys(actions)),
-        checks,
-        {"round_trip_s": round(rtt, 3)},
+        status, primary.summary, "; then ".join(dict.fromkeys(actions)), checks, measured
     )
+
+
+def _healthy(checks: list[Check]) -> str:
+    passed = [c.name for c in checks if c.status == OK]
+    others = [f"{c.name} {c.status.replace('_', ' ')}" for c in checks if c.status != OK]
+    if not others:
+        return "healthy: every test passed"
+    return f"healthy: {', '.join(passed)} passed; " + ", ".join(others)
+
+
+def _not_run(name: str, report: DiagnoseReport) -> Check | None:
+    """The check for a test that did not run (skipped or not present), else None."""
+    if report.status == "skipped":
+        return Check(name, SKIP, report.reason or "not run")
+    if report.status == "not_present":
+        return Check(name, NOT_PRESENT, report.reason or "not present on this box")
+    return None
 
 
 def _round_trip(rtt: float) -> Check:
@@ -112,18 +144,20 @@ def _round_trip(rtt: float) -> Check:
     return Check("round_trip", OK, f"command round trip {rtt * 1000:.0f} ms", value=rtt)
 
 
-def _self_test(t: dict[str, Any]) -> Check:
-    if "error" in t:
+def _self_test(t: SelfTestReport) -> Check:
+    if (c := _not_run("self_test", t)) is not None:
+        return c
+    if t.status == "passed":
+        return Check("self_test", OK, "microcontroller self-test passed")
+    failed = [k for k, v in t.checks.items() if not v]
+    what = ", ".join(failed) or t.reason or "unknown check"
+    if not t.checks:
         return Check(
             "self_test",
             FAIL,
-            f"microcontroller did not answer: {t['error']}",
+            f"microcontroller did not answer: {what}",
             "check the serial cable between the modem board and the microcontroller",
         )
-    if t.get("ok"):
-        return Check("self_test", OK, "microcontroller self-test passed")
-    failed = [k for k, v in (t.get("checks") or {}).items() if not v]
-    what = ", ".join(failed) or t.get("detail") or "unknown check"
     return Check(
         "self_test",
         FAIL,
@@ -132,26 +166,21 @@ def _self_test(t: dict[str, Any]) -> Check:
     )
 
 
-def _tone(t: dict[str, Any], cfg: HealthConfig) -> Check:
-    if "skipped" in t:
-        return Check("tone", SKIP, str(t["skipped"]))
-    if "error" in t and "result" not in t:
-        return Check("tone", FAIL, f"test tone could not run: {t['error']}", "reboot the cluster")
-    result = t.get("result")
-    if result in ("error", "timeout"):
-        why = t.get("error") or "no end of playback"
+def _tone(t: ToneReport, cfg: HealthConfig) -> Check:
+    if (c := _not_run("tone", t)) is not None:
+        return c
+    if t.status == "failed":
+        if t.result is None:
+            return Check("tone", FAIL, f"test tone could not run: {t.reason}", "reboot the cluster")
         return Check(
             "tone",
             FAIL,
-            f"player hung during the test tone: {why}",
+            f"player hung during the test tone: {t.reason}",
             "reboot the cluster; if it recurs, reinstall the player on the box",
         )
-    if result == "stopped":
-        return Check("tone", SKIP, "test tone gave way to a broadcast")
-    tone_a, idle_a = t.get("tone_a"), t.get("idle_a")
+    tone_a, idle_a = t.tone_a, t.idle_a
     if tone_a is None or idle_a is None:
         return Check("tone", SKIP, "test tone played; this box cannot measure amplifier current")
-    tone_a, idle_a = float(tone_a), float(idle_a)
     if tone_a >= cfg.current_max_a:
         return Check(
             "tone",
@@ -178,33 +207,46 @@ def _tone(t: dict[str, Any], cfg: HealthConfig) -> Check:
     )
 
 
-def _link(t: dict[str, Any]) -> Check:
-    if "error" in t:
-        return Check("link", FAIL, f"link counters unreadable: {t['error']}", "reboot the cluster")
-    serial = int(t.get("rx_errors") or 0) + int(t.get("timeouts") or 0)
-    reconnects = int(t.get("mqtt_reconnects") or 0)
-    rssi = t.get("rssi_dbm")
+def _link(t: LinkReport) -> Check:
+    if (c := _not_run("link", t)) is not None:
+        return c
+    if t.status == "failed":
+        return Check("link", FAIL, f"link counters unreadable: {t.reason}", "reboot the cluster")
+    serial = (t.rx_errors or 0) + (t.timeouts or 0)
+    reconnects = t.mqtt_reconnects
+    rssi = t.rssi_dbm
+    # An unknown number is said to be unknown, never printed as "None".
+    signal = "signal unknown" if rssi is None else f"signal {rssi} dBm"
+    known = "reconnects unknown" if reconnects is None else f"{reconnects} reconnects"
     if serial:
         return Check(
             "link",
             WARN,
-            f"serial link errors: {t.get('rx_errors', 0)} bad frames, "
-            f"{t.get('timeouts', 0)} timeouts",
+            f"serial link errors: {t.rx_errors or 0} bad frames, {t.timeouts or 0} timeouts",
             "check the RS-485/serial cable and connectors in the box",
             float(serial),
         )
-    if reconnects >= _RECONNECTS_WARN or (rssi is not None and rssi < _RSSI_WARN_DBM):
+    if (reconnects or 0) >= _RECONNECTS_WARN or (rssi is not None and rssi < _RSSI_WARN_DBM):
         return Check(
             "link",
             WARN,
-            f"network link unstable: {reconnects} reconnects, signal {rssi} dBm",
+            f"network link unstable: {known}, {signal}",
             "check the 4G antenna and signal",
-            float(reconnects),
+            float(reconnects or 0),
         )
-    return Check("link", OK, f"links clean ({reconnects} reconnects, signal {rssi} dBm)")
+    return Check("link", OK, f"links clean ({known}, {signal})")
 
 
-def _clock(offset: float, cfg: HealthConfig) -> Check:
+def _clock(
+    t: ClockReport, cluster_ts: datetime, answered_at: datetime, rtt: float, cfg: HealthConfig
+) -> Check:
+    if (c := _not_run("clock", t)) is not None:
+        return c
+    if t.status == "failed":
+        return Check("clock", FAIL, f"clock unreadable: {t.reason}", "reboot the cluster")
+    # The box stamped the result just before sending; half the round trip later it
+    # arrived. What remains is how far its clock is off ours.
+    offset = (cluster_ts - answered_at).total_seconds() + rtt / 2
     if abs(offset) > cfg.clock_drift_max_s:
         side = "ahead" if offset > 0 else "behind"
         return Check(

@@ -261,11 +261,25 @@ class Dispatcher(EventWorker["_Event"]):
         if d is None:
             d = s.exec(select(Delivery).where(Delivery.command_id == ack.command)).first()
         if d is None or d.cluster_id != ack.cluster:
+            # Also a box's refusal of a stop or withdraw: it carries that command's own id.
             logger.warning(
-                "ack for unknown command %s from %s dropped (%s)",
+                "ack for unknown command %s from %s dropped (%s%s)",
                 ack.command,
                 ack.cluster,
                 ack.state,
+                f": {ack.reason}" if ack.reason else "",
+            )
+            self.dropped_messages += 1
+            return
+        if ack.broadcast != d.broadcast_id:
+            # The box copies the command's broadcast; anything else is a confused or forged
+            # report and must not move this delivery.
+            logger.warning(
+                "ack for command %s from %s names broadcast %r, not %r; dropped",
+                ack.command,
+                ack.cluster,
+                ack.broadcast,
+                d.broadcast_id,
             )
             self.dropped_messages += 1
             return

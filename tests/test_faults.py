@@ -159,6 +159,7 @@ def test_rogue_payloads_are_dropped_and_records_stay_intact(
             "v": 1,
             "cluster": "lb-05",
             "command": real.command_id,
+            "broadcast": real.broadcast_id,
             "state": "failed",
             "ts": "2026-11-30T00:00:00Z",
             "reason": "forged",

@@ -23,7 +23,13 @@ from loudspeaker.models import AlarmRecord, ControlRequest
 
 _COLOURS = {"critical": "bold red", "major": "red", "minor": "yellow"}
 _STATUS_COLOURS = {"ok": "green", "warning": "yellow", "fault": "red", "unreachable": "red"}
-_CHECK_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+_CHECK_COLOURS = {
+    "ok": "green",
+    "warn": "yellow",
+    "fail": "red",
+    "skip": "dim",
+    "not_present": "dim",
+}
 
 
 def alarm_json(a: AlarmRecord) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from firmware_bridge.protocol import (
     utcnow,
 )
 from loudspeaker.alarms import AlarmKind, Observation, evaluate
-from loudspeaker.diagnosis import judge
+from loudspeaker.diagnosis import Diagnosis, judge
 from loudspeaker.exceptions import SiteError
 from loudspeaker.metrics import _Family, render
 from loudspeaker.site import HealthConfig, parse_site
@@ -127,18 +127,32 @@ def test_missed_heartbeats_use_the_clusters_own_interval() -> None:
 
 
 def _detail(**tests: object) -> dict[str, object]:
-    return {"took_s": 1.0, "tests": tests}
+    return {"received": "2026-11-30T05:00:00Z", "took_s": 1.0, "tests": tests}
 
 
 def _judge(detail: dict[str, object], rtt: float = 0.1, offset: float = 0.0) -> tuple[str, str]:
-    sent = T0
-    answered = T0 + timedelta(seconds=1.0 + rtt)
-    ts = answered - timedelta(seconds=rtt / 2) + timedelta(seconds=offset)
-    d = judge(detail, sent_at=sent, answered_at=answered, cluster_ts=ts, cfg=CFG)
+    d = _diagnosis(detail, rtt, offset)
     return d.status, d.verdict
 
 
-GOOD_TONE = {"result": "completed", "idle_a": 0.25, "tone_a": 1.6}
+def _diagnosis(detail: dict[str, object], rtt: float = 0.1, offset: float = 0.0) -> Diagnosis:
+    sent = T0
+    answered = T0 + timedelta(seconds=1.0 + rtt)
+    ts = answered - timedelta(seconds=rtt / 2) + timedelta(seconds=offset)
+    return judge(detail, sent_at=sent, answered_at=answered, cluster_ts=ts, cfg=CFG)
+
+
+PASSED = {"status": "passed"}
+GOOD_TONE = {"status": "passed", "result": "completed", "idle_a": 0.25, "tone_a": 1.6}
+CLOCK = {"status": "passed", "box_time": "2026-11-30T05:00:00Z"}
+
+
+def _tone(**kw: object) -> dict[str, object]:
+    return {"status": "passed", "result": "completed", **kw}
+
+
+def _link(**kw: object) -> dict[str, object]:
+    return {"status": "passed", **kw}
 
 
 @pytest.mark.parametrize(
@@ -146,40 +160,49 @@ GOOD_TONE = {"result": "completed", "idle_a": 0.25, "tone_a": 1.6}
     [
         (
             _detail(
-                self_test={"ok": True},
+                self_test=PASSED,
                 tone=GOOD_TONE,
-                link={"mqtt_reconnects": 0, "rssi_dbm": -70},
-                clock={},
+                link=_link(mqtt_reconnects=0, rssi_dbm=-70),
+                clock=CLOCK,
             ),
             "ok",
-            "healthy",
+            "healthy: every test passed",
         ),
+        (_detail(tone=_tone(idle_a=0.25, tone_a=0.26)), "fault", "speaker line open"),
+        (_detail(tone=_tone(idle_a=0.25, tone_a=6.0)), "fault", "speaker line short"),
         (
-            _detail(tone={"result": "completed", "idle_a": 0.25, "tone_a": 0.26}),
+            _detail(tone={"status": "failed", "reason": "player hung", "result": "error"}),
             "fault",
-            "speaker line open",
+            "player hung",
         ),
+        (_detail(tone={"status": "skipped", "reason": "busy"}), "ok", "tone skip"),
+        (_detail(tone=_tone(idle_a=None, tone_a=None)), "ok", "tone skip"),
         (
-            _detail(tone={"result": "completed", "idle_a": 0.25, "tone_a": 6.0}),
-            "fault",
-            "speaker line short",
-        ),
-        (_detail(tone={"result": "error", "error": "player hung"}), "fault", "player hung"),
-        (_detail(tone={"skipped": "busy"}), "ok", "healthy"),
-        (_detail(tone={"result": "completed", "idle_a": None, "tone_a": None}), "ok", "healthy"),
-        (
-            _detail(self_test={"ok": False, "checks": {"ram": True, "flash_crc": False}}),
+            _detail(
+                self_test={
+                    "status": "failed",
+                    "reason": "flash_crc failed",
+                    "checks": {"ram": True, "flash_crc": False},
+                }
+            ),
             "fault",
             "flash_crc",
         ),
-        (_detail(self_test={"error": "no reply"}), "fault", "did not answer"),
-        (_detail(link={"rx_errors": 4, "timeouts": 1}), "warning", "serial link errors"),
-        (_detail(link={"mqtt_reconnects": 7, "rssi_dbm": -90}), "warning", "network link unstable"),
+        (_detail(self_test={"status": "failed", "reason": "no reply"}), "fault", "did not answer"),
         (
-            _detail(link={"mqtt_reconnects": 0, "rssi_dbm": -110}),
+            _detail(self_test={"status": "not_present", "reason": "no microcontroller"}),
+            "ok",
+            "self_test not present",
+        ),
+        (_detail(link=_link(rx_errors=4, timeouts=1)), "warning", "serial link errors"),
+        (_detail(link=_link(mqtt_reconnects=7, rssi_dbm=-90)), "warning", "network link unstable"),
+        (
+            _detail(link=_link(mqtt_reconnects=0, rssi_dbm=-110)),
             "warning",
             "network link unstable",
         ),
+        (_detail(self_test={"ok": True}), "fault", "not understood"),
+        (_detail(self_test={"status": "skipped"}), "fault", "not understood"),
     ],
 )
 def test_diagnosis_verdicts(detail: dict[str, object], status: str, words: str) -> None:
@@ -188,9 +211,27 @@ def test_diagnosis_verdicts(detail: dict[str, object], status: str, words: str) 
     assert words in verdict
 
 
+def test_a_test_that_did_not_run_is_never_reported_passed() -> None:
+    d = _diagnosis(
+        _detail(
+            self_test={"status": "not_present", "reason": "no microcontroller on this box"},
+            tone={"status": "skipped", "reason": "busy playing broadcast b1"},
+            link=_link(mqtt_reconnects=None, rssi_dbm=None),
+        )
+    )
+    by_name = {c.name: c for c in d.checks}
+    assert by_name["self_test"].status == "not_present"
+    assert "passed" not in by_name["self_test"].summary
+    assert by_name["tone"].status == "skip"
+    assert "every test passed" not in d.verdict
+    # Unknown numbers are said to be unknown, never printed as "None".
+    assert by_name["link"].summary == "links clean (reconnects unknown, signal unknown)"
+    assert "None" not in json.dumps(d.to_json())
+
+
 def test_diagnosis_measures_clock_offset_and_round_trip() -> None:
-    assert _judge(_detail(clock={}), offset=30.0) == ("fault", "clock 30.0 s ahead")
-    assert _judge(_detail(clock={}), offset=-2.0)[0] == "ok"
+    assert _judge(_detail(clock=CLOCK), offset=30.0) == ("fault", "clock 30.0 s ahead")
+    assert _judge(_detail(clock=CLOCK), offset=-2.0)[0] == "ok"
     assert _judge(_detail(), rtt=5.0)[1] == "slow command round trip 5.0 s"
     assert _judge(_detail(), rtt=12.0)[0] == "fault"
 
