@@ -19,9 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.keys import KeyEntry
 from firmware_bridge.mqtt import BrokerEndpoint
 from firmware_bridge.protocol import (
+    DUPLICATE_DONE,
+    DUPLICATE_IN_PROGRESS,
+    REFUSED_PREFIX,
+    RESUMED_AFTER_RESTART,
+    WITHDRAWN,
     Ack,
     AckState,
     AnyCommand,
@@ -37,6 +43,7 @@ from firmware_bridge.protocol import (
     StopCommand,
     VolumeCommand,
     WithdrawCommand,
+    decode_diagnose_detail,
     encode,
     new_id,
     utcnow,
@@ -55,12 +62,10 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "skipped", "not applicable"]
 
-# The exact reasons docs/protocol.md prescribes.
-DUPLICATE_DONE = "duplicate command; already handled"
-DUPLICATE_PENDING = "duplicate command; in progress"
-WITHDRAWN = "withdrawn: schedule changed"
+# The exact reasons docs/protocol.md prescribes (the rest come from the protocol module).
+DUPLICATE_PENDING = DUPLICATE_IN_PROGRESS
 STOPPED = "stopped by operator"
-REFUSED = "refused: "
+REFUSED = REFUSED_PREFIX
 EXPIRED_PREFIX = "refused: expired at "
 
 
@@ -155,6 +160,9 @@ class ConformanceKit:
         self._staged_future: tuple[PlayCommand, bytes] | None = None
         self._volume_set: int | None = None
         self._emergency_done: tuple[int, int | None] | None = None
+        self._volume_cmd: tuple[VolumeCommand, bytes, ControlResult] | None = None
+        # The item staged before the reboot, the sequence number at the reboot, or why not.
+        self._resume: tuple[PlayCommand, int] | str = "not run: the reboot check did not run"
 
     # -- running -------------------------------------------------------------------------------
 
@@ -282,7 +290,9 @@ class ConformanceKit:
     def _play_bound(self, media_s: float) -> float:
         return self.timeout + media_s + 5
 
-    def _refused_ack(self, payload: bytes, command_id: str, what: str) -> str:
+    def _refused_ack(
+        self, payload: bytes, command_id: str, what: str, broadcast: str | None = None
+    ) -> str:
         mark = self._send_bytes(payload)
         first = self._ack(command_id, mark, self.timeout)
         if first is None or not isinstance(first.message, Ack):
@@ -293,6 +303,8 @@ class ConformanceKit:
                 f"{what}: first ack {ack.state.value} with {_quote(ack.reason)}; "
                 "expected failed 'refused: …'"
             )
+        if broadcast is not None and ack.broadcast != broadcast:
+            raise Fail(f"{what}: refusal names broadcast {ack.broadcast!r}, not {broadcast!r}")
         return ack.reason or ""
 
     def _refused_play(self, key: str, body: PlayCommand | bytes, what: str) -> str:
@@ -423,7 +435,7 @@ class ConformanceKit:
     def _withdraw(self) -> str:
         if self._staged_future is None:
             raise Fail("not run: no future item was staged (see the §5 duplicate check)")
-        cmd, _ = self._staged_future
+        cmd, payload = self._staged_future
         issued = utcnow()
         withdraw = self.ctl.sign(
             WithdrawCommand(
@@ -449,7 +461,16 @@ class ConformanceKit:
         self._never_play.setdefault("withdraw", []).append(
             (cmd.id, found.seq, ("playing", "played"))
         )
-        return f"play command answered failed {WITHDRAWN!r}"
+        mark = self._send_bytes(payload)
+        again = self._ack(cmd.id, mark, self.timeout)
+        if again is None or not isinstance(again.message, Ack):
+            raise Fail("the withdrawn play command sent again got no answer")
+        if again.message.state is not AckState.FAILED or again.message.reason != DUPLICATE_DONE:
+            raise Fail(
+                f"the withdrawn play command sent again: {again.message.state.value} with "
+                f"{_quote(again.message.reason)}; expected failed {DUPLICATE_DONE!r}"
+            )
+        return f"failed {WITHDRAWN!r}; sent again: {DUPLICATE_DONE!r}"
 
     def _stop_broadcast(self, broadcast: str) -> None:
         issued = utcnow()
@@ -481,6 +502,37 @@ class ConformanceKit:
         body["v"] = 2
         return self._refused_play("version", self.ctl.sign_raw(body), "v 2")
 
+    @check("naive-time", "3", "time without an offset refused, not played")
+    def _naive_time(self) -> str:
+        body = self.ctl.play(self.media.short, title="naive time").model_dump(mode="json")
+        body["expires_at"] = body["expires_at"].removesuffix("Z")[:19]
+        return self._refused_play(
+            "naive-time", self.ctl.sign_raw(body), "expires_at without offset"
+        )
+
+    @check("other-cluster", "8", "command for another cluster dropped")
+    def _other_cluster(self) -> str:
+        other = "zz-" + self.options.cluster[:29]
+        body = self.ctl.play(self.media.short, title="not yours").model_dump(mode="json")
+        body["cluster"] = other
+        mark = self._send_bytes(self.ctl.sign_raw(body))
+        # Commands are handled in order: once a later one is answered, the first was too.
+        later = self.ctl.sign(
+            self.ctl.play(
+                self.media.short,
+                title="after another's",
+                issued_shift=-timedelta(minutes=10),
+                lifetime=timedelta(minutes=5),
+            )
+        )
+        self._send(later)
+        if self._ack(later.id, mark, self.timeout) is None:
+            raise Fail("no answer to the (expired) command sent after it; cannot tell")
+        answers = _states(self.inbox.acks(body["id"], mark))
+        if answers:
+            raise Fail(f"answered a command for {other}: {', '.join(answers)}")
+        return f"a play for {other} got no answer and did not play"
+
     @check("expired", "10", "already expired: 'refused: expired at …'")
     def _expired(self) -> str:
         cmd = self.ctl.sign(
@@ -492,15 +544,11 @@ class ConformanceKit:
             )
         )
         assert isinstance(cmd, PlayCommand)
-        reason = self._refused_play("expired", cmd, "expired play")
-        if not reason.startswith(EXPIRED_PREFIX):
-            raise Fail(f"reason {reason!r}; expected 'refused: expired at <expires_at as sent>'")
-        try:
-            said = datetime.fromisoformat(reason.removeprefix(EXPIRED_PREFIX).strip())
-        except ValueError:
-            said = None
-        if said != cmd.expires_at:
-            raise Fail(f"reason {reason!r} does not give the command's expires_at")
+        payload = encode(cmd)
+        reason = self._refused_play("expired", payload, "expired play")
+        wanted = EXPIRED_PREFIX + json.loads(payload)["expires_at"]
+        if reason != wanted:
+            raise Fail(f"reason {reason!r}; expected {wanted!r} (expires_at as sent)")
         return reason
 
     @check("future", "10", "issued beyond the allowed clock skew refused")
@@ -569,7 +617,27 @@ class ConformanceKit:
                 f"({_quote(result.reason)}); expected ok with volume {target}"
             )
         self._volume_set = target
+        assert isinstance(cmd, VolumeCommand)
+        self._volume_cmd = (cmd, encode(cmd), result)
         return f"ok, volume {target}"
+
+    @check("duplicate-control", "5", "duplicate of a finished control command")
+    def _duplicate_control(self) -> str:
+        if self._volume_cmd is None:
+            raise Fail("not run: the §11 volume check did not finish")
+        cmd, payload, first = self._volume_cmd
+        mark = self._send_bytes(payload)
+        again = self._result(cmd.id, mark, self.timeout)
+        if again is None:
+            raise Fail(f"no result for the duplicate within {self.timeout:.0f} s")
+        if again.ok != first.ok or again.reason != DUPLICATE_DONE:
+            raise Fail(
+                f"answered ok={again.ok} with {_quote(again.reason)}; expected ok={first.ok} "
+                f"with {DUPLICATE_DONE!r}"
+            )
+        if again.detail.get("duplicate") is not True:
+            raise Fail(f"detail {again.detail}; expected {{'duplicate': true}}")
+        return f"result again, {DUPLICATE_DONE!r}"
 
     @check("emergency", "4", "emergency pre-empts; interrupted item replayed")
     def _emergency(self) -> str:
@@ -680,10 +748,15 @@ class ConformanceKit:
             if not result.reason:
                 raise Fail("failed without a reason")
             return f"answered failed: {result.reason!r}"
-        got = result.detail.get("tests")
-        if not isinstance(got, dict) or set(got) != set(tests):
-            raise Fail(f"detail.tests {got!r}; expected one entry for each of {tests}")
-        return "ok, one entry per test"
+        try:
+            detail = decode_diagnose_detail(result.detail)
+        except ProtocolError as exc:
+            raise Fail(f"{exc} (docs/protocol.md §11 DiagnoseDetail)") from None
+        missing = [t for t in tests if getattr(detail.tests, t) is None]
+        if missing:
+            raise Fail(f"no report for {', '.join(missing)}; every test asked for is reported")
+        shown = ", ".join(f"{t} {getattr(detail.tests, t).status}" for t in tests)
+        return f"typed reports: {shown}"
 
     def _refused_result(self, command: ControlCommand, what: str) -> str | None:
         mark = self._send(command)
@@ -764,7 +837,8 @@ class ConformanceKit:
         problems = []
         for what, command in cases:
             try:
-                self._refused_ack(encode(command), command.id, what)
+                broadcast = getattr(command, "broadcast", None)
+                self._refused_ack(encode(command), command.id, what, broadcast)
             except Fail as exc:
                 problems.append(str(exc))
         if problems:
@@ -775,14 +849,29 @@ class ConformanceKit:
     def _reboot(self) -> str:
         if not self.options.allow_reboot:
             raise Skip("reboots the box: pass --allow-reboot to run it")
+        # An item waiting on the box when it goes down must come back (§4 Restart).
+        waiting = self.ctl.sign(
+            self.ctl.play(
+                self.media.short,
+                title="waits through a reboot",
+                start_in=timedelta(minutes=5),
+                lifetime=timedelta(minutes=10),
+            )
+        )
+        assert isinstance(waiting, PlayCommand)
+        staged_mark = self._send(waiting)
+        staged = self._ack(waiting.id, staged_mark, self._play_bound(0), "staged") is not None
         boot = self._latest_heartbeat().boot_id
         cmd = self.ctl.sign(self._control(RebootCommand))
         mark = self._send(cmd)
+        self._resume = (waiting, mark) if staged else "a future item was not staged before it"
         result = self._result(cmd.id, mark, self.timeout)
         if result is None:
             raise Fail(f"no result within {self.timeout:.0f} s")
         if not result.ok or result.type != "reboot":
             raise Fail(f"result {result.type} ok={result.ok} {_quote(result.reason)}")
+        if result.detail.get("boot_id") != boot:
+            raise Fail(f"detail {result.detail}; expected boot_id {boot!r} (the current boot)")
         bound = 3 * self.timeout
 
         def back(items: list[Received]) -> Heartbeat | None:
@@ -811,6 +900,29 @@ class ConformanceKit:
         if online is None:
             raise Fail("back with a new boot_id but no retained 'online' after the reboot")
         return f"rebooting, back as boot {hb.boot_id}"
+
+    @check("resume", "4", "after a restart: waiting item resumed, no 'received'")
+    def _resumed(self) -> str:
+        if not self.options.allow_reboot:
+            raise Skip("needs a reboot: pass --allow-reboot to run it")
+        if isinstance(self._resume, str):
+            raise Fail(self._resume)
+        cmd, mark = self._resume
+        try:
+            found = self._ack(cmd.id, mark, self.timeout, "staged")
+            states = _states(self.inbox.acks(cmd.id, mark))
+            if found is None or not isinstance(found.message, Ack):
+                raise Fail(f"no staged {RESUMED_AFTER_RESTART!r}; acks {', '.join(states)}")
+            if found.message.reason != RESUMED_AFTER_RESTART:
+                raise Fail(
+                    f"staged with {_quote(found.message.reason)}; expected "
+                    f"{RESUMED_AFTER_RESTART!r}"
+                )
+            if "received" in states:
+                raise Fail(f"'received' sent again after the restart ({', '.join(states)})")
+        finally:
+            self._stop_broadcast(cmd.broadcast)
+        return f"staged {RESUMED_AFTER_RESTART!r} once; no 'received'"
 
     # -- §11 heartbeat, §8 well-formed, §1 last will ---------------------------------------------
 

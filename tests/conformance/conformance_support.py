@@ -16,15 +16,13 @@ from loudspeaker.conformance import CHECKS
 
 SITE = "luc-binh"
 
-# Decisions for issue 13 the project's agent does not follow yet (branch `protocol` is
-# fixing it): these checks fail against it, so their tests are strict xfails until then.
+# Decisions for issue 13 the project's agent does not follow yet: these checks fail
+# against it, so their tests are strict xfails until it does.
 PENDING: dict[str, str] = {
-    "duplicate-pending": "decision: a duplicate of an unfinished command is answered with "
-    "its last state and reason 'duplicate command; in progress'",
-    "volume-restored": "decision: after an emergency the box restores the volume it had "
-    "before the emergency",
-    "refused-control": "decision: every command type (control commands too) goes through "
-    "the same freshness checks and is refused 'refused: ...'",
+    "resume": "decision: after a reboot the box sends its current state for each resumed "
+    "item once after connecting (staged 'resumed after restart'); the agent's in-place "
+    "reboot (ClusterAgent.restart_in_place, when the hardware cannot cut the power) keeps "
+    "the waiting item queued but sends nothing",
 }
 
 

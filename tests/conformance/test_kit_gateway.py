@@ -87,4 +87,4 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KitRun]:
 @pytest.mark.parametrize("key", every_check())
 def test_the_serial_cluster_passes(gateway_run: KitRun, key: str) -> None:
     result = gateway_run.result(key)
-    assert result["result"] == "pass", result
+    assert result["result"] == "pass", result["detail"]
