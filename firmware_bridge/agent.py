@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 _FINAL = {AckState.PLAYED, AckState.FAILED}
 _FINAL_VALUES = {s.value for s in _FINAL}
+_ACK_VALUES = {s.value for s in AckState}
 # Journal state of a stop or withdraw that was carried out.
 _HANDLED = "handled"
 # Download retries while the media server is unreachable, until the command expires.
@@ -439,6 +440,9 @@ class ClusterAgent:
         # with a crashed broker, learn where we stand.
         logger.info("%s: duplicate command %s (%s)", self.config.cluster, command.id, seen)
         if isinstance(command, PlayCommand):
+            if seen not in _ACK_VALUES:
+                # The id was used by another command type (a sender's bug): done, not replayed.
+                seen = AckState.FAILED.value
             reason = DUPLICATE_DONE if seen in _FINAL_VALUES else DUPLICATE_IN_PROGRESS
             self._ack(command, AckState(seen), reason=reason)
         elif not isinstance(command, StopCommand | WithdrawCommand) and self.control is not None:

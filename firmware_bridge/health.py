@@ -319,6 +319,9 @@ class ControlHandler:
         logger.info("%s: duplicate control command %s (%s)", self.cluster, command.id, seen)
         if seen in (_DONE, _FAILED):
             self._answer(command, seen == _DONE, DUPLICATE_DONE, {"duplicate": True})
+        elif seen != "received":
+            # The id was used by another command type (a sender's bug): never run it.
+            self._answer(command, False, DUPLICATE_DONE, {"duplicate": True})
 
     def _answer(
         self,

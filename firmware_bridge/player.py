@@ -30,7 +30,7 @@ from pathlib import Path
 
 from firmware_bridge.abc import AudioSink, PlayResult
 from firmware_bridge.exceptions import SinkError
-from firmware_bridge.protocol import PlayCommand, Priority, utcnow
+from firmware_bridge.protocol import EXPIRED_BEFORE_PLAYBACK, PlayCommand, Priority, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Player:
     def _play(self, entry: _Entry) -> None:
         cmd = entry.command
         if cmd.expires_at <= self._clock():
-            why = "expired before playback"
+            why = EXPIRED_BEFORE_PLAYBACK
             if entry.interrupted:
                 why += " (it had been interrupted by an emergency)"
             self._report(cmd, Outcome.FAILED, why)

@@ -7,6 +7,7 @@ alike and the rules are unit-tested here without hardware.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,11 +75,13 @@ def judge(
     answered_at: datetime,
     cluster_ts: datetime,
     cfg: HealthConfig,
+    asked: Sequence[str] = (),
 ) -> Diagnosis:
     """Judge a diagnose result's ``detail`` (a :class:`DiagnoseDetail` on the wire).
 
     Only a test the box reports ``passed`` can be judged healthy; a test it did not run,
-    could not run or does not have is shown as such, never as passed.
+    could not run or does not have is shown as such, never as passed, and a test in
+    ``asked`` that the box did not report at all is shown as not run.
     """
     try:
         parsed = decode_diagnose_detail(detail)
@@ -100,6 +103,10 @@ def judge(
         checks.append(_link(tests.link))
     if tests.clock is not None:
         checks.append(_clock(tests.clock, cluster_ts, answered_at, rtt, cfg))
+    reported = {c.name for c in checks}
+    checks += [
+        Check(n, SKIP, "the box did not report this test") for n in asked if n not in reported
+    ]
     fails = [c for c in checks if c.status == FAIL]
     warns = [c for c in checks if c.status == WARN]
     measured = {"round_trip_s": round(rtt, 3)}
@@ -117,7 +124,8 @@ def judge(
 
 def _healthy(checks: list[Check]) -> str:
     passed = [c.name for c in checks if c.status == OK]
-    others = [f"{c.name} {c.status.replace('_', ' ')}" for c in checks if c.status != OK]
+    words = {SKIP: "not run", NOT_PRESENT: "not present"}
+    others = [f"{c.name} {words.get(c.status, c.status)}" for c in checks if c.status != OK]
     if not others:
         return "healthy: every test passed"
     return f"healthy: {', '.join(passed)} passed; " + ", ".join(others)

@@ -430,7 +430,12 @@ class HealthMonitor(EventWorker["_Event"]):
         if req.action == "diagnose":
             sent = as_utc(req.sent_at) or at
             result["diagnosis"] = judge(
-                res.detail, sent_at=sent, answered_at=at, cluster_ts=res.ts, cfg=self.config
+                res.detail,
+                sent_at=sent,
+                answered_at=at,
+                cluster_ts=res.ts,
+                cfg=self.config,
+                asked=list((req.args or {}).get("tests") or []),
             ).to_json()
         req.result = result
         self._finish(s, req, ControlState.CONFIRMED, res.reason or "")

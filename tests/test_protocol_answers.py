@@ -381,6 +381,19 @@ def test_duplicates_say_in_progress_or_already_handled_and_never_play_twice(box:
     )
 
 
+def test_an_id_reused_by_another_command_type_is_never_acted_on(box: Box) -> None:
+    stop = box.control(StopCommand, broadcast=None)
+    box.send(stop)
+    reused = box.play(id=stop.id)
+    box.send(reused)
+    ack = box.final(reused.id)
+    assert (ack.state, ack.reason) == ("failed", DUPLICATE_DONE)
+    vol = box.control(VolumeCommand, id=stop.id, volume=9)
+    box.send(vol)
+    assert not box.result(vol.id).ok
+    assert box.sink.plays == [] and box.volume() != 9
+
+
 # -- restart -------------------------------------------------------------------------------
 
 

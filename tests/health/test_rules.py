@@ -175,8 +175,8 @@ def _link(**kw: object) -> dict[str, object]:
             "fault",
             "player hung",
         ),
-        (_detail(tone={"status": "skipped", "reason": "busy"}), "ok", "tone skip"),
-        (_detail(tone=_tone(idle_a=None, tone_a=None)), "ok", "tone skip"),
+        (_detail(tone={"status": "skipped", "reason": "busy"}), "ok", "tone not run"),
+        (_detail(tone=_tone(idle_a=None, tone_a=None)), "ok", "tone not run"),
         (
             _detail(
                 self_test={
@@ -227,6 +227,20 @@ def test_a_test_that_did_not_run_is_never_reported_passed() -> None:
     # Unknown numbers are said to be unknown, never printed as "None".
     assert by_name["link"].summary == "links clean (reconnects unknown, signal unknown)"
     assert "None" not in json.dumps(d.to_json())
+
+
+def test_a_test_the_box_did_not_report_is_shown_as_not_run() -> None:
+    detail = _detail(link=_link(mqtt_reconnects=0, rssi_dbm=-70))
+    d = judge(
+        detail,
+        sent_at=T0,
+        answered_at=T0 + timedelta(seconds=1.1),
+        cluster_ts=T0 + timedelta(seconds=1.05),
+        cfg=CFG,
+        asked=["self_test", "link"],
+    )
+    assert {c.name: c.status for c in d.checks}["self_test"] == "skip"
+    assert d.verdict == "healthy: round_trip, link passed; self_test not run"
 
 
 def test_diagnosis_measures_clock_offset_and_round_trip() -> None:
