@@ -35,6 +35,7 @@ from firmware_bridge.protocol import (
     ControlResult,
     DiagnoseCommand,
     Heartbeat,
+    Kind,
     PlayCommand,
     PowerCommand,
     Priority,
@@ -44,6 +45,7 @@ from firmware_bridge.protocol import (
     VolumeCommand,
     WithdrawCommand,
     decode_diagnose_detail,
+    decode_status,
     encode,
     new_id,
     utcnow,
@@ -1006,4 +1008,12 @@ class ConformanceKit:
         if found is None or not isinstance(found.message, Status):
             raise Fail(f"no 'offline' status within {bound:.0f} s of the kill")
         took = found.at - started
-        return f"offline ({found.message.reason}) {took:.1f} s after the kill"
+        retained = self.ctl.read_retained(Kind.STATUS, self.timeout)
+        try:
+            kept = decode_status(retained) if retained is not None else None
+        except ProtocolError as exc:
+            raise Fail(f"the retained status does not parse: {exc}") from None
+        if kept is None or kept.state != "offline":
+            shown = "nothing" if kept is None else repr(kept.state)
+            raise Fail(f"'offline' arrived, but a new subscriber gets {shown}: not retained")
+        return f"offline ({found.message.reason}) {took:.1f} s after the kill, retained"

@@ -292,6 +292,32 @@ class Controller:
         self._loop = None
         self._link = None
 
+    def read_retained(self, kind: Kind, timeout: float) -> bytes | None:
+        """What a new subscriber gets on one of the box's topics: the retained message."""
+        if self._loop is None:
+            raise ConformanceError("not connected")
+        got: list[bytes] = []
+        arrived = threading.Event()
+
+        def on_message(_topic: str, payload: bytes) -> None:
+            got.append(payload)
+            arrived.set()
+
+        reader = MqttLink(
+            f"conformance-{self.site}-{self.cluster}-{new_id()[:8]}",
+            self.endpoint,
+            on_message=on_message,
+            subscriptions=(topic(self.site, self.cluster, kind),),
+            keepalive=10,
+            session_expiry_s=0,
+        )
+        self._loop.add(reader)
+        try:
+            arrived.wait(timeout)
+        finally:
+            self._loop.close_link(reader)
+        return got[0] if got else None
+
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, payload: bytes, timeout: float) -> None:
