@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -107,3 +108,35 @@ def test_a_box_that_is_not_there_fails_status_and_skips_the_rest(
     assert "no retained status within 2 s" in output
     assert "not run: the box is not online" in output
     assert "DOES NOT CONFORM: 0 pass, 1 fail, 1 skipped, 0 not applicable" in output
+
+
+def _credentials(path: Path, port: int, mode: int = 0o600) -> Path:
+    data = {
+        "url": f"mqtt://127.0.0.1:{port}",
+        "username": "_controller",
+        "password": "pw",
+        "site": "luc-binh",
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_a_credentials_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    creds = _credentials(tmp_path / "_controller.json", 1, mode=0o644)
+    code, output = _kit(tmp_path, *BASE[:4], "--credentials", str(creds))
+    assert code == 1
+    assert "chmod 600" in output and "Traceback" not in output
+
+
+@pytest.mark.integration
+def test_the_site_comes_from_the_controller_credentials(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        creds = _credentials(tmp_path / "_controller.json", port)
+        argv = ["--broker", f"mqtt://127.0.0.1:{port}", "--cluster", "lb-01"]
+        code, output = _kit(tmp_path, *argv, "--credentials", str(creds), "--timeout", "2")
+    # No "give --site": the file named it; the kit got as far as the broker.
+    assert code == 1
+    assert "checking luc-binh/lb-01" in output and "cannot connect to the broker" in output
