@@ -173,8 +173,8 @@ class ConformanceKit:
         opts = self.options
         host = opts.media_host or route_address(opts.endpoint.host, opts.endpoint.port)
         media = MediaHost(host, opts.media_port)
-        self.audio = media.start()
         try:
+            self.audio = media.start()
             self.ctl.start(self.timeout)
             results: list[CheckResult] = []
             dead: str | None = None
@@ -310,13 +310,11 @@ class ConformanceKit:
         return ack.reason or ""
 
     def _refused_play(self, key: str, body: PlayCommand | bytes, what: str) -> str:
-        if isinstance(body, PlayCommand):
-            command_id, payload = body.id, encode(body)
-        else:
-            command_id, payload = json.loads(body)["id"], body
+        payload = encode(body) if isinstance(body, PlayCommand) else body
+        sent = json.loads(payload)
         acted = ("received", "staged", "playing", "played")
-        self._never_play.setdefault(key, []).append((command_id, -1, acted))
-        return self._refused_ack(payload, command_id, what)
+        self._never_play.setdefault(key, []).append((sent["id"], -1, acted))
+        return self._refused_ack(payload, sent["id"], what, sent["broadcast"])
 
     def _play_through(self, command: PlayCommand, payload: bytes | None = None) -> list[str]:
         """Send a play command, wait for its final ack; its states in order."""
@@ -459,6 +457,8 @@ class ConformanceKit:
             )
         if found.message.reason != WITHDRAWN:
             raise Fail(f"failed with {_quote(found.message.reason)}; expected {WITHDRAWN!r}")
+        if found.message.broadcast != cmd.broadcast:
+            raise Fail(f"the ack names broadcast {found.message.broadcast!r}, not the play's")
         # Judged again at the end: a withdrawn item must never start.
         self._never_play.setdefault("withdraw", []).append(
             (cmd.id, found.seq, ("playing", "played"))
@@ -531,8 +531,13 @@ class ConformanceKit:
         if self._ack(later.id, mark, self.timeout) is None:
             raise Fail("no answer to the (expired) command sent after it; cannot tell")
         answers = _states(self.inbox.acks(body["id"], mark))
-        if answers:
-            raise Fail(f"answered a command for {other}: {', '.join(answers)}")
+        # An answer naming the other cluster does not parse as ours: look there too.
+        stray = [m for m in self.inbox.malformed if body["id"].encode() in m.payload]
+        if answers or stray:
+            shown = ", ".join(answers) or stray[0].payload.decode(errors="replace")[:120]
+            raise Fail(f"answered a command for {other}: {shown}")
+        acted = ("received", "staged", "playing", "played")
+        self._never_play.setdefault("other-cluster", []).append((body["id"], mark, acted))
         return f"a play for {other} got no answer and did not play"
 
     @check("expired", "10", "already expired: 'refused: expired at …'")
