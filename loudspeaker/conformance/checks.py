@@ -936,7 +936,8 @@ class ConformanceKit:
     @check("heartbeat", "11", "heartbeats within their interval, fields")
     def _heartbeats(self) -> str:
         latest = self._latest_heartbeat()
-        allowed = 1.5 * latest.interval_s + 1
+        # Slack for a loaded box or network; the controller itself alarms only after 3 misses.
+        allowed = 1.5 * latest.interval_s + 2
 
         def same_boot(items: list[Received]) -> list[Received] | None:
             mine = [

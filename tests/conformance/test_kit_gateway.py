@@ -58,7 +58,7 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KitRun]:
                     "--sink",
                     "simulated",
                     "--heartbeat",
-                    "1",
+                    "2",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
