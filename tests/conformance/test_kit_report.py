@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from firmware_bridge.mqtt import MqttLink, MqttLoop
+from firmware_bridge.protocol import Kind, offline_will, topic
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.conformance import CHECKS, CheckResult, as_json, format_table, passed
 
@@ -140,3 +143,31 @@ def test_the_site_comes_from_the_controller_credentials(tmp_path: Path) -> None:
     # No "give --site": the file named it; the kit got as far as the broker.
     assert code == 1
     assert "checking luc-binh/lb-01" in output and "cannot connect to the broker" in output
+
+
+@pytest.mark.integration
+def test_a_box_that_left_its_will_behind_is_reported_offline(
+    tmp_path: Path, mosquitto: EmbeddedBroker
+) -> None:
+    # What a dead box leaves on the broker: its retained last will.
+    loop = MqttLoop(name="test-will")
+    loop.start()
+    done = threading.Event()
+    link = MqttLink("test-will", mosquitto.endpoint, on_message=lambda *_: None)
+    loop.add(link)
+    try:
+        assert link.connected.wait(10)
+        link.publish(
+            topic("luc-binh", "lb-07", Kind.STATUS),
+            offline_will("lb-07", "0.1.0"),
+            retain=True,
+            on_done=lambda ok, _reason: done.set(),
+        )
+        assert done.wait(10)
+    finally:
+        loop.close_link(link)
+        loop.stop()
+    argv = ["--broker", mosquitto.endpoint.url, "--cluster", "lb-07", "--site", "luc-binh"]
+    code, output = _kit(tmp_path, *argv, "--timeout", "2", "--only", "status")
+    assert code == 1
+    assert "status is 'offline' (connection lost); start the box" in output
