@@ -594,6 +594,18 @@ class ConformanceKit:
         cmd = self.ctl.play(self.media.short, title="unsigned")
         return self._refused_play("unsigned", cmd, "unsigned")
 
+    @check("keyless-sig", "10", "a box without keys ignores 'sig'")
+    def _keyless_sig(self) -> str:
+        if self.ctl.key is not None:
+            raise Skip("for a box without keys (--insecure-unsigned); this one was given a key")
+        body = self.ctl.play(self.media.short, title="any sig").model_dump(mode="json")
+        body["sig"] = {"alg": "hmac-sha256", "kid": "kconformance", "mac": "0" * 64}
+        command = PlayCommand.model_validate(body)
+        states = self._play_through(command, json.dumps(body).encode())
+        if states != ["received", "staged", "playing", "played"]:
+            raise Fail(f"a play with a meaningless sig got {', '.join(states)}; expected played")
+        return "a play with a meaningless sig played"
+
     # -- §3/§4 stop and emergencies ---------------------------------------------------------------
 
     @check("stop", "3", "stop of a playing item")
