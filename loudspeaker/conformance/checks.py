@@ -936,7 +936,10 @@ class ConformanceKit:
             found = self._ack(cmd.id, mark, self.timeout, "staged")
             states = _states(self.inbox.acks(cmd.id, mark))
             if found is None or not isinstance(found.message, Ack):
-                raise Fail(f"no staged {RESUMED_AFTER_RESTART!r}; acks {', '.join(states)}")
+                raise Fail(
+                    f"no staged {RESUMED_AFTER_RESTART!r} within {self.timeout:.0f} s of the "
+                    f"reboot for the item waiting on the box (acks: {', '.join(states) or 'none'})"
+                )
             if found.message.reason != RESUMED_AFTER_RESTART:
                 raise Fail(
                     f"staged with {_quote(found.message.reason)}; expected "
