@@ -17,6 +17,7 @@ from loudspeaker.commands import (
     announce,
     broadcast,
     clusters,
+    conformance,
     demo,
     emergency,
     health,
@@ -52,6 +53,7 @@ app.command()(serve.serve)
 app.command()(broadcast.broadcast)
 app.command()(simulate.simulate)
 app.command()(demo.demo)
+app.command()(conformance.conformance)
 app.command()(clusters.clusters)
 app.command()(emergency.emergency)
 app.command("log")(reports.log)
