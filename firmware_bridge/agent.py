@@ -294,8 +294,14 @@ class ClusterAgent:
         self._withdraw_lock = threading.Lock()
         self._fetch_attempts: dict[str, int] = {}
         self._stopping = threading.Event()
-        # Items taken back from the persistent store at start, not yet reported again.
+        # Items taken back from the persistent store at this boot, not yet reported again.
         self._resumed: set[str] = set()
+        # Counts boots (a process start or an in-place reboot): a fetch or retry timer of an
+        # earlier boot finds it changed and drops its item, which the store has resumed.
+        self._generation = 0
+        # Orders taking a new command (store, then queue) against a boot reading the store
+        # and replacing the queue: every accepted item is queued exactly once per boot.
+        self._intake_lock = threading.Lock()
 
     @property
     def link(self) -> MqttLink:
@@ -312,13 +318,6 @@ class ClusterAgent:
         self._journal.load()
         self.sink.start()
         self.hardware.start()
-        self.player.start()
-        for command in self._pending.load():
-            # Accepted before a restart (waiting, or cut off while playing): fetch again if
-            # needed (usually cached) and play from the start at its time. `received` is not
-            # sent again; `staged` "resumed after restart" says where it stands.
-            self._resumed.add(command.id)
-            self._queue.put(command)
         if self._shared_loop is None:
             self._loop = MqttLoop(name=f"mqtt-{cfg.cluster}")
             self._loop.start()
@@ -326,18 +325,13 @@ class ClusterAgent:
             self._loop = self._shared_loop
         self._link = self._new_link()
         self._start_health()
-        self._worker = threading.Thread(
-            target=self._fetch_loop, name=f"fetch-{cfg.cluster}", daemon=True
-        )
-        self._worker.start()
+        self._boot()
         self._loop.add(self._link)
 
     def stop(self) -> None:
         """Publish a retained ``offline``, disconnect, and stop working."""
         cfg = self.config
-        self._stopping.set()
-        self._queue.put(None)
-        self.player.stop()
+        self._halt()
         if self._loop is not None and self._link is not None:
             final = encode(
                 Status(
@@ -349,13 +343,53 @@ class ClusterAgent:
                 )
             )
             self._loop.close_link(self._link, (topic(cfg.site, cfg.cluster, Kind.STATUS), final))
-        if self._worker is not None:
-            self._worker.join(5)
         self._stop_health()
         if self._shared_loop is None and self._loop is not None:
             self._loop.stop()
         self.sink.close()
         self.hardware.close()
+
+    def _boot(self) -> None:
+        """Start a boot's work: the playout, the fetch worker, and the resumed items.
+
+        The one path by which work starts, for a process start and an in-place reboot
+        alike. Every item accepted before and not finished (waiting, or cut off while
+        playing) comes back from the persistent store: fetched again if needed (usually
+        cached) and played from the start at its time. `received` is not sent again; a
+        `staged` "resumed after restart" says where it stands (docs/protocol.md §4).
+        """
+        cfg = self.config
+        with self._intake_lock:
+            self._generation += 1
+            self._stopping.clear()
+            self._fetch_attempts.clear()
+            self._queue = queue.Queue()
+            self.player.start()
+            resumed = self._pending.load()
+            self._resumed = {command.id for command in resumed}
+            for command in resumed:
+                self._queue.put(command)
+            self._worker = threading.Thread(
+                target=self._fetch_loop,
+                args=(self._queue, self._generation),
+                name=f"fetch-{cfg.cluster}",
+                daemon=True,
+            )
+            self._worker.start()
+        if resumed:
+            logger.info("%s: resuming %d accepted item(s)", cfg.cluster, len(resumed))
+
+    def _halt(self) -> None:
+        """End a boot's work as a shutdown does: nothing more is fetched or played.
+
+        The item playing is cut off and not reported; it and every waiting item stay in the
+        persistent store for the next ``_boot`` (a graceful stop counts as a restart).
+        """
+        self._stopping.set()
+        self._queue.put(None)
+        self.player.stop()
+        if self._worker is not None:
+            self._worker.join(5)
 
     # -- MQTT side (loop thread: never block here) ---------------------------------------
 
@@ -395,9 +429,10 @@ class ClusterAgent:
             self._handle_withdraw(command)
         elif isinstance(command, PlayCommand):
             self._journal.set(command.id, AckState.RECEIVED.value)
-            self._pending.add(command)
+            with self._intake_lock:
+                self._pending.add(command)
+                self._queue.put(command)
             self._ack(command, AckState.RECEIVED)
-            self._queue.put(command)
         elif self.control is not None:
             self.control.submit(command)
 
@@ -520,33 +555,43 @@ class ClusterAgent:
 
     # -- fetch thread and player callbacks ---------------------------------------------------
 
-    def _fetch_loop(self) -> None:
+    def _fetch_loop(self, items: queue.Queue[PlayCommand | None], generation: int) -> None:
         while True:
-            command = self._queue.get()
-            if command is None:
+            command = items.get()
+            if command is None or not self._current_boot(generation):
                 return
             try:
-                self._stage(command)
+                self._stage(command, generation)
             except Exception as exc:
                 # The box keeps serving: a bug on one item must not silence the cluster.
                 logger.exception("%s: command %s crashed", self.config.cluster, command.id)
-                self._finish(command, AckState.FAILED, f"agent error: {exc}")
+                if self._current_boot(generation):
+                    self._finish(command, AckState.FAILED, f"agent error: {exc}")
 
-    def _stage(self, command: PlayCommand) -> None:
+    def _current_boot(self, generation: int) -> bool:
+        """Whether work of boot ``generation`` may still act (no halt or reboot since)."""
+        return generation == self._generation and not self._stopping.is_set()
+
+    def _stage(self, command: PlayCommand, generation: int) -> None:
         if command.broadcast in self._stopped_broadcasts:
             self._finish(command, AckState.FAILED, "stopped by operator before playback")
             return
         try:
             path = self._fetcher.fetch(command.media)
         except MediaUnavailable as exc:
-            if not self._retry_later(command, str(exc)):
+            if self._current_boot(generation) and not self._retry_later(
+                command, str(exc), generation
+            ):
                 self._finish(command, AckState.FAILED, str(exc))
             return
         except MediaError as exc:
-            self._finish(command, AckState.FAILED, str(exc))
+            if self._current_boot(generation):
+                self._finish(command, AckState.FAILED, str(exc))
             return
         self._fetch_attempts.pop(command.id, None)
         with self._withdraw_lock:
+            if not self._current_boot(generation):
+                return  # a reboot came during the download: the next boot resumes it
             if command.id in self._withdrawn:
                 return  # already acknowledged as withdrawn
             if command.id in self._resumed:
@@ -571,7 +616,7 @@ class ClusterAgent:
         """
         self.output.restore_volume()
 
-    def _retry_later(self, command: PlayCommand, why: str) -> bool:
+    def _retry_later(self, command: PlayCommand, why: str, generation: int) -> bool:
         """Queue ``command`` again after a backoff delay; False if it would expire first."""
         attempt = self._fetch_attempts.get(command.id, 0)
         delay = _FETCH_RETRY.delay(attempt)
@@ -580,14 +625,16 @@ class ClusterAgent:
             return False
         self._fetch_attempts[command.id] = attempt + 1
         logger.warning("%s: %s; retrying in %.1f s", self.config.cluster, why, delay)
-        timer = threading.Timer(delay, self._requeue, (command,))
+        timer = threading.Timer(delay, self._requeue, (command, generation))
         timer.daemon = True
         timer.start()
         return True
 
-    def _requeue(self, command: PlayCommand) -> None:
-        if not self._stopping.is_set():
-            self._queue.put(command)
+    def _requeue(self, command: PlayCommand, generation: int) -> None:
+        # A timer of an earlier boot does nothing: that boot's successor resumed the item.
+        with self._intake_lock:
+            if self._current_boot(generation):
+                self._queue.put(command)
 
     def _on_outcome(self, command: PlayCommand, outcome: Outcome, reason: str | None) -> None:
         state = AckState(outcome.value)
@@ -676,16 +723,21 @@ class ClusterAgent:
         )
 
     def restart_in_place(self, reason: str) -> None:
-        """Reboot: say offline, restart the hardware, reconnect as a new boot.
+        """Reboot: stop working, say offline, restart the hardware, come back as a new boot.
 
-        When the hardware cuts the power itself (:meth:`Hardware.reboot` returns True)
-        there is nothing left to do: the box goes down and comes back on its own. What was
-        accepted and not yet played survives in the pending store either way.
+        Going down is a shutdown (``_halt``) and coming back is a start (``_boot``), so an
+        in-place reboot resumes what was accepted and not finished exactly as a process
+        restart does (docs/protocol.md §4, "Restart"). When the hardware cuts the power
+        itself (:meth:`Hardware.reboot` returns True) there is nothing left to do: the box
+        goes down and the next process start resumes from the same store.
         """
         cfg = self.config
         logger.warning("%s: rebooting (%s)", cfg.cluster, reason)
         if self._loop is None or self._link is None:
             return
+        # Before the offline status, as a graceful stop does: what the playout reports while
+        # it winds down still reaches the controller.
+        self._halt()
         final = encode(
             Status(
                 cluster=cfg.cluster, state="offline", ts=utcnow(), agent=__version__, reason=reason
@@ -697,6 +749,7 @@ class ClusterAgent:
         if self.reporter is not None:
             self.reporter.new_boot()
         self._link = self._new_link()
+        self._boot()
         self._loop.add(self._link)
 
     # -- withdrawing (a schedule changed) -------------------------------------------------------

@@ -95,7 +95,17 @@ class Player:
     # -- any thread ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the playout thread."""
+        """Start the playout thread, empty: after ``stop()`` this is a fresh boot's playout.
+
+        Whatever was waiting or cut off before is forgotten here; the agent takes it back
+        from its persistent store (docs/protocol.md §4, "Restart").
+        """
+        with self._cond:
+            self._heap = []
+            self._current = None
+            self._closing = False
+            self._why = ""
+            self._interrupt.clear()
         self._thread = threading.Thread(target=self._run, name="player", daemon=True)
         self._thread.start()
 

@@ -397,7 +397,27 @@ def test_an_id_reused_by_another_command_type_is_never_acted_on(box: Box) -> Non
 # -- restart -------------------------------------------------------------------------------
 
 
-def test_an_item_cut_off_by_a_restart_resumes_from_the_start_without_received(box: Box) -> None:
+def _reboot_command(box: Box) -> None:
+    # HostHardware cannot cut the power: the agent reboots in place (restart_in_place).
+    boot = box.agent.reporter.boot_id if box.agent.reporter is not None else None
+    cmd = box.control(RebootCommand)
+    box.send(cmd)
+    assert box.result(cmd.id).ok
+    assert wait_until(
+        lambda: box.agent.reporter is not None and box.agent.reporter.boot_id != boot, 15
+    )
+    assert box.agent.link.connected.wait(10)
+    box.sync()
+
+
+@pytest.mark.parametrize(
+    "go_down",
+    [Box.restart, _reboot_command],
+    ids=["process-restart", "reboot-in-place"],
+)
+def test_an_item_cut_off_by_a_restart_resumes_from_the_start_without_received(
+    box: Box, go_down: Callable[[Box], None]
+) -> None:
     cut = box.play(60.0)
     waiting = box.play(0.4, start_at=utcnow() + timedelta(seconds=3))
     box.send(cut)
@@ -406,7 +426,7 @@ def test_an_item_cut_off_by_a_restart_resumes_from_the_start_without_received(bo
     box.wait_ack(waiting.id, lambda a: a.state == "staged")
     with box.lock:
         mark = len(box.acks)
-    box.restart()
+    go_down(box)
     assert box.final(cut.id, timeout=40).state == "played"
     assert box.final(waiting.id, timeout=40).state == "played"
     with box.lock:

@@ -18,12 +18,7 @@ SITE = "luc-binh"
 
 # Decisions for issue 13 the project's agent does not follow yet: these checks fail
 # against it, so their tests are strict xfails until it does.
-PENDING: dict[str, str] = {
-    "resume": "decision: after a reboot the box sends its current state for each resumed "
-    "item once after connecting (staged 'resumed after restart'); the agent's in-place "
-    "reboot (ClusterAgent.restart_in_place, when the hardware cannot cut the power) keeps "
-    "the waiting item queued but sends nothing",
-}
+PENDING: dict[str, str] = {}
 
 
 # Checks a run with --keys-file skips by design (they are for a box without keys).
