@@ -539,7 +539,21 @@ class ClusterAgent:
         if command.broadcast is not None:
             self._stopped_broadcasts.add(command.broadcast)
         self.player.stop_broadcast(command.broadcast)
+        if command.broadcast is not None:
+            self._finish_unheld(command.broadcast)
         logger.info("%s: stop %s", self.config.cluster, command.broadcast or "everything")
+
+    def _finish_unheld(self, broadcast: str) -> None:
+        """End the items of a stopped ``broadcast`` that the player does not hold yet.
+
+        Those still downloading, or waiting to retry a download, are on the persistent
+        store only: left there, a restart would resume and play a stopped broadcast.
+        """
+        playing = self.player.current
+        with self._withdraw_lock:
+            for item in self._pending.load():
+                if item.broadcast == broadcast and (playing is None or item.id != playing.id):
+                    self._finish(item, AckState.FAILED, "stopped by operator before playback")
 
     def _ack(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
         cfg = self.config
@@ -594,6 +608,8 @@ class ClusterAgent:
                 return  # a reboot came during the download: the next boot resumes it
             if command.id in self._withdrawn:
                 return  # already acknowledged as withdrawn
+            if command.broadcast in self._stopped_broadcasts:
+                return  # stopped during the download: already acknowledged as failed
             if command.id in self._resumed:
                 self._resumed.discard(command.id)
                 self._journal.set(command.id, AckState.STAGED.value)

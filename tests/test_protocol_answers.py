@@ -8,6 +8,7 @@ it played at), so "never acted on" and "played at the volume it had" are checked
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -560,3 +561,33 @@ def test_the_controller_drops_an_ack_naming_another_broadcast(
         loop.close_link(forger)
         loop.stop()
         ctl.stop()
+
+
+# -- stop of an item the player does not hold yet --------------------------------------------
+
+
+def test_a_stopped_item_still_downloading_ends_at_once_and_never_resumes(box: Box) -> None:
+    # A media server that accepts the connection and never answers: the box's download of
+    # the item hangs (for its 30 s download timeout) while the stop arrives.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        media = box.media.model_copy(update={"url": f"http://127.0.0.1:{port}/media/x.mp3"})
+        item = box.play(media=media)
+        box.send(item)
+        box.wait_ack(item.id, lambda a: a.state == "received")
+        box.send(box.control(StopCommand, broadcast=item.broadcast))
+        # Answered now, not when the download gives up, and gone from the persistent store.
+        ack = box.final(item.id, timeout=15)
+        assert (ack.state, ack.reason) == ("failed", "stopped by operator before playback")
+        with box.lock:
+            mark = len(box.acks)
+        box.restart()
+        # The restarted box plays a new item; the stopped one was not resumed.
+        later = box.play()
+        box.send(later)
+        assert box.final(later.id).state == "played"
+    with box.lock:
+        assert [a for a in box.acks[mark:] if a.command == item.id] == []
+    assert len(box.sink.plays) == 1
