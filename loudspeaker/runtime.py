@@ -85,8 +85,9 @@ class Endpoints:
     """``DATA_DIR/run/endpoints.json``: where the last ``serve`` listened (docs/architecture.md).
 
     Written at every start and kept after the controller stops or dies, so the CLI's
-    controller-down emergency path knows the broker and the credentials file to use. It
-    never holds a secret: only the path of the credentials file.
+    controller-down emergency path knows the broker and the operators' credentials file to
+    log in with (``operator_credentials_file``: never the controller's own account). It
+    never holds a secret: only the paths of the credentials files.
     """
 
     broker_url: str
@@ -95,11 +96,16 @@ class Endpoints:
     metrics: str
     pid: int
     started_at: str
+    operator_credentials_file: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The documented file format."""
         return {
-            "broker": {"url": self.broker_url, "credentials_file": self.credentials_file},
+            "broker": {
+                "url": self.broker_url,
+                "credentials_file": self.credentials_file,
+                "operator_credentials_file": self.operator_credentials_file,
+            },
             "media": self.media,
             "metrics": self.metrics,
             "pid": self.pid,
@@ -129,9 +135,11 @@ class Endpoints:
             data = json.loads(path.read_text(encoding="utf-8"))
             broker = data["broker"]
             creds = broker.get("credentials_file")
+            operator = broker.get("operator_credentials_file")
             return cls(
                 broker_url=str(broker["url"]),
                 credentials_file=str(creds) if creds else None,
+                operator_credentials_file=str(operator) if operator else None,
                 media=str(data["media"]),
                 metrics=str(data["metrics"]),
                 pid=int(data["pid"]),
