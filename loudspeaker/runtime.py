@@ -152,12 +152,15 @@ class Endpoints:
             return None
 
 
-def broker_endpoint(url: str | None, credentials_file: Path | None) -> BrokerEndpoint | None:
+def broker_endpoint(
+    url: str | None, credentials_file: Path | None, *, group_readable: bool = False
+) -> BrokerEndpoint | None:
     """The broker to log in to: ``url`` with the credentials file's user name and password.
 
     With only a credentials file its own ``url`` is used; with neither, None (the private
     broker). ``url`` wins over the file's URL, so ``--broker`` can name another address of
-    the same broker.
+    the same broker. ``group_readable``: the file may be 0640 (the operators' own
+    ``_operator.json``, shared with their group); the controller's must be 0600.
     """
     # Imported here: every CLI command imports this module, most never touch MQTT.
     from firmware_bridge.credentials import read_credentials
@@ -165,7 +168,7 @@ def broker_endpoint(url: str | None, credentials_file: Path | None) -> BrokerEnd
 
     if credentials_file is None:
         return BrokerEndpoint.parse(url) if url else None
-    creds = read_credentials(credentials_file, group_readable=True)
+    creds = read_credentials(credentials_file, group_readable=group_readable)
     if not url:
         return creds
     given = BrokerEndpoint.parse(url)

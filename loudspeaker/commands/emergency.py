@@ -61,7 +61,9 @@ def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
             "controller's. The emergency is recorded and goes out as soon as serve starts"
         )
     try:
-        endpoint = broker_endpoint(url, creds) or running_broker(st.run_dir / "mosquitto")
+        endpoint = broker_endpoint(url, creds, group_readable=True) or running_broker(
+            st.run_dir / "mosquitto"
+        )
     except KeyFileError as exc:
         raise LoudspeakerError(
             f"the controller is not running and the operators' broker credentials cannot be "
