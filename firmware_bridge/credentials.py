@@ -20,9 +20,10 @@ from firmware_bridge.mqtt import BrokerEndpoint
 def read_credentials(path: Path, *, group_readable: bool = False) -> BrokerEndpoint:
     """The endpoint described by a credentials file; ``KeyFileError`` says what is wrong.
 
-    A box's file must be 0600. The controller's (``_controller.json``) may be 0640 with
-    ``group_readable``: the operators' OS group reads it for the controller-down
-    emergency path (docs/security.md); a file other accounts may read is always refused.
+    A box's file and the controller's must be 0600. The operators' (``_operator.json``)
+    may be 0640 with ``group_readable``: the operators' OS group reads it for the
+    controller-down emergency path and the conformance kit (docs/security.md); a file other
+    accounts may read is always refused.
     """
     try:
         if group_readable:

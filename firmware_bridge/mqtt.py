@@ -197,7 +197,9 @@ class MqttLink:
                     self.endpoint.host,
                     self.endpoint.port,
                     keepalive=self._keepalive,
-                    clean_start=False,
+                    # No session to keep (expiry 0): start clean, so nothing left by an
+                    # earlier connection of the same account is resumed either.
+                    clean_start=self._session_expiry_s == 0,
                     properties=self._connect_properties(),
                 )
             else:

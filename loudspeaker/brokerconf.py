@@ -3,13 +3,17 @@
 ``loudspeaker broker config -o DIR`` writes::
 
     DIR/mosquitto.conf            global options, then one block per listener asked for
-    DIR/passwd          0600      one PBKDF2-SHA512 line per cluster + the controller
-    DIR/acl                       each cluster: read its cmd, write every other kind
+    DIR/passwd          0600      one PBKDF2-SHA512 line per cluster, the controller, the operators
+    DIR/acl                       each cluster: read its cmd, write every other kind;
+                                  the operators: write every cluster's cmd, read the rest
     DIR/credentials/NAME.json 0600  what each box (and the controller) logs in with
+    DIR/credentials/_operator.json  the operators' account (0640 to the operators' group)
     DIR/tls/...                   server cert, its key (0600) and the CA boxes trust
 
 Each cluster's MQTT user name is its cluster id, so the ACL's ``%u`` names its topics;
-the controller is ``_controller`` (``_`` cannot start a cluster id). Client ids are forced
+the controller is ``_controller`` (``_`` cannot start a cluster id) and the operators'
+tools (the CLI's controller-down emergency path, the conformance kit) are ``_operator``, so
+they never log in as the controller and take over its session. Client ids are forced
 to the user name on every listener, so a box cannot knock another client off the broker
 or take over its session by reusing its client id.
 
@@ -30,6 +34,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import subprocess
@@ -45,12 +50,19 @@ from loudspeaker.exceptions import ConfigError
 logger = logging.getLogger(__name__)
 
 CONTROLLER_USER = "_controller"
+# The operators' tools: a separate account, so they neither need the controller's password
+# nor (client id = user name) take over its persistent session and the acks queued in it.
+OPERATOR_USER = "_operator"
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; the passwords are 256-bit random
 
 # The one kind the controller sends; a box writes every other kind of its own topics, so a
 # kind the protocol adds is granted to the boxes by construction.
 BOX_READS: tuple[Kind, ...] = (Kind.CMD,)
 BOX_WRITES: tuple[Kind, ...] = tuple(k for k in Kind if k not in BOX_READS)
+# The operators stand in for the controller on each cluster's topics: they write what a box
+# reads and read what a box writes, nothing else (named per cluster, so no other topic).
+OPERATOR_WRITES: tuple[Kind, ...] = BOX_READS
+OPERATOR_READS: tuple[Kind, ...] = BOX_WRITES
 
 MESSAGE_SIZE_LIMIT = MAX_PAYLOAD_BYTES
 # message_size_limit is checked only once mosquitto holds the whole message in memory;
@@ -318,14 +330,24 @@ def _password(cred_path: Path) -> str:
     return secrets.token_urlsafe(32)
 
 
-def render_acl(site: str) -> str:
-    """The ACL file: the controller all of ``site``, each cluster only its own topics."""
+def render_acl(site: str, clusters: list[str] | tuple[str, ...] = ()) -> str:
+    """The ACL file: the controller all of ``site``, the operators each cluster's commands
+    out and reports in, each cluster only its own topics."""
     base = f"{TOPIC_ROOT}/{site}"
     lines = [
         f"# Written by `loudspeaker broker config` for site {site}; regenerate, do not edit.",
         "# The controller: everything of this site.",
         f"user {CONTROLLER_USER}",
         f"topic readwrite {base}/#",
+        "",
+        "# The operators' tools (controller-down emergency path, conformance kit): every",
+        "# cluster's commands out, its reports in; one line per cluster, no wildcard.",
+        f"user {OPERATOR_USER}",
+    ]
+    for cluster in clusters:
+        lines += [f"topic write {base}/{cluster}/{k.value}" for k in OPERATOR_WRITES]
+        lines += [f"topic read {base}/{cluster}/{k.value}" for k in OPERATOR_READS]
+    lines += [
         "",
         "# Every cluster (user name = cluster id): its own commands in, everything else it",
         "# reports out. Nothing of any other cluster, not even reading its status.",
@@ -395,8 +417,13 @@ def write_broker_config(
     run_as: str | None = None,
     persistence_dir: Path | None = None,
     rotate: frozenset[str] = frozenset(),
+    operators_gid: int | None = None,
 ) -> BrokerFiles:
     """Write the configuration for ``site``'s broker into ``out_dir`` (see module doc).
+
+    With ``operators_gid`` (the operators' OS group, ``LOUDSPEAKER_GROUP``) the operators'
+    credentials file is 0640 in that group and ``credentials/`` 0750 in it, so they can read
+    that one file; every other credentials file stays 0600.
 
     TLS: ``tls`` files are checked and copied into ``out_dir/tls``; ``tls_self_signed``
     makes (or reuses) a private CA there; with neither, TLS an earlier run left in
@@ -432,6 +459,7 @@ def write_broker_config(
             run_as=run_as,
             persistence_dir=persistence_dir,
             rotate=rotate,
+            operators_gid=operators_gid,
         )
     except BaseException:
         if created is not None:
@@ -456,6 +484,7 @@ def _write(
     run_as: str | None,
     persistence_dir: Path | None,
     rotate: frozenset[str],
+    operators_gid: int | None,
 ) -> BrokerFiles:
     out_dir.mkdir(parents=True, exist_ok=True)
     if tls is not None:
@@ -469,7 +498,12 @@ def _write(
         tls_source = "none"
     cred_dir = out_dir / "credentials"
     cred_dir.mkdir(exist_ok=True)
-    cred_dir.chmod(0o700)
+    if operators_gid is None:
+        cred_dir.chmod(0o700)
+    else:
+        # The operators may enter to read _operator.json (and ca.crt); the others are 0600.
+        os.chown(cred_dir, -1, operators_gid)
+        cred_dir.chmod(0o750)
     if tls is not None:
         cluster_url = f"mqtts://{host}:{tls_port}"
         shutil.copyfile(tls.ca, cred_dir / "ca.crt")
@@ -482,21 +516,26 @@ def _write(
         )
     passwd_lines: list[str] = []
     credentials: dict[str, Path] = {}
-    for user in [CONTROLLER_USER, *clusters]:
+    for user in [CONTROLLER_USER, OPERATOR_USER, *clusters]:
         path = cred_dir / f"{user}.json"
         password = secrets.token_urlsafe(32) if user in rotate else _password(path)
         passwd_lines.append(f"{user}:{password_hash(password)}")
-        is_box = user != CONTROLLER_USER
-        url = cluster_url if is_box else f"mqtt://{_controller_host(bind)}:{port}"
+        # The controller runs beside the broker (loopback); boxes and operators' tools (the
+        # kit may run on a vendor's laptop) use the clusters' address, over TLS if any.
+        remote = user != CONTROLLER_USER
+        url = cluster_url if remote else f"mqtt://{_controller_host(bind)}:{port}"
         data = {"url": url, "username": user, "password": password, "site": site}
-        if is_box and tls is not None:
+        if remote and tls is not None:
             data["tls_ca"] = "ca.crt"  # relative to this file: install the two together
         write_private(path, (json.dumps(data, indent=2) + "\n").encode())
+        if user == OPERATOR_USER and operators_gid is not None:
+            os.chown(path, -1, operators_gid)
+            path.chmod(0o640)
         credentials[user] = path
     passwd = out_dir / "passwd"
     write_private(passwd, ("\n".join(passwd_lines) + "\n").encode())
     acl = out_dir / "acl"
-    acl.write_text(render_acl(site), encoding="utf-8")
+    acl.write_text(render_acl(site, clusters), encoding="utf-8")
     persist = persistence_dir or out_dir / "persist"
     persist.mkdir(parents=True, exist_ok=True)
     listeners = [

@@ -12,6 +12,9 @@ ENV_HOME = "LOUDSPEAKER_HOME"
 ENV_DB_URL = "LOUDSPEAKER_DB_URL"
 ENV_BROKER = "LOUDSPEAKER_BROKER"
 ENV_BROKER_CREDENTIALS = "LOUDSPEAKER_BROKER_CREDENTIALS"
+# The operators' credentials file (`broker config`'s credentials/_operator.json): what the
+# CLI's controller-down emergency path logs in with; `serve` records it in endpoints.json.
+ENV_OPERATOR_CREDENTIALS = "LOUDSPEAKER_OPERATOR_CREDENTIALS"
 ENV_HTTP_HOST = "LOUDSPEAKER_HTTP_HOST"
 ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
 ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
@@ -41,6 +44,9 @@ class Settings:
     # The controller's credentials file (`broker config`'s credentials/_controller.json):
     # user name and password for a locked-down broker, kept off the command line.
     broker_credentials: Path | None = None
+    # The operators' credentials file (`_operator.json`); None: the one beside the
+    # controller's, if there is one (see `operator_credentials_file`).
+    operator_credentials: Path | None = None
     broker_port: int = 0  # embedded broker port; 0 picks a free one
     broker_host: str = "127.0.0.1"
     http_host: str = "127.0.0.1"
@@ -80,6 +86,8 @@ class Settings:
             env["broker_url"] = os.environ[ENV_BROKER]
         if os.environ.get(ENV_BROKER_CREDENTIALS):
             env["broker_credentials"] = Path(os.environ[ENV_BROKER_CREDENTIALS]).expanduser()
+        if os.environ.get(ENV_OPERATOR_CREDENTIALS):
+            env["operator_credentials"] = Path(os.environ[ENV_OPERATOR_CREDENTIALS]).expanduser()
         if os.environ.get(ENV_HTTP_HOST):
             env["http_host"] = os.environ[ENV_HTTP_HOST]
         if os.environ.get(ENV_HTTP_PORT):
@@ -137,3 +145,14 @@ class Settings:
     def endpoints_file(self) -> Path:
         """Where ``serve`` writes its addresses (kept after it stops: docs/architecture.md)."""
         return self.run_dir / "endpoints.json"
+
+    @property
+    def operator_credentials_file(self) -> Path | None:
+        """The operators' credentials ``serve`` records: ``LOUDSPEAKER_OPERATOR_CREDENTIALS``,
+        else ``_operator.json`` beside the controller's credentials file when it exists."""
+        if self.operator_credentials is not None:
+            return self.operator_credentials
+        if self.broker_credentials is None:
+            return None
+        beside = self.broker_credentials.parent / "_operator.json"
+        return beside if beside.is_file() else None

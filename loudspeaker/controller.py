@@ -133,6 +133,9 @@ class Controller:
             credentials_file=(
                 str(st.broker_credentials.resolve()) if st.broker_credentials else None
             ),
+            operator_credentials_file=(
+                str(op.resolve()) if (op := st.operator_credentials_file) else None
+            ),
             media=http_url,
             metrics=f"{http_url}/metrics",
             pid=os.getpid(),

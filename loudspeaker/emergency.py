@@ -6,9 +6,10 @@ ignoring quiet hours. The controller re-sends it to clusters that have not answe
 it expires (its validity), and to clusters that come back online meanwhile.
 
 If the controller is not running, :func:`send_direct` lets the CLI reach the clusters
-itself through the broker, serving the audio from a temporary media server on the
-controller's own address; the controller reconciles the record when it starts again
-(the acknowledgements wait for it in its persistent MQTT session).
+itself through the broker (logged in as the operators' account ``_operator``, with no
+session of its own), serving the audio from a temporary media server on the controller's
+own address; the controller reconciles the record when it starts again (the
+acknowledgements wait for it in its own persistent MQTT session).
 
 Two emergencies at once (overlapping hamlets) both play in full, in the order they were
 triggered: an emergency never interrupts another (docs/emergency.md).
@@ -33,7 +34,6 @@ from firmware_bridge.protocol import (
     Kind,
     PlayCommand,
     Priority,
-    controller_subscriptions,
     decode_ack,
     encode,
     new_id,
@@ -48,7 +48,6 @@ from loudspeaker.broadcasts import (
     create_broadcast,
     register_media,
 )
-from loudspeaker.brokerconf import CONTROLLER_USER
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
@@ -67,7 +66,6 @@ from loudspeaker.site import current_site
 logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDITY_S = 1800.0
-CONTROLLER_SESSION_EXPIRY_S = 24 * 3600  # MqttLink's default, which the controller uses
 SIREN_SECONDS = 8.0
 
 
@@ -316,8 +314,6 @@ def send_direct(
     lock = threading.Lock()
 
     def on_ack(topic_name: str, payload: bytes) -> None:
-        if not topic_name.endswith(f"/{Kind.ACK.value}"):
-            return  # the controller's status filter, when we hold its session
         try:
             ack = decode_ack(payload)
         except ProtocolError:
@@ -334,24 +330,17 @@ def send_direct(
 
     loop = MqttLoop("emergency-direct")
     loop.start()
-    # Logged in with the controller's own account, the broker forces our client id to the
-    # user name (use_username_as_clientid), so this connection takes over the controller's
-    # persistent session: keep it alive afterwards (same expiry as the controller's), or
-    # the clusters' later answers would have no session to wait in. It then subscribes
-    # with the controller's own filters, which the session already holds, so that no extra
-    # subscription outlives us there and doubles every later ack.
-    own_session = endpoint.username == CONTROLLER_USER
-    filters = (
-        tuple(controller_subscriptions(site))
-        if own_session
-        else tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries)
-    )
+    # The operators' account (_operator), never the controller's: the broker binds the
+    # client id to the user name, so the controller's account would take over its session
+    # (and kick a running controller). This connection keeps no session (expiry 0, clean
+    # start); the boxes' answers also wait in the controller's own session, which is
+    # subscribed to every ack and status, for when it starts again.
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
         on_message=on_ack,
-        subscriptions=filters,
-        session_expiry_s=CONTROLLER_SESSION_EXPIRY_S if own_session else 0,
+        subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
+        session_expiry_s=0,
     )
     loop.add(link)
     try:

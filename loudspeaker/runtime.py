@@ -85,8 +85,9 @@ class Endpoints:
     """``DATA_DIR/run/endpoints.json``: where the last ``serve`` listened (docs/architecture.md).
 
     Written at every start and kept after the controller stops or dies, so the CLI's
-    controller-down emergency path knows the broker and the credentials file to use. It
-    never holds a secret: only the path of the credentials file.
+    controller-down emergency path knows the broker and the operators' credentials file to
+    log in with (``operator_credentials_file``: never the controller's own account). It
+    never holds a secret: only the paths of the credentials files.
     """
 
     broker_url: str
@@ -95,11 +96,16 @@ class Endpoints:
     metrics: str
     pid: int
     started_at: str
+    operator_credentials_file: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The documented file format."""
         return {
-            "broker": {"url": self.broker_url, "credentials_file": self.credentials_file},
+            "broker": {
+                "url": self.broker_url,
+                "credentials_file": self.credentials_file,
+                "operator_credentials_file": self.operator_credentials_file,
+            },
             "media": self.media,
             "metrics": self.metrics,
             "pid": self.pid,
@@ -129,9 +135,11 @@ class Endpoints:
             data = json.loads(path.read_text(encoding="utf-8"))
             broker = data["broker"]
             creds = broker.get("credentials_file")
+            operator = broker.get("operator_credentials_file")
             return cls(
                 broker_url=str(broker["url"]),
                 credentials_file=str(creds) if creds else None,
+                operator_credentials_file=str(operator) if operator else None,
                 media=str(data["media"]),
                 metrics=str(data["metrics"]),
                 pid=int(data["pid"]),
@@ -144,12 +152,15 @@ class Endpoints:
             return None
 
 
-def broker_endpoint(url: str | None, credentials_file: Path | None) -> BrokerEndpoint | None:
+def broker_endpoint(
+    url: str | None, credentials_file: Path | None, *, group_readable: bool = False
+) -> BrokerEndpoint | None:
     """The broker to log in to: ``url`` with the credentials file's user name and password.
 
     With only a credentials file its own ``url`` is used; with neither, None (the private
     broker). ``url`` wins over the file's URL, so ``--broker`` can name another address of
-    the same broker.
+    the same broker. ``group_readable``: the file may be 0640 (the operators' own
+    ``_operator.json``, shared with their group); the controller's must be 0600.
     """
     # Imported here: every CLI command imports this module, most never touch MQTT.
     from firmware_bridge.credentials import read_credentials
@@ -157,7 +168,7 @@ def broker_endpoint(url: str | None, credentials_file: Path | None) -> BrokerEnd
 
     if credentials_file is None:
         return BrokerEndpoint.parse(url) if url else None
-    creds = read_credentials(credentials_file, group_readable=True)
+    creds = read_credentials(credentials_file, group_readable=group_readable)
     if not url:
         return creds
     given = BrokerEndpoint.parse(url)

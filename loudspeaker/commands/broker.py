@@ -9,9 +9,10 @@ import typer
 
 from loudspeaker import audit
 from loudspeaker.auth import Permission, require
-from loudspeaker.brokerconf import TlsFiles, write_broker_config
+from loudspeaker.brokerconf import OPERATOR_USER, TlsFiles, write_broker_config
 from loudspeaker.commands.common import console, handle_errors, print_json, state_of
 from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.filemodes import FileModes
 from loudspeaker.site import current_site
 
 app = typer.Typer(help="The production MQTT broker (mosquitto).")
@@ -87,6 +88,8 @@ def broker_config(
         run_as=run_as,
         persistence_dir=persistence_dir,
         rotate=frozenset(rotate or []),
+        # The operators' group (LOUDSPEAKER_GROUP) may read the operators' credentials.
+        operators_gid=FileModes.for_group(state.settings.group).gid,
     )
     with state.session() as s:
         audit.record(
@@ -121,6 +124,12 @@ def broker_config(
             f"Kept the TLS listener of the earlier run ({files.conf.parent / 'tls'}): boxes "
             f"stay on {files.cluster_url}. To drop TLS, run again with --no-tls."
         )
+    op = files.credentials[OPERATOR_USER]
+    shared = "0640, the operators' group" if state.settings.group else "0600"
+    console.print(
+        f"The operators' tools (controller-down emergency, `loudspeaker conformance`) log "
+        f"in with {op} ({shared}); `serve` finds it beside the controller's."
+    )
     console.print(
         f"Per-box credentials (0600) in {files.conf.parent / 'credentials'}: copy NAME.json"
         f"{' and ca.crt' if files.tls else ''} to each box and run `loudspeaker-agent "

@@ -22,20 +22,42 @@ def _site_of(credentials: Path) -> str | None:
     return site if isinstance(site, str) else None
 
 
+def _default_credentials(ctx: typer.Context) -> Path | None:
+    """The operators' credentials: ``LOUDSPEAKER_OPERATOR_CREDENTIALS``, else the file the
+    last ``serve`` on this machine named in ``run/endpoints.json``; else none (a bench)."""
+    from loudspeaker.commands.common import state_of
+    from loudspeaker.runtime import Endpoints
+
+    settings = state_of(ctx).settings
+    if settings.operator_credentials is not None:
+        return settings.operator_credentials
+    last = Endpoints.read(settings.endpoints_file)
+    if last is not None and last.operator_credentials_file:
+        return Path(last.operator_credentials_file)
+    return None
+
+
 @handle_errors
 def conformance(
-    broker: Annotated[
-        str, typer.Option(help="mqtt://HOST:PORT or mqtts://HOST:PORT of the box's broker")
-    ],
+    ctx: typer.Context,
     cluster: Annotated[str, typer.Option(help="The box's cluster id, e.g. lb-01")],
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="mqtt://HOST:PORT or mqtts://HOST:PORT of the box's broker "
+            "(default: the credentials file's url)"
+        ),
+    ] = None,
     site: Annotated[
         str | None, typer.Option(help="Site id (default: the credentials file's site)")
     ] = None,
     credentials: Annotated[
         Path | None,
         typer.Option(
-            help="The controller's credentials JSON (_controller.json from "
-            "`loudspeaker broker config`); none for an open bench broker"
+            help="The operators' credentials JSON (credentials/_operator.json from "
+            "`loudspeaker broker config`; the controller keeps running) "
+            "\\[default: env LOUDSPEAKER_OPERATOR_CREDENTIALS, else the one in "
+            "run/endpoints.json; none for an open bench broker]"
         ),
     ] = None,
     keys_file: Annotated[
@@ -74,17 +96,35 @@ def conformance(
     from firmware_bridge.mqtt import BrokerEndpoint
     from firmware_bridge.protocol import validate_cluster_id
     from loudspeaker import conformance as kit
+    from loudspeaker.brokerconf import CONTROLLER_USER, OPERATOR_USER
 
-    endpoint = BrokerEndpoint.parse(broker)
-    if credentials is not None:
-        login = read_credentials(credentials)
-        endpoint = replace(
-            endpoint,
-            username=login.username,
-            password=login.password,
-            tls_ca=login.tls_ca or endpoint.tls_ca,
+    credentials = credentials or _default_credentials(ctx)
+    if broker is None and credentials is None:
+        raise ConfigError(
+            "give --broker mqtt://HOST:PORT, or --credentials _operator.json (its url is used)"
         )
+    if credentials is not None:
+        # 0640 allowed: the operators' group shares _operator.json (docs/security.md).
+        login = read_credentials(credentials, group_readable=True)
+        if login.username == CONTROLLER_USER:
+            raise ConfigError(
+                f"{credentials} is the controller's account: the broker binds the client id "
+                "to the user name, so the kit would take over the controller's session and "
+                f"disconnect it; use {OPERATOR_USER}.json from `loudspeaker broker config`"
+            )
+        endpoint = login
+        if broker is not None:
+            given = BrokerEndpoint.parse(broker)
+            endpoint = replace(
+                given,
+                username=login.username,
+                password=login.password,
+                tls_ca=(login.tls_ca or given.tls_ca) if given.tls_ca else None,
+            )
         site = site or _site_of(credentials)
+    else:
+        assert broker is not None
+        endpoint = BrokerEndpoint.parse(broker)
     if site is None:
         raise ConfigError("give --site (or a --credentials file that names the site)")
     validate_cluster_id(site)

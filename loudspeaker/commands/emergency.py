@@ -15,6 +15,7 @@ from loudspeaker import audit
 from loudspeaker import emergency as em
 from loudspeaker.auth import Permission, require
 from loudspeaker.broker import running_broker
+from loudspeaker.brokerconf import CONTROLLER_USER, OPERATOR_USER
 from loudspeaker.commands.broadcast import status_table, wait_for
 from loudspeaker.commands.common import (
     State,
@@ -24,6 +25,7 @@ from loudspeaker.commands.common import (
     print_json,
     state_of,
 )
+from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
 from loudspeaker.runtime import Endpoints, broker_endpoint, remembered_port
@@ -38,29 +40,48 @@ def _actor(state: State) -> str:
 def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
     """Broker endpoint and media address to use while the controller is down.
 
-    In order: ``LOUDSPEAKER_BROKER`` / ``LOUDSPEAKER_BROKER_CREDENTIALS``; else the broker
-    and credentials file the last ``serve`` wrote to ``run/endpoints.json`` (the
-    environment's credentials file still wins); else the private broker if it runs.
+    The broker: ``LOUDSPEAKER_BROKER``, else the one the last ``serve`` wrote to
+    ``run/endpoints.json``, else the private broker if it runs. The login: the operators'
+    account (``_operator.json``: ``LOUDSPEAKER_OPERATOR_CREDENTIALS``, else the file named
+    in ``run/endpoints.json``), never the controller's, whose session it would take over.
     """
     st = state.settings
     last = Endpoints.read(st.endpoints_file)
     url = st.broker_url or (last.broker_url if last else None)
-    creds = st.broker_credentials
-    if creds is None and last is not None and last.credentials_file:
-        creds = Path(last.credentials_file)
+    creds = st.operator_credentials
+    if creds is None and last is not None and last.operator_credentials_file:
+        creds = Path(last.operator_credentials_file)
+    if creds is None and last is not None and last.credentials_file and not st.broker_url:
+        # serve logged in to a locked-down broker, but named no operators' account.
+        raise LoudspeakerError(
+            f"the controller is not running and no operators' broker credentials are known "
+            f"(run/endpoints.json names none): set {ENV_OPERATOR_CREDENTIALS} to "
+            f"{OPERATOR_USER}.json from `loudspeaker broker config` (re-run it to write one; it "
+            "keeps every password), or start `loudspeaker serve` with that file beside the "
+            "controller's. The emergency is recorded and goes out as soon as serve starts"
+        )
     try:
-        endpoint = broker_endpoint(url, creds) or running_broker(st.run_dir / "mosquitto")
+        endpoint = broker_endpoint(url, creds, group_readable=True) or running_broker(
+            st.run_dir / "mosquitto"
+        )
     except KeyFileError as exc:
         raise LoudspeakerError(
-            f"the controller is not running and its broker credentials cannot be used: {exc}. "
-            "Run this as a member of the operators' group (the file is 0640), or set "
-            "LOUDSPEAKER_BROKER_CREDENTIALS to a credentials file you may read. The emergency "
-            "is recorded and goes out as soon as `loudspeaker serve` starts"
+            f"the controller is not running and the operators' broker credentials cannot be "
+            f"used: {exc}. Run this as a member of the operators' group (the file is 0640), or "
+            f"set {ENV_OPERATOR_CREDENTIALS} to a copy of {OPERATOR_USER}.json you may read. "
+            "The emergency is recorded and goes out as soon as `loudspeaker serve` starts"
         ) from None
     if endpoint is None:
         raise LoudspeakerError(
             "the controller is not running and no broker is reachable: the emergency is "
             "recorded and goes out as soon as `loudspeaker serve` starts"
+        )
+    if endpoint.username == CONTROLLER_USER:
+        raise LoudspeakerError(
+            f"{creds} is the controller's own account: logging in with it would take over the "
+            f"controller's session. Use {OPERATOR_USER}.json from `loudspeaker broker config` "
+            f"({ENV_OPERATOR_CREDENTIALS}). The emergency is recorded and goes out as soon as "
+            "`loudspeaker serve` starts"
         )
     # The controller's own media address, so URLs in queued commands stay valid.
     host, port = st.http_host, st.http_port or remembered_port(st.run_dir, "media")

@@ -293,9 +293,18 @@ class Controller:
         self._link = None
 
     def read_retained(self, kind: Kind, timeout: float) -> bytes | None:
-        """What a new subscriber gets on one of the box's topics: the retained message."""
+        """What a new subscriber gets on one of the box's topics: the retained message.
+
+        Ends the kit's own connection first: on a locked-down broker the client id is the
+        user name, so a second connection with the same account (``_operator``) and ours,
+        reconnecting, would keep replacing each other. The only caller, the last-will
+        check, runs last and after the box died: nothing more is waited for on it.
+        """
         if self._loop is None:
             raise ConformanceError("not connected")
+        if self._link is not None:
+            self._loop.close_link(self._link)
+            self._link = None
         got: list[bytes] = []
         arrived = threading.Event()
 

@@ -113,10 +113,10 @@ def test_a_box_that_is_not_there_fails_status_and_skips_the_rest(
     assert "DOES NOT CONFORM: 0 pass, 1 fail, 1 skipped, 0 not applicable" in output
 
 
-def _credentials(path: Path, port: int, mode: int = 0o600) -> Path:
+def _credentials(path: Path, port: int, mode: int = 0o600, user: str = "_operator") -> Path:
     data = {
         "url": f"mqtt://127.0.0.1:{port}",
-        "username": "_controller",
+        "username": user,
         "password": "pw",
         "site": "luc-binh",
     }
@@ -126,23 +126,33 @@ def _credentials(path: Path, port: int, mode: int = 0o600) -> Path:
 
 
 def test_a_credentials_file_open_to_others_is_refused(tmp_path: Path) -> None:
-    creds = _credentials(tmp_path / "_controller.json", 1, mode=0o644)
+    creds = _credentials(tmp_path / "_operator.json", 1, mode=0o644)
     code, output = _kit(tmp_path, *BASE[:4], "--credentials", str(creds))
     assert code == 1
-    assert "chmod 600" in output and "Traceback" not in output
+    assert "chmod 640" in output and "Traceback" not in output
+
+
+def test_the_controllers_own_account_is_refused(tmp_path: Path) -> None:
+    # Client id = user name on the broker: the kit would take over the controller's session.
+    creds = _credentials(tmp_path / "_controller.json", 1, user="_controller")
+    code, output = _kit(tmp_path, *BASE[:4], "--credentials", str(creds))
+    assert code == 1
+    assert "controller's account" in output and "_operator.json" in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.integration
-def test_the_site_comes_from_the_controller_credentials(tmp_path: Path) -> None:
+def test_the_site_and_broker_come_from_the_operators_credentials(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        creds = _credentials(tmp_path / "_controller.json", port)
-        argv = ["--broker", f"mqtt://127.0.0.1:{port}", "--cluster", "lb-01"]
+        creds = _credentials(tmp_path / "_operator.json", port, mode=0o640)
+        argv = ["--cluster", "lb-01"]
         code, output = _kit(tmp_path, *argv, "--credentials", str(creds), "--timeout", "2")
-    # No "give --site": the file named it; the kit got as far as the broker.
+    # No --site, no --broker: the file named both; the kit got as far as that broker.
     assert code == 1
-    assert "checking luc-binh/lb-01" in output and "cannot connect to the broker" in output
+    assert f"checking luc-binh/lb-01 on mqtt://127.0.0.1:{port}" in output
+    assert "cannot connect to the broker" in output
 
 
 @pytest.mark.integration

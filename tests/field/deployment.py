@@ -137,6 +137,7 @@ class Deployment:
             "LOUDSPEAKER_TOKEN_FILE": "",
             "LOUDSPEAKER_BROKER": "",
             "LOUDSPEAKER_BROKER_CREDENTIALS": "",
+            "LOUDSPEAKER_OPERATOR_CREDENTIALS": "",
             "XDG_CONFIG_HOME": str(self.root / "config"),  # never the real ~/.config
         }
 

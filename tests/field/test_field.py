@@ -5,7 +5,8 @@ TLS and ACL on real mosquitto while another socket holds 127.0.0.1:1883, ``serve
 --broker ... --broker-credentials _controller.json``, ten simulated boxes each with its own
 password and key, one serial cluster behind ``loudspeaker-gateway`` on a pty bus. The
 tests run in file order and build on each other's state: operations first, then the
-attacks, then the controller-down emergency path, which kills ``serve``.
+attacks, then the conformance kit on one box (as ``_operator``, the controller up), then
+the controller-down emergency path (as ``_operator`` too), which kills ``serve``.
 
 What a box did is read from the box's own play log, never inferred from the controller.
 """
@@ -26,7 +27,7 @@ from sqlmodel import Session, col, select
 
 from firmware_bridge.credentials import read_credentials
 from firmware_bridge.protocol import MediaRef
-from loudspeaker.models import AlarmRecord, ClusterHealth, Delivery
+from loudspeaker.models import AlarmRecord, ClusterHealth, Delivery, DeliveryEvent
 from tests.field.attack import (
     FORGED_VOLUME,
     BoxPasswordAttack,
@@ -85,6 +86,17 @@ def _deliveries(d: Deployment, broadcast: str) -> dict[str, str]:
         return {r.cluster_id: r.state for r in rows}
 
 
+def _events(d: Deployment, broadcast: str) -> dict[str, list[tuple[str, str]]]:
+    """Each delivery's trail of (state, reason), by cluster."""
+    with Session(d.engine) as s:
+        rows = s.exec(select(Delivery).where(Delivery.broadcast_id == broadcast)).all()
+        out: dict[str, list[tuple[str, str]]] = {}
+        for r in rows:
+            evs = s.exec(select(DeliveryEvent).where(DeliveryEvent.delivery_id == r.id)).all()
+            out[r.cluster_id] = [(e.state, e.reason) for e in evs]
+        return out
+
+
 def _all_in(d: Deployment, broadcast: str, states: set[str]) -> bool:
     got = _deliveries(d, broadcast)
     return bool(got) and all(s in states for s in got.values())
@@ -119,12 +131,18 @@ def test_serve_prints_its_addresses_and_writes_the_endpoints_file(field: Deploym
         f"endpoints {endpoints_file}",
     ]
     data = json.loads(endpoints_file.read_text(encoding="utf-8"))
-    assert data["broker"] == {"url": broker, "credentials_file": str(creds)}
+    assert data["broker"] == {
+        "url": broker,
+        "credentials_file": str(creds),
+        # Found beside the controller's file: what the controller-down path logs in with.
+        "operator_credentials_file": str(field.credentials("_operator")),
+    }
     assert data["media"] == media and data["metrics"] == f"{media}/metrics"
     assert data["pid"] == field.procs["serve"].pid
     assert datetime.fromisoformat(data["started_at"]).tzinfo is not None
     # Never a secret: the password stays in the credentials file.
-    assert field.password("_controller") not in endpoints_file.read_text(encoding="utf-8")
+    for account in ("_controller", "_operator"):
+        assert field.password(account) not in endpoints_file.read_text(encoding="utf-8")
     assert _metrics(field)["loudspeaker_mqtt_connected"] == 1
 
 
@@ -353,6 +371,50 @@ def test_the_scheduled_programme_played_on_time(field: Deployment, shared: dict[
         assert wait_until(lambda c=cluster: sha in field.played_files(c), 180), cluster
 
 
+# -- the conformance kit against a box in the field --------------------------------------------
+
+# Without --allow-reboot and --kill-command these cannot run on a box in service; a box with
+# keys does not take the keyless path.
+NOT_RUN_IN_THE_FIELD = {"reboot", "resume", "will", "keyless-sig"}
+
+
+def test_the_conformance_kit_runs_against_a_box_in_the_field_with_the_controller_up(
+    field: Deployment,
+) -> None:
+    before = _metrics(field)
+    assert before["loudspeaker_mqtt_connected"] == 1
+    proc = field.cli(
+        "conformance",
+        "--cluster",
+        "lb-10",
+        "--credentials",
+        str(field.credentials("_operator")),
+        "--keys-file",
+        str(field.keys / "lb-10.json"),
+        "--json",
+        timeout=280,
+    )
+    assert proc.stdout, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    verdicts = {c["key"]: (c["result"], c["detail"]) for c in report["checks"]}
+    failed = {k: v for k, v in verdicts.items() if v[0] == "fail"}
+    assert failed == {}, failed
+    assert proc.returncode == 0 and report["passed"], proc.stderr[-3000:]
+    # Signed with the box's key, over the broker the operators' file names (TLS).
+    assert report["signed"] and report["broker"] == f"mqtts://localhost:{field.tls_port}"
+    not_passed = {k for k, (result, _) in verdicts.items() if result != "pass"}
+    assert not_passed <= NOT_RUN_IN_THE_FIELD, not_passed
+    for key in not_passed:
+        result, detail = verdicts[key]
+        assert result in ("skipped", "not applicable") and detail, (key, result, detail)
+    assert verdicts["play"][0] == verdicts["emergency"][0] == "pass"
+    # The kit logged in as _operator: the controller never lost its connection meanwhile.
+    after = _metrics(field)
+    assert after["loudspeaker_mqtt_connected"] == 1
+    assert after["loudspeaker_mqtt_reconnects_total"] == before["loudspeaker_mqtt_reconnects_total"]
+    assert "lb-10" in field.online()
+
+
 # -- the controller-down emergency path -----------------------------------------------------
 
 
@@ -374,16 +436,17 @@ def test_controller_down_emergency_plays_and_is_reconciled_on_restart(
         )
 
     # While serve is down: what the broker keeps for each box (retained status) is its
-    # own, small "online", whatever lb-01's password tried earlier.
-    ctl = read_credentials(field.credentials("_controller"), group_readable=True)
-    assert ctl.password is not None
+    # own, small "online", whatever lb-01's password tried earlier. Read as an operator
+    # (clean session): the controller's own session and what is queued in it stay intact.
+    op = read_credentials(field.credentials("_operator"), group_readable=True)
+    assert op.password is not None and op.tls_ca is not None
     mon = MqttClient.connect(
-        ctl.host,
-        ctl.port,
-        "_controller",
-        ctl.password,
+        op.host,
+        op.port,
+        "_operator",
+        op.password,
         client_id="monitor",
-        keep_session=True,
+        tls_ca=op.tls_ca,
         subs=(f"loudspeaker/{SITE}/+/status",),
     )
     try:
@@ -400,6 +463,15 @@ def test_controller_down_emergency_plays_and_is_reconciled_on_restart(
     assert wait_until(lambda: _all_in(field, em["id"], {"played"}), 90), _deliveries(
         field, em["id"]
     )
+    # From the acks queued in the controller's own session while it was down: a box that
+    # is asked again answers only its last state ("played", as a duplicate), so "playing"
+    # can only come from there (the CLI, logged in as _operator, kept no copy of them).
+    events = _events(field, em["id"])
+    for cluster in OTHER_TARGETS:
+        assert {"playing", "played"} <= {state for state, _ in events[cluster]}, (
+            cluster,
+            events[cluster],
+        )
     assert field.wait_online(CLUSTERS, 30)
     # Heartbeats sent while the controller was dead are gone (QoS 0, by design): a
     # heartbeat_missed raised around the restart is the controller's own gap, not a box's.

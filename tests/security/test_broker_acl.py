@@ -369,6 +369,113 @@ def test_a_box_password_cannot_take_over_another_boxs_session(broker: Broker) ->
         ctl.close()
 
 
+REPORTS = [k for k in Kind if k is not Kind.CMD]  # what the operators may read
+
+
+def test_the_operators_account_sends_commands_and_reads_reports_only(broker: Broker) -> None:
+    ctl = connect(broker, "_controller")
+    boxes = {b: connect(broker, b, subs=(f"{T}/{b}/cmd",)) for b in ("lb-01", "lb-02")}
+    # Wildcards too: whatever the broker grants, only the operators' topics may arrive.
+    op = connect(
+        broker,
+        "_operator",
+        subs=(
+            *(f"{T}/{b}/{k.value}" for b in BOXES for k in REPORTS),
+            f"{T}/#",
+            "loudspeaker/#",
+            "#",
+        ),
+    )
+    try:
+        # Every cluster's commands: accepted and delivered to that box.
+        cmds = [(f"{T}/{b}/cmd", f"cmd for {b}".encode()) for b in BOXES]
+        assert not any(rc.is_failure for rc in op.publish_many(cmds))
+        for b, cl in boxes.items():
+            assert wait_until(
+                lambda b=b, cl=cl: cl.received(f"{T}/{b}/cmd") == [f"cmd for {b}".encode()], 5
+            ), b
+        # Nothing else: no box's reports, no other site, no topic outside the clusters'.
+        forged = [(f"{T}/{b}/{k.value}", b"forged") for b in BOXES for k in REPORTS]
+        forged += [
+            ("loudspeaker/other-site/lb-01/cmd", b"forged"),
+            (f"{T}/_controller/cmd", b"forged"),
+            (f"{T}/lb-99/cmd", b"forged"),
+            (f"{T}/lb-01", b"forged"),
+            ("elsewhere", b"forged"),
+        ]
+        rcs = op.publish_many(forged)
+        allowed = [t for (t, _), rc in zip(forged, rcs, strict=True) if not rc.is_failure]
+        assert allowed == []
+        assert all(bytes(m.payload) != b"forged" for m in ctl.got)
+        # Reading: every report of every box arrives; commands (the controller's or its own)
+        # do not. Each box's report goes out after the command below, so once the last one
+        # is in, a copy of that would have arrived before it.
+        assert ctl.publish(f"{T}/lb-01/cmd", b"the controller's") == 0
+        reports = [
+            (f"{T}/{b}/{k.value}", f"{b} {k.value}".encode()) for b in BOXES for k in REPORTS
+        ]
+        for t, payload in reports:
+            box = t.split("/")[2]
+            cl = boxes.get(box) or connect(broker, box)
+            try:
+                assert cl.publish(t, payload) == 0
+            finally:
+                if box not in boxes:
+                    cl.close()
+        assert wait_until(lambda: all(op.received(t) for t, _ in reports), 10)
+        # (Overlapping filters each deliver a copy: the topics are what counts.)
+        assert {m.topic for m in op.got} == {t for t, _ in reports}
+    finally:
+        for cl in (ctl, op, *boxes.values()):
+            cl.close()
+
+
+def test_the_operators_login_leaves_the_controller_and_its_session_alone(
+    broker: Broker,
+) -> None:
+    ctl_id = f"controller-{SITE}"  # what the controller sends (the broker uses _controller)
+    ack = f"{T}/lb-03/ack"
+    ctl = connect(broker, "_controller", client_id=ctl_id, clean_start=False, session_expiry_s=3600)
+    ctl.subscribe(f"{T}/+/ack")
+    ctl.close()  # the controller is down; its session keeps its subscription
+    box = connect(broker, "lb-03")
+    try:
+        assert box.publish(ack, b"queued for the controller") == 0
+        # The operators' tool: even asking for the controller's client id and to resume a
+        # session, it gets its own, empty one (and none stays behind: expiry 0).
+        op = connect(broker, "_operator", client_id="_controller", clean_start=False)
+        try:
+            assert not op.session_present
+            op.subscribe(ack)
+            assert box.publish(ack, b"after") == 0
+            # A resumed controller session would have delivered the queued ack first.
+            assert wait_until(lambda: op.received(ack) == [b"after"], 5), op.received(ack)
+        finally:
+            op.close()
+        # The controller comes back: its session, with the ack queued while it was down.
+        ctl = connect(
+            broker, "_controller", client_id=ctl_id, clean_start=False, session_expiry_s=3600
+        )
+        assert ctl.session_present
+        assert wait_until(
+            lambda: ctl.received(ack) == [b"queued for the controller", b"after"], 5
+        ), ctl.received(ack)
+        # An operator logging in while the controller runs does not disconnect it.
+        for _ in range(3):
+            op = connect(broker, "_operator", client_id=ctl_id)
+            assert not op.publish(f"{T}/lb-03/cmd", b"from an operator").is_failure
+            assert not ctl.disconnected.wait(0.5), ctl.disconnect_rc
+            op.close()
+            assert op.disconnected.wait(5)
+        assert not ctl.disconnected.is_set(), ctl.disconnect_rc
+        assert not ctl.publish(f"{T}/lb-03/cmd", b"still here").is_failure
+    finally:
+        box.close()
+        ctl.close()
+        # Leave no controller session behind for the other tests of the module.
+        connect(broker, "_controller", client_id=ctl_id, clean_start=True).close()
+
+
 def push_oversize(b: Broker, topic: str, payload: bytes, *, retain: bool = False) -> None:
     """Publish as lb-01; the broker must refuse it (failure PUBACK) or hang up, never take it.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from loudspeaker.brokerconf import (
     render_conf,
 )
 from tests.conftest import SITE_FILE
-from tests.security.cli_env import CliEnv, ok
+from tests.security.cli_env import CliEnv, mode, ok
 
 
 def blocks(conf: str) -> tuple[list[str], list[list[str]]]:
@@ -68,20 +69,34 @@ def test_only_global_options_before_the_first_listener(tmp_path: Path) -> None:
     assert option(conf, "protocol") == ["mqtt", "mqtt"]
 
 
-def test_acl_grants_each_box_its_own_topics_of_every_kind_but_cmd() -> None:
-    lines = [ln for ln in render_acl("luc-binh").splitlines() if ln and not ln.startswith("#")]
+def test_acl_grants_each_box_its_own_topics_and_the_operators_each_clusters() -> None:
+    acl = render_acl("luc-binh", ["lb-01", "lb-02"])
+    lines = [ln for ln in acl.splitlines() if ln and not ln.startswith("#")]
     assert lines == [
         "user _controller",
         "topic readwrite loudspeaker/luc-binh/#",
+        "user _operator",
+        "topic write loudspeaker/luc-binh/lb-01/cmd",
+        "topic read loudspeaker/luc-binh/lb-01/ack",
+        "topic read loudspeaker/luc-binh/lb-01/status",
+        "topic read loudspeaker/luc-binh/lb-01/health",
+        "topic read loudspeaker/luc-binh/lb-01/result",
+        "topic write loudspeaker/luc-binh/lb-02/cmd",
+        "topic read loudspeaker/luc-binh/lb-02/ack",
+        "topic read loudspeaker/luc-binh/lb-02/status",
+        "topic read loudspeaker/luc-binh/lb-02/health",
+        "topic read loudspeaker/luc-binh/lb-02/result",
         "pattern read loudspeaker/luc-binh/%u/cmd",
         "pattern write loudspeaker/luc-binh/%u/ack",
         "pattern write loudspeaker/luc-binh/%u/status",
         "pattern write loudspeaker/luc-binh/%u/health",
         "pattern write loudspeaker/luc-binh/%u/result",
     ]
-    # A kind the protocol adds is granted without touching this module.
+    # A kind the protocol adds is granted without touching this module: to the boxes, and
+    # to the operators the other way round.
     for kind in Kind:
-        assert f"/%u/{kind.value}" in render_acl("luc-binh")
+        assert f"/%u/{kind.value}" in acl
+        assert f"/lb-02/{kind.value}" in acl
 
 
 @pytest.fixture
@@ -207,3 +222,40 @@ def test_same_port_for_both_listeners_is_refused(env: CliEnv, tmp_path: Path) ->
     assert result.exit_code == 1
     assert "--port and --tls-port are both 8883" in result.output
     assert not out.exists()
+
+
+def test_the_operators_account_is_written_beside_the_controllers(
+    env: CliEnv, tmp_path: Path
+) -> None:
+    out = tmp_path / "conf"
+    ok(config(env, out, "--tls-self-signed", "--tls-port", "8884"))
+    creds = out / "credentials"
+    op = json.loads((creds / "_operator.json").read_text())
+    assert op["username"] == "_operator" and op["site"] == "luc-binh"
+    # The clusters' address, over TLS: the kit may run on a vendor's laptop.
+    assert op["url"] == "mqtts://localhost:8884" and op["tls_ca"] == "ca.crt"
+    ctl = json.loads((creds / "_controller.json").read_text())
+    assert op["password"] != ctl["password"] and len(op["password"]) >= 32
+    users = [ln.split(":")[0] for ln in (out / "passwd").read_text().splitlines()]
+    assert users[:2] == ["_controller", "_operator"] and "lb-01" in users
+    # No operators' group: private like every other credentials file.
+    assert mode(creds / "_operator.json") == 0o600 and mode(creds) == 0o700
+    # A re-run keeps the operators' password, as every other.
+    ok(config(env, out))
+    assert json.loads((creds / "_operator.json").read_text())["password"] == op["password"]
+
+
+def test_with_an_operators_group_only_the_operators_file_is_shared(
+    env: CliEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gid = os.getgid()  # a group this test may give files to
+    monkeypatch.setenv("LOUDSPEAKER_GROUP", str(gid))
+    out = tmp_path / "conf"
+    ok(config(env, out, "--no-tls"))
+    creds = out / "credentials"
+    assert mode(creds / "_operator.json") == 0o640
+    assert (creds / "_operator.json").stat().st_gid == gid
+    assert mode(creds) == 0o750 and creds.stat().st_gid == gid
+    for private in ("_controller.json", "lb-01.json", "lb-10.json"):
+        assert mode(creds / private) == 0o600, private
+    assert mode(out / "passwd") == 0o600
