@@ -227,9 +227,13 @@ class PendingStore:
             return None
         return command if isinstance(command, PlayCommand) else None
 
-    def remove(self, command_id: str) -> None:
-        """Forget a finished command."""
-        (self._dir / f"{command_id}.json").unlink(missing_ok=True)
+    def remove(self, command_id: str) -> bool:
+        """Forget a finished command; False if it was not here (finished already)."""
+        try:
+            (self._dir / f"{command_id}.json").unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def load(self) -> list[PlayCommand]:
         """Commands still to play; unreadable files are set aside, not trusted."""
@@ -292,6 +296,7 @@ class ClusterAgent:
         # Withdrawn play commands; the lock orders a withdraw against handing to the player.
         self._withdrawn: set[str] = set()
         self._withdraw_lock = threading.Lock()
+        self._finish_lock = threading.Lock()
         self._fetch_attempts: dict[str, int] = {}
         self._stopping = threading.Event()
         # Items taken back from the persistent store at this boot, not yet reported again.
@@ -661,13 +666,21 @@ class ClusterAgent:
         self._ack(command, state, reason)
 
     def _finish(self, command: PlayCommand, state: AckState, reason: str | None = None) -> None:
+        """Report ``command``'s final state, once.
+
+        A stop or withdraw ends an item at once, while a download retry or its timer may
+        still hold it; whichever comes later finds it gone from the store and says nothing.
+        """
+        with self._finish_lock:
+            if not self._pending.remove(command.id):
+                logger.debug("%s: %s already finished", self.config.cluster, command.id)
+                return
+            self._journal.set(command.id, state.value)
         if self.reporter is not None:
             if state is AckState.PLAYED:
                 self.reporter.note_playback(True)
             elif reason and reason.startswith(("playback failed", "agent error")):
                 self.reporter.note_playback(False, reason)
-        self._journal.set(command.id, state.value)
-        self._pending.remove(command.id)
         self._ack(command, state, reason)
 
     # -- health and remote control (docs/health.md) ------------------------------------------

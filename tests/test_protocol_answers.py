@@ -591,3 +591,24 @@ def test_a_stopped_item_still_downloading_ends_at_once_and_never_resumes(box: Bo
     with box.lock:
         assert [a for a in box.acks[mark:] if a.command == item.id] == []
     assert len(box.sink.plays) == 1
+
+
+def test_an_item_stopped_while_waiting_to_retry_is_answered_once(box: Box) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    # Nothing listens there: the download fails and the box waits to retry it.
+    media = box.media.model_copy(update={"url": f"http://127.0.0.1:{port}/media/x.mp3"})
+    item = box.play(media=media)
+    box.send(item)
+    box.wait_ack(item.id, lambda a: a.state == "received")
+    assert wait_until(lambda: item.id in box.agent._fetch_attempts, 15)
+    box.send(box.control(StopCommand, broadcast=item.broadcast))
+    assert box.final(item.id).reason == "stopped by operator before playback"
+    # The retry timer fires later and stages the item again: what the timer runs, now.
+    box.agent._stage(item, box.agent._generation)
+    box.sync()
+    with box.lock:
+        finals = [a for a in box.acks if a.command == item.id and a.state == "failed"]
+    assert len(finals) == 1, finals
+    assert box.sink.plays == []
