@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -395,6 +396,32 @@ def render_conf(
     return "\n".join(lines) + "\n"
 
 
+def _give_to(user: str, paths: list[Path]) -> None:
+    """Hand what mosquitto reads after dropping to ``user`` over to that account.
+
+    Only those: the credentials stay the writer's (mosquitto never reads them), and so
+    does the private CA's key beside the server certificate.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--run-as {user}: no such user on this machine") from None
+    if os.geteuid() != 0:
+        if os.geteuid() != entry.pw_uid:
+            logger.warning(
+                "not root: give %s to user %s yourself (chown), or mosquitto cannot read them",
+                ", ".join(str(p) for p in paths),
+                user,
+            )
+        return
+    for path in paths:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        if path.is_dir():
+            for child in path.rglob("*"):
+                if child.name != "ca.key":
+                    os.chown(child, entry.pw_uid, entry.pw_gid)
+
+
 def _controller_host(bind: str) -> str:
     # The controller runs on the broker's machine: loopback reaches a wildcard bind.
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "localhost", "") else bind
@@ -559,4 +586,9 @@ def _write(
         ),
         encoding="utf-8",
     )
+    if run_as:
+        broker_reads = [passwd, acl, persist]
+        if tls is not None:
+            broker_reads += [tls.cert.parent, tls.cert, tls.key]
+        _give_to(run_as, broker_reads)
     return BrokerFiles(conf, passwd, acl, credentials, tls, cluster_url, tls_source)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -618,3 +621,50 @@ def test_tls_listener_with_the_private_ca(broker: Broker) -> None:
         ctx.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_run_as_gives_mosquitto_what_it_reads_and_nothing_else(
+    port_1883_held: socket.socket | None,
+) -> None:
+    """`--run-as nobody`: mosquitto, started as root, drops to nobody and still starts."""
+    # Not under pytest's 0700 tmp dirs: the dropped broker must be able to walk its path.
+    root = Path(tempfile.mkdtemp(prefix="ls-runas-"))
+    root.chmod(0o755)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        out, port, tls_port = root / "conf", free_port(), free_port()
+        write_broker_config(
+            out,
+            site="luc-binh",
+            clusters=["lb-01"],
+            host="localhost",
+            port=port,
+            tls_self_signed=True,
+            tls_port=tls_port,
+            tls_bind="127.0.0.1",
+            run_as="nobody",
+        )
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for mine in ("passwd", "acl", "persist", "tls/server.key", "tls/server.crt"):
+            assert (out / mine).stat().st_uid == nobody, mine
+        for theirs in ("tls/ca.key", "credentials/_controller.json", "credentials/lb-01.json"):
+            assert (out / theirs).stat().st_uid == 0, theirs
+        log = root / "mosquitto.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [find_mosquitto(), "-c", str(out / "mosquitto.conf")], stdout=sink, stderr=sink
+            )
+        assert wait_listening("127.0.0.1", tls_port, 10), log.read_text()
+        assert Path(f"/proc/{proc.pid}/status").read_text().count(f"\t{nobody}\t") >= 1
+        box = connect(
+            Broker(out, port, tls_port, proc),
+            "lb-01",
+            tls=True,
+            ca=str(out / "credentials" / "ca.crt"),
+        )
+        box.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
