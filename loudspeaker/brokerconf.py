@@ -158,6 +158,9 @@ class BrokerFiles:
     tls: TlsFiles | None
     cluster_url: str
     tls_source: str  # "self-signed", "files", "kept" (from an earlier run) or "none"
+    # The operators' group kept from an earlier run's group-shared _operator.json (no
+    # LOUDSPEAKER_GROUP this time), or None.
+    operators_gid_kept: int | None = None
 
 
 def _openssl(args: list[str], cwd: Path) -> str:
@@ -423,7 +426,9 @@ def write_broker_config(
 
     With ``operators_gid`` (the operators' OS group, ``LOUDSPEAKER_GROUP``) the operators'
     credentials file is 0640 in that group and ``credentials/`` 0750 in it, so they can read
-    that one file; every other credentials file stays 0600.
+    that one file; every other credentials file stays 0600. Without it, an ``_operator.json``
+    an earlier run shared with a group (0640) keeps that group and ``credentials/`` keeps its
+    group access: a re-run never silently takes the controller-down path from the operators.
 
     TLS: ``tls`` files are checked and copied into ``out_dir/tls``; ``tls_self_signed``
     makes (or reuses) a private CA there; with neither, TLS an earlier run left in
@@ -498,6 +503,9 @@ def _write(
         tls_source = "none"
     cred_dir = out_dir / "credentials"
     cred_dir.mkdir(exist_ok=True)
+    kept_gid: int | None = None
+    if operators_gid is None:
+        kept_gid = operators_gid = _shared_operator_gid(cred_dir)
     if operators_gid is None:
         cred_dir.chmod(0o700)
     else:
@@ -559,4 +567,13 @@ def _write(
         ),
         encoding="utf-8",
     )
-    return BrokerFiles(conf, passwd, acl, credentials, tls, cluster_url, tls_source)
+    return BrokerFiles(conf, passwd, acl, credentials, tls, cluster_url, tls_source, kept_gid)
+
+
+def _shared_operator_gid(cred_dir: Path) -> int | None:
+    """The group an earlier run shared ``_operator.json`` with (group-readable), or None."""
+    try:
+        st = (cred_dir / f"{OPERATOR_USER}.json").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_gid if st.st_mode & 0o040 else None
