@@ -16,6 +16,7 @@ from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.filemodes import FileModes
 from loudspeaker.site import current_site
 
+
 def group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name

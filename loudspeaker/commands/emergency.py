@@ -223,6 +223,8 @@ def emergency(
             f"[yellow]controller not running:[/] sent directly over the broker to "
             f"{len(direct.sent)} clusters; the controller records their answers when it starts"
         )
+        for cluster, why in direct.failed.items():
+            err_console.print(f"[red]{cluster}: NOT sent[/] ({why})", highlight=False)
     if not as_json:
         console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {req.target}.")
     if card is not None and wait > 0:
@@ -232,7 +234,7 @@ def emergency(
     if as_json:
         data = view.to_json()
         if direct is not None:
-            data["direct"] = {"sent": direct.sent, "acks": direct.acks}
+            data["direct"] = {"sent": direct.sent, "failed": direct.failed, "acks": direct.acks}
         print_json(data)
     elif card is not None:
         _show(state, view, as_json=False)
