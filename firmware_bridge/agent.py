@@ -463,7 +463,8 @@ class ClusterAgent:
                 expires_as_sent=sent_string(payload, "expires_at"),
             )
         except CommandRefused as exc:
-            # Journaled: its replays (and QoS 1 redeliveries) get the same answer.
+            # Journaled failed: never acted on later; its replays (and QoS 1 redeliveries)
+            # are answered as duplicates (docs/protocol.md §5 and the checks before acting).
             self._journal.set(command.id, AckState.FAILED.value)
             self._refuse(command, str(exc))
             return False

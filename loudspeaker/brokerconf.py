@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
+from firmware_bridge.credentials import OPERATOR_USER
 from firmware_bridge.keys import write_private
 from firmware_bridge.protocol import MAX_PAYLOAD_BYTES, TOPIC_ROOT, Kind
 from loudspeaker.exceptions import ConfigError
@@ -50,9 +51,9 @@ from loudspeaker.exceptions import ConfigError
 logger = logging.getLogger(__name__)
 
 CONTROLLER_USER = "_controller"
-# The operators' tools: a separate account, so they neither need the controller's password
-# nor (client id = user name) take over its persistent session and the acks queued in it.
-OPERATOR_USER = "_operator"
+# The operators' tools use OPERATOR_USER (from firmware_bridge.credentials, which lets only
+# that account's file be group-readable): a separate account, so they neither need the
+# controller's password nor (client id = user name) take over its persistent session.
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; the passwords are 256-bit random
 
 # The one kind the controller sends; a box writes every other kind of its own topics, so a
