@@ -16,7 +16,6 @@ from firmware_bridge.exceptions import KeyFileError
 from firmware_bridge.keys import check_private
 from firmware_bridge.mqtt import BrokerEndpoint
 
-
 # The operators' broker account (docs/security.md): the one whose file may be group-readable.
 OPERATOR_USER = "_operator"
 

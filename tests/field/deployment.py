@@ -233,7 +233,7 @@ class Deployment:
         )
 
     def start_simulate(self, processes: int | None = None) -> subprocess.Popen[str]:
-        """``loudspeaker simulate --broker-credentials-dir CONF --keys-dir KEYS`` (the ten boxes)."""
+        """``loudspeaker simulate --broker-credentials-dir CONF --keys-dir KEYS``: the ten boxes."""
         more = ["--processes", str(processes)] if processes is not None else []
         return self._spawn(
             "simulate",

@@ -66,7 +66,7 @@ def test_only_the_operators_file_may_be_shared_with_their_group(tmp_path: Path) 
     # On the operators' path too, 0640 is for _operator.json only: a box's file (or any
     # other account's) shared with a group is refused.
     box = _creds(tmp_path / "lb-01.json", 0o640, username="lb-01")
-    with pytest.raises(KeyFileError, match="only _operator.json may be 0640"):
+    with pytest.raises(KeyFileError, match=r"only _operator\.json may be 0640"):
         broker_endpoint(None, box, group_readable=True)
 
 
