@@ -23,6 +23,14 @@ OPERATOR_USER = "_operator"
 def read_credentials(path: Path, *, group_readable: bool = False) -> BrokerEndpoint:
     """The endpoint described by a credentials file; ``KeyFileError`` says what is wrong.
 
+    See :func:`read_login` (the same, with the file's site).
+    """
+    return read_login(path, group_readable=group_readable)[0]
+
+
+def read_login(path: Path, *, group_readable: bool = False) -> tuple[BrokerEndpoint, str | None]:
+    """The endpoint a credentials file describes, and the site it names (None if none).
+
     A box's file and the controller's must be 0600. The operators' (user name
     ``_operator``) may be 0640 with ``group_readable``: the operators' OS group reads it for
     the controller-down emergency path and the conformance kit (docs/security.md); any other
@@ -55,4 +63,6 @@ def read_credentials(path: Path, *, group_readable: bool = False) -> BrokerEndpo
     tls_ca = data.get("tls_ca") or endpoint.tls_ca
     if tls_ca and tls_ca != "system" and not Path(tls_ca).is_absolute():
         tls_ca = str(path.parent / tls_ca)  # installed beside the credentials file
-    return replace(endpoint, username=username, password=password, tls_ca=tls_ca)
+    site = data.get("site")
+    endpoint = replace(endpoint, username=username, password=password, tls_ca=tls_ca)
+    return endpoint, site if isinstance(site, str) else None
