@@ -40,6 +40,7 @@ from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
     DUPLICATE_DONE,
     DUPLICATE_IN_PROGRESS,
+    REFUSED_PREFIX,
     RESUMED_AFTER_RESTART,
     WITHDRAWN,
     Ack,
@@ -493,7 +494,7 @@ class ClusterAgent:
         logger.warning(
             "%s: refused command %s (%s): %s", cfg.cluster, command.id, command.type, reason
         )
-        why = f"refused: {reason}"[:500]
+        why = f"{REFUSED_PREFIX}{reason}"[:500]
         if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
             result = ControlResult(
                 cluster=cfg.cluster,
@@ -529,7 +530,7 @@ class ClusterAgent:
                 broadcast=broadcast if isinstance(broadcast, str) else None,
                 state=AckState.FAILED,
                 ts=utcnow(),
-                reason=f"refused: {reason}"[:500],
+                reason=f"{REFUSED_PREFIX}{reason}"[:500],
             )
         except (ValueError, TypeError, AttributeError):
             return
