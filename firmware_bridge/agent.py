@@ -40,6 +40,7 @@ from firmware_bridge.player import Outcome, Player
 from firmware_bridge.protocol import (
     DUPLICATE_DONE,
     DUPLICATE_IN_PROGRESS,
+    REFUSED_PREFIX,
     RESUMED_AFTER_RESTART,
     WITHDRAWN,
     Ack,
@@ -468,7 +469,8 @@ class ClusterAgent:
                 expires_as_sent=sent_string(payload, "expires_at"),
             )
         except CommandRefused as exc:
-            # Journaled: its replays (and QoS 1 redeliveries) get the same answer.
+            # Journaled failed: never acted on later; its replays (and QoS 1 redeliveries)
+            # are answered as duplicates (docs/protocol.md §5 and the checks before acting).
             self._journal.set(command.id, AckState.FAILED.value)
             self._refuse(command, str(exc))
             return False
@@ -497,7 +499,7 @@ class ClusterAgent:
         logger.warning(
             "%s: refused command %s (%s): %s", cfg.cluster, command.id, command.type, reason
         )
-        why = f"refused: {reason}"[:500]
+        why = f"{REFUSED_PREFIX}{reason}"[:500]
         if isinstance(command, VolumeCommand | PowerCommand | RebootCommand | DiagnoseCommand):
             result = ControlResult(
                 cluster=cfg.cluster,
@@ -533,7 +535,7 @@ class ClusterAgent:
                 broadcast=broadcast if isinstance(broadcast, str) else None,
                 state=AckState.FAILED,
                 ts=utcnow(),
-                reason=f"refused: {reason}"[:500],
+                reason=f"{REFUSED_PREFIX}{reason}"[:500],
             )
         except (ValueError, TypeError, AttributeError):
             return

@@ -7,9 +7,9 @@ clusters, so a 2-core machine can drive thousands. Same agents, same protocol, s
 state directories (``state_root/<cluster>``) as the in-process fleet.
 
     python -m firmware_bridge.fleetproc --site S --broker mqtt://H:P --state-root DIR \
-        --clusters-file FILE [--time-scale X] [--credentials-dir DIR] [--keys-dir DIR]
+        --clusters-file FILE [--time-scale X] [--broker-credentials-dir DIR] [--keys-dir DIR]
 
-(``--credentials-dir`` instead of ``--broker``: each cluster logs in with its own file.)
+(``--broker-credentials-dir`` instead of ``--broker``: each cluster logs in with its own file.)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ProcessFleet:
             # Only paths and the URL go on the command line: never a password.
             login = ["--broker", self.endpoint.url] if self.endpoint is not None else []
             if self.credentials_dir is not None:
-                login = ["--credentials-dir", str(self.credentials_dir)]
+                login = ["--broker-credentials-dir", str(self.credentials_dir)]
             if self.keys_dir is not None:
                 login += ["--keys-dir", str(self.keys_dir)]
             self._procs.append(
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m firmware_bridge.fleetproc")
     p.add_argument("--site", required=True)
     p.add_argument("--broker", default=None)
-    p.add_argument("--credentials-dir", type=Path, default=None)
+    p.add_argument("--broker-credentials-dir", type=Path, default=None)
     p.add_argument("--keys-dir", type=Path, default=None)
     p.add_argument("--state-root", type=Path, required=True)
     p.add_argument("--clusters-file", type=Path, required=True)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             time_scale=args.time_scale,
             keepalive=args.keepalive,
             heartbeat_s=args.heartbeat,
-            credentials_dir=args.credentials_dir,
+            credentials_dir=args.broker_credentials_dir,
             keys_dir=args.keys_dir,
         )
         fleet.start()

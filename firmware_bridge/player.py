@@ -30,7 +30,13 @@ from pathlib import Path
 
 from firmware_bridge.abc import AudioSink, PlayResult
 from firmware_bridge.exceptions import SinkError
-from firmware_bridge.protocol import EXPIRED_BEFORE_PLAYBACK, PlayCommand, Priority, utcnow
+from firmware_bridge.protocol import (
+    EXPIRED_BEFORE_PLAYBACK,
+    STOPPED_BY_OPERATOR,
+    PlayCommand,
+    Priority,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,7 @@ class Player:
                 heapq.heapify(self._heap)
             cur = self._current
             if cur is not None and broadcast in (None, cur.command.broadcast):
-                self._why = "stopped by operator"
+                self._why = STOPPED_BY_OPERATOR
                 self._interrupt.set()
             self._cond.notify_all()
         for e in removed:

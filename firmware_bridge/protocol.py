@@ -475,12 +475,23 @@ def signing_input(command: AnyCommand, kid: str) -> bytes:
     ``SIGNING_CONTEXT || kid || "\\n" || JCS(command minus "sig")``. The command's every
     field is covered, so its content, cluster, id, issue time and expiry are all bound.
     """
-    body = command.model_dump(mode="json", exclude={"sig"})
-    return SIGNING_CONTEXT + kid.encode("ascii") + b"\n" + canonical_json(body)
+    return body_signing_input(command.model_dump(mode="json"), kid)
+
+
+def body_signing_input(body: Mapping[str, Any], kid: str) -> bytes:
+    """:func:`signing_input` of a command given as its JSON object (``sig`` left out), for
+    bodies the models cannot express (the conformance kit's malformed commands)."""
+    data = {k: v for k, v in body.items() if k != "sig"}
+    return SIGNING_CONTEXT + kid.encode("ascii") + b"\n" + canonical_json(data)
+
+
+def mac_of(key: bytes, text: bytes) -> str:
+    """The HMAC-SHA256 of a signing input, as ``sig.mac`` carries it (64 lowercase hex)."""
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
 def _mac(key: bytes, command: AnyCommand, kid: str) -> str:
-    return hmac.new(key, signing_input(command, kid), hashlib.sha256).hexdigest()
+    return mac_of(key, signing_input(command, kid))
 
 
 def sign_command(command: _C, key: bytes, key_id: str) -> _C:
@@ -537,7 +548,7 @@ def check_freshness(
         )
     if command.expires_at <= now:
         sent = expires_as_sent or wire_time(command.expires_at)
-        raise StaleCommand(f"expired at {sent}")
+        raise StaleCommand(f"{EXPIRED_AT}{sent}")
 
 
 _TIME_ADAPTER: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
@@ -579,6 +590,8 @@ def verify_command(
 REFUSED_PREFIX = "refused: "
 DUPLICATE_DONE = "duplicate command; already handled"
 DUPLICATE_IN_PROGRESS = "duplicate command; in progress"
+STOPPED_BY_OPERATOR = "stopped by operator"  # a play cut short by a stop command
+EXPIRED_AT = "expired at "  # + expires_at as sent: a stale command (after REFUSED_PREFIX)
 EXPIRED_BEFORE_PLAYBACK = "expired before playback"
 RESUMED_AFTER_RESTART = "resumed after restart"
 WITHDRAWN = "withdrawn: schedule changed"

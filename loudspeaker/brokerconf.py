@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
+from firmware_bridge.credentials import OPERATOR_USER
 from firmware_bridge.keys import write_private
 from firmware_bridge.protocol import MAX_PAYLOAD_BYTES, TOPIC_ROOT, Kind
 from loudspeaker.exceptions import ConfigError
@@ -51,9 +52,9 @@ from loudspeaker.exceptions import ConfigError
 logger = logging.getLogger(__name__)
 
 CONTROLLER_USER = "_controller"
-# The operators' tools: a separate account, so they neither need the controller's password
-# nor (client id = user name) take over its persistent session and the acks queued in it.
-OPERATOR_USER = "_operator"
+# The operators' tools use OPERATOR_USER (from firmware_bridge.credentials, which lets only
+# that account's file be group-readable): a separate account, so they neither need the
+# controller's password nor (client id = user name) take over its persistent session.
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default; the passwords are 256-bit random
 
 # The one kind the controller sends; a box writes every other kind of its own topics, so a
@@ -159,6 +160,9 @@ class BrokerFiles:
     tls: TlsFiles | None
     cluster_url: str
     tls_source: str  # "self-signed", "files", "kept" (from an earlier run) or "none"
+    # The operators' group kept from an earlier run's group-shared _operator.json (no
+    # LOUDSPEAKER_GROUP this time), or None.
+    operators_gid_kept: int | None = None
 
 
 def _openssl(args: list[str], cwd: Path) -> str:
@@ -450,7 +454,9 @@ def write_broker_config(
 
     With ``operators_gid`` (the operators' OS group, ``LOUDSPEAKER_GROUP``) the operators'
     credentials file is 0640 in that group and ``credentials/`` 0750 in it, so they can read
-    that one file; every other credentials file stays 0600.
+    that one file; every other credentials file stays 0600. Without it, an ``_operator.json``
+    an earlier run shared with a group (0640) keeps that group and ``credentials/`` keeps its
+    group access: a re-run never silently takes the controller-down path from the operators.
 
     TLS: ``tls`` files are checked and copied into ``out_dir/tls``; ``tls_self_signed``
     makes (or reuses) a private CA there; with neither, TLS an earlier run left in
@@ -525,6 +531,9 @@ def _write(
         tls_source = "none"
     cred_dir = out_dir / "credentials"
     cred_dir.mkdir(exist_ok=True)
+    kept_gid: int | None = None
+    if operators_gid is None:
+        kept_gid = operators_gid = _shared_operator_gid(cred_dir)
     if operators_gid is None:
         cred_dir.chmod(0o700)
     else:
@@ -591,4 +600,13 @@ def _write(
         if tls is not None:
             broker_reads += [tls.cert.parent, tls.cert, tls.key]
         _give_to(run_as, broker_reads)
-    return BrokerFiles(conf, passwd, acl, credentials, tls, cluster_url, tls_source)
+    return BrokerFiles(conf, passwd, acl, credentials, tls, cluster_url, tls_source, kept_gid)
+
+
+def _shared_operator_gid(cred_dir: Path) -> int | None:
+    """The group an earlier run shared ``_operator.json`` with (group-readable), or None."""
+    try:
+        st = (cred_dir / f"{OPERATOR_USER}.json").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_gid if st.st_mode & 0o040 else None

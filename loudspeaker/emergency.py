@@ -265,6 +265,7 @@ class DirectResult:
     """What the CLI saw while sending an emergency itself."""
 
     sent: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cluster -> why the broker refused
     acks: dict[str, str] = field(default_factory=dict)
     media_url: str = ""
 
@@ -286,7 +287,8 @@ def send_direct(
 
     The audio is served from ``http_host:http_port`` (the controller's usual address, so the
     URLs in queued commands stay valid when the controller returns) until every target has
-    fetched it or ``wait_s`` passes. Deliveries are marked ``sent`` on the broker's PUBACK;
+    fetched it or ``wait_s`` passes. Deliveries are marked ``sent`` on the broker's PUBACK,
+    ``failed`` with the broker's reason when it refuses one (or never confirms it);
     the controller applies the clusters' acknowledgements when it starts again.
     """
     b = session.get(Broadcast, broadcast_id)
@@ -323,10 +325,13 @@ def send_direct(
             return
         with lock:
             result.acks[d.cluster_id] = ack.state.value
-            if len(result.acks) == len(by_command) and all(
-                s in ("playing", "played", "failed") for s in result.acks.values()
-            ):
-                acked.set()
+            check_all_answered()
+
+    def check_all_answered() -> None:  # under lock
+        if len(result.acks) >= len(by_command) and all(
+            s in ("playing", "played", "failed") for s in result.acks.values()
+        ):
+            acked.set()
 
     loop = MqttLoop("emergency-direct")
     loop.start()
@@ -353,36 +358,48 @@ def send_direct(
         t = now()
         expires = t + timedelta(seconds=b.validity_s or DEFAULT_VALIDITY_S)
         puback = threading.Semaphore(0)
-        for d in deliveries:
+        # The broker's answer per delivery: (ok, reason). A refused publish (no ACL line for
+        # _operator, e.g. a cluster added after `broker config`) reached no box.
+        answers: dict[int, tuple[bool, str]] = {}
+
+        def done(index: int) -> Callable[[bool, str], None]:
+            def record(ok: bool, reason: str) -> None:
+                with lock:
+                    answers[index] = (ok, reason)
+                puback.release()
+
+            return record
+
+        for i, d in enumerate(deliveries):
             d.expires_at = d.expires_at or expires
             cmd = sign(
                 outbox.play_command(
                     d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
                 )
             )
-            link.publish(
-                topic(site, d.cluster_id, Kind.CMD),
-                encode(cmd),
-                on_done=lambda ok, _r: puback.release(),
-            )
+            link.publish(topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(i))
         for _ in deliveries:
             puback.acquire(timeout=5)
         t = now()
-        for d in deliveries:
-            d.state = DeliveryState.SENT.value
-            d.sent_at = t
+        for i, d in enumerate(deliveries):
+            with lock:
+                ok, why = answers.get(i, (False, "the broker did not confirm it"))
+            if ok:
+                d.state, d.sent_at = DeliveryState.SENT.value, t
+                reason = "sent directly by the CLI (controller not running)"
+                result.sent.append(d.cluster_id)
+            else:
+                reason = f"broker refused: {why}"
+                d.state, d.failed_at, d.reason = DeliveryState.FAILED.value, t, reason
+                with lock:
+                    by_command.pop(d.command_id, None)  # no answer to wait for
+                result.failed[d.cluster_id] = reason
             d.updated_at = t
             session.add(d)
-            session.add(
-                DeliveryEvent(
-                    delivery_id=d.id or 0,
-                    state="sent",
-                    at=t,
-                    reason="sent directly by the CLI (controller not running)",
-                )
-            )
-            result.sent.append(d.cluster_id)
+            session.add(DeliveryEvent(delivery_id=d.id or 0, state=d.state, at=t, reason=reason))
         session.commit()
+        with lock:
+            check_all_answered()  # the refused ones need no answer
         acked.wait(wait_s)
     finally:
         loop.close_link(link)

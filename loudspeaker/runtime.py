@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loudspeaker.exceptions import ConfigError
+
 if TYPE_CHECKING:
     from firmware_bridge.mqtt import BrokerEndpoint
+    from loudspeaker.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +171,66 @@ def broker_endpoint(
 
     if credentials_file is None:
         return BrokerEndpoint.parse(url) if url else None
-    creds = read_credentials(credentials_file, group_readable=group_readable)
+    return _merge(url, read_credentials(credentials_file, group_readable=group_readable))
+
+
+def _merge(url: str | None, login: BrokerEndpoint) -> BrokerEndpoint:
+    """``url`` with ``login``'s user name and password (``login`` itself without a url).
+
+    A TLS ``url`` keeps the file's CA (installed beside it) unless the url names one; a
+    plain ``url`` has none.
+    """
+    from firmware_bridge.mqtt import BrokerEndpoint
+
     if not url:
-        return creds
+        return login
     given = BrokerEndpoint.parse(url)
-    tls_ca = (creds.tls_ca or given.tls_ca) if given.tls_ca else None
-    return replace(given, username=creds.username, password=creds.password, tls_ca=tls_ca)
+    tls_ca = (login.tls_ca or given.tls_ca) if given.tls_ca else None
+    return replace(given, username=login.username, password=login.password, tls_ca=tls_ca)
+
+
+@dataclass(frozen=True)
+class OperatorsBroker:
+    """Where and as whom the operators' tools log in (see :func:`operators_broker`)."""
+
+    endpoint: BrokerEndpoint | None  # None: no URL and no credentials file
+    credentials: Path | None  # the credentials file used, if any
+    site: str | None  # the site that file names
+
+
+class ControllersAccountRefused(ConfigError):
+    """The operators' tools were given the controller's own credentials file."""
+
+
+def operators_credentials(settings: Settings, last: Endpoints | None) -> Path | None:
+    """The operators' credentials file: ``LOUDSPEAKER_OPERATOR_CREDENTIALS``, else the one the
+    last ``serve`` on this machine named in ``run/endpoints.json`` (``last``); else None."""
+    if settings.operator_credentials is not None:
+        return settings.operator_credentials
+    if last is not None and last.operator_credentials_file:
+        return Path(last.operator_credentials_file)
+    return None
+
+
+def operators_broker(url: str | None, credentials: Path | None) -> OperatorsBroker:
+    """The operators' broker endpoint, for the controller-down emergency path and the
+    conformance kit: ``url`` (if given) with ``credentials``' login, as
+    :func:`broker_endpoint` merges them; the file may be group-readable only if it is the
+    operators' own (``_operator``). ``KeyFileError`` says what is wrong with the file;
+    ``ControllersAccountRefused`` when it is the controller's: the broker binds the client id
+    to the user name, so using it would take over the controller's session.
+    """
+    from firmware_bridge.credentials import read_login
+    from firmware_bridge.mqtt import BrokerEndpoint
+    from loudspeaker.brokerconf import CONTROLLER_USER, OPERATOR_USER
+
+    if credentials is None:
+        return OperatorsBroker(BrokerEndpoint.parse(url) if url else None, None, None)
+    login, site = read_login(credentials, group_readable=True)
+    if login.username == CONTROLLER_USER:
+        raise ControllersAccountRefused(
+            f"{credentials} is the controller's own account: the broker binds the client id "
+            "to the user name, so logging in with it would take over the controller's session "
+            f"and disconnect it; use {OPERATOR_USER}.json from `loudspeaker broker config`"
+        )
+    return OperatorsBroker(_merge(url, login), credentials, site)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,14 @@ from loudspeaker.commands.common import console, handle_errors, print_json, stat
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.filemodes import FileModes
 from loudspeaker.site import current_site
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
 
 app = typer.Typer(help="The production MQTT broker (mosquitto).")
 
@@ -111,6 +120,9 @@ def broker_config(
         "acl": str(files.acl),
         "cluster_url": files.cluster_url,
         "credentials": {k: str(v) for k, v in files.credentials.items()},
+        "operators_group_kept": None
+        if files.operators_gid_kept is None
+        else group_name(files.operators_gid_kept),
         "tls": None
         if files.tls is None
         else {"cert": str(files.tls.cert), "ca": str(files.tls.ca), "source": files.tls_source},
@@ -125,7 +137,10 @@ def broker_config(
             f"stay on {files.cluster_url}. To drop TLS, run again with --no-tls."
         )
     op = files.credentials[OPERATOR_USER]
-    shared = "0640, the operators' group" if state.settings.group else "0600"
+    if files.operators_gid_kept is not None:
+        shared = f"0640, group {group_name(files.operators_gid_kept)} kept from the earlier run"
+    else:
+        shared = "0640, the operators' group" if state.settings.group else "0600"
     console.print(
         f"The operators' tools (controller-down emergency, `loudspeaker conformance`) log "
         f"in with {op} ({shared}); `serve` finds it beside the controller's."

@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from loudspeaker.commands.common import err_console, handle_errors, print_json
+from loudspeaker.commands.common import err_console, handle_errors, print_json, state_of
 from loudspeaker.exceptions import ConfigError
-
-
-def _site_of(credentials: Path) -> str | None:
-    try:
-        data: Any = json.loads(credentials.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # read_credentials reports what is wrong with the file
-    site = data.get("site") if isinstance(data, dict) else None
-    return site if isinstance(site, str) else None
-
-
-def _default_credentials(ctx: typer.Context) -> Path | None:
-    """The operators' credentials: ``LOUDSPEAKER_OPERATOR_CREDENTIALS``, else the file the
-    last ``serve`` on this machine named in ``run/endpoints.json``; else none (a bench)."""
-    from loudspeaker.commands.common import state_of
-    from loudspeaker.runtime import Endpoints
-
-    settings = state_of(ctx).settings
-    if settings.operator_credentials is not None:
-        return settings.operator_credentials
-    last = Endpoints.read(settings.endpoints_file)
-    if last is not None and last.operator_credentials_file:
-        return Path(last.operator_credentials_file)
-    return None
 
 
 @handle_errors
@@ -91,40 +65,24 @@ def conformance(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Drive one box through every MUST of docs/protocol.md; exit 0 only if none fails."""
-    from firmware_bridge.credentials import read_credentials
     from firmware_bridge.keys import read_key_file
-    from firmware_bridge.mqtt import BrokerEndpoint
     from firmware_bridge.protocol import validate_cluster_id
     from loudspeaker import conformance as kit
-    from loudspeaker.brokerconf import CONTROLLER_USER, OPERATOR_USER
+    from loudspeaker.runtime import Endpoints, operators_broker, operators_credentials
 
-    credentials = credentials or _default_credentials(ctx)
+    settings = state_of(ctx).settings
+    credentials = credentials or operators_credentials(
+        settings, Endpoints.read(settings.endpoints_file)
+    )
     if broker is None and credentials is None:
         raise ConfigError(
             "give --broker mqtt://HOST:PORT, or --credentials _operator.json (its url is used)"
         )
-    if credentials is not None:
-        # 0640 allowed: the operators' group shares _operator.json (docs/security.md).
-        login = read_credentials(credentials, group_readable=True)
-        if login.username == CONTROLLER_USER:
-            raise ConfigError(
-                f"{credentials} is the controller's account: the broker binds the client id "
-                "to the user name, so the kit would take over the controller's session and "
-                f"disconnect it; use {OPERATOR_USER}.json from `loudspeaker broker config`"
-            )
-        endpoint = login
-        if broker is not None:
-            given = BrokerEndpoint.parse(broker)
-            endpoint = replace(
-                given,
-                username=login.username,
-                password=login.password,
-                tls_ca=(login.tls_ca or given.tls_ca) if given.tls_ca else None,
-            )
-        site = site or _site_of(credentials)
-    else:
-        assert broker is not None
-        endpoint = BrokerEndpoint.parse(broker)
+    # 0640 allowed: the operators' group shares _operator.json (docs/security.md).
+    login = operators_broker(broker, credentials)
+    assert login.endpoint is not None  # a url or a credentials file was given
+    endpoint = login.endpoint
+    site = site or login.site
     if site is None:
         raise ConfigError("give --site (or a --credentials file that names the site)")
     validate_cluster_id(site)

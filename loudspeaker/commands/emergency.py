@@ -15,7 +15,7 @@ from loudspeaker import audit
 from loudspeaker import emergency as em
 from loudspeaker.auth import Permission, require
 from loudspeaker.broker import running_broker
-from loudspeaker.brokerconf import CONTROLLER_USER, OPERATOR_USER
+from loudspeaker.brokerconf import OPERATOR_USER
 from loudspeaker.commands.broadcast import status_table, wait_for
 from loudspeaker.commands.common import (
     State,
@@ -28,7 +28,13 @@ from loudspeaker.commands.common import (
 from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
-from loudspeaker.runtime import Endpoints, broker_endpoint, remembered_port
+from loudspeaker.runtime import (
+    ControllersAccountRefused,
+    Endpoints,
+    operators_broker,
+    operators_credentials,
+    remembered_port,
+)
 
 
 def _actor(state: State) -> str:
@@ -48,9 +54,7 @@ def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
     st = state.settings
     last = Endpoints.read(st.endpoints_file)
     url = st.broker_url or (last.broker_url if last else None)
-    creds = st.operator_credentials
-    if creds is None and last is not None and last.operator_credentials_file:
-        creds = Path(last.operator_credentials_file)
+    creds = operators_credentials(st, last)
     if creds is None and last is not None and last.credentials_file and not st.broker_url:
         # serve logged in to a locked-down broker, but named no operators' account.
         raise LoudspeakerError(
@@ -61,9 +65,7 @@ def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
             "controller's. The emergency is recorded and goes out as soon as serve starts"
         )
     try:
-        endpoint = broker_endpoint(url, creds, group_readable=True) or running_broker(
-            st.run_dir / "mosquitto"
-        )
+        endpoint = operators_broker(url, creds).endpoint or running_broker(st.run_dir / "mosquitto")
     except KeyFileError as exc:
         raise LoudspeakerError(
             f"the controller is not running and the operators' broker credentials cannot be "
@@ -71,17 +73,15 @@ def _broker_for_direct(state: State) -> tuple[BrokerEndpoint, str, int]:
             f"set {ENV_OPERATOR_CREDENTIALS} to a copy of {OPERATOR_USER}.json you may read. "
             "The emergency is recorded and goes out as soon as `loudspeaker serve` starts"
         ) from None
+    except ControllersAccountRefused as exc:
+        raise LoudspeakerError(
+            f"{exc} ({ENV_OPERATOR_CREDENTIALS}). The emergency is recorded and goes out as "
+            "soon as `loudspeaker serve` starts"
+        ) from None
     if endpoint is None:
         raise LoudspeakerError(
             "the controller is not running and no broker is reachable: the emergency is "
             "recorded and goes out as soon as `loudspeaker serve` starts"
-        )
-    if endpoint.username == CONTROLLER_USER:
-        raise LoudspeakerError(
-            f"{creds} is the controller's own account: logging in with it would take over the "
-            f"controller's session. Use {OPERATOR_USER}.json from `loudspeaker broker config` "
-            f"({ENV_OPERATOR_CREDENTIALS}). The emergency is recorded and goes out as soon as "
-            "`loudspeaker serve` starts"
         )
     # The controller's own media address, so URLs in queued commands stay valid.
     host, port = st.http_host, st.http_port or remembered_port(st.run_dir, "media")
@@ -223,6 +223,8 @@ def emergency(
             f"[yellow]controller not running:[/] sent directly over the broker to "
             f"{len(direct.sent)} clusters; the controller records their answers when it starts"
         )
+        for cluster, why in direct.failed.items():
+            err_console.print(f"[red]{cluster}: NOT sent[/] ({why})", highlight=False)
     if not as_json:
         console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {req.target}.")
     if card is not None and wait > 0:
@@ -232,7 +234,7 @@ def emergency(
     if as_json:
         data = view.to_json()
         if direct is not None:
-            data["direct"] = {"sent": direct.sent, "acks": direct.acks}
+            data["direct"] = {"sent": direct.sent, "failed": direct.failed, "acks": direct.acks}
         print_json(data)
     elif card is not None:
         _show(state, view, as_json=False)

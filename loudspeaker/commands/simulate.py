@@ -31,7 +31,7 @@ def simulate(
         int | None,
         typer.Option(help="Processes to spread the clusters over (default: one per 500)"),
     ] = None,
-    credentials_dir: Annotated[
+    broker_credentials_dir: Annotated[
         Path | None,
         typer.Option(
             help="Each box logs in with its own CLUSTER.json from `loudspeaker broker config` "
@@ -65,13 +65,14 @@ def simulate(
                 "-o big.toml && loudspeaker site load big.toml"
             )
         ids = ids[:clusters]
-    if credentials_dir is not None:
+    credentials_dir: Path | None = None
+    if broker_credentials_dir is not None:
         if broker is not None:
             raise LoudspeakerError(
-                "give --broker or --credentials-dir, not both: each credentials file names "
+                "give --broker or --broker-credentials-dir, not both: each credentials file names "
                 "its broker"
             )
-        credentials_dir = _credentials_dir(credentials_dir.resolve(), ids)
+        credentials_dir = _credentials_dir(broker_credentials_dir.resolve(), ids)
     elif broker is None:
         card = state.controller()
         if card is None:

@@ -25,8 +25,10 @@ from firmware_bridge.mqtt import BrokerEndpoint
 from firmware_bridge.protocol import (
     DUPLICATE_DONE,
     DUPLICATE_IN_PROGRESS,
+    EXPIRED_AT,
     REFUSED_PREFIX,
     RESUMED_AFTER_RESTART,
+    STOPPED_BY_OPERATOR,
     WITHDRAWN,
     Ack,
     AckState,
@@ -63,12 +65,6 @@ from loudspeaker.conformance.harness import (
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "skipped", "not applicable"]
-
-# The exact reasons docs/protocol.md prescribes (the rest come from the protocol module).
-DUPLICATE_PENDING = DUPLICATE_IN_PROGRESS
-STOPPED = "stopped by operator"
-REFUSED = REFUSED_PREFIX
-EXPIRED_PREFIX = "refused: expired at "
 
 
 @dataclass
@@ -300,7 +296,7 @@ class ConformanceKit:
         if first is None or not isinstance(first.message, Ack):
             raise Fail(f"{what}: no ack within {self.timeout:.0f} s (expected failed 'refused: …')")
         ack = first.message
-        if ack.state is not AckState.FAILED or not (ack.reason or "").startswith(REFUSED):
+        if ack.state is not AckState.FAILED or not (ack.reason or "").startswith(REFUSED_PREFIX):
             raise Fail(
                 f"{what}: first ack {ack.state.value} with {_quote(ack.reason)}; "
                 "expected failed 'refused: …'"
@@ -429,12 +425,12 @@ class ConformanceKit:
         if answer is None or not isinstance(answer.message, Ack):
             raise Fail(f"no ack for the duplicate within {self.timeout:.0f} s")
         ack = answer.message
-        if ack.state is not AckState.STAGED or ack.reason != DUPLICATE_PENDING:
+        if ack.state is not AckState.STAGED or ack.reason != DUPLICATE_IN_PROGRESS:
             raise Fail(
                 f"answered {ack.state.value} with {_quote(ack.reason)}; expected staged "
-                f"with {DUPLICATE_PENDING!r}"
+                f"with {DUPLICATE_IN_PROGRESS!r}"
             )
-        return f"answered staged {DUPLICATE_PENDING!r}"
+        return f"answered staged {DUPLICATE_IN_PROGRESS!r}"
 
     @check("withdraw", "3", "withdraw of a staged future item")
     def _withdraw(self) -> str:
@@ -558,7 +554,7 @@ class ConformanceKit:
         assert isinstance(cmd, PlayCommand)
         payload = encode(cmd)
         reason = self._refused_play("expired", payload, "expired play")
-        wanted = EXPIRED_PREFIX + json.loads(payload)["expires_at"]
+        wanted = REFUSED_PREFIX + EXPIRED_AT + json.loads(payload)["expires_at"]
         if reason != wanted:
             raise Fail(f"reason {reason!r}; expected {wanted!r} (expires_at as sent)")
         return reason
@@ -619,12 +615,12 @@ class ConformanceKit:
         final = self._final(cmd.id, mark, self._play_bound(cmd.media.duration_s))
         if final is None:
             raise Fail("no final ack after the stop")
-        if final.state is not AckState.FAILED or final.reason != STOPPED:
+        if final.state is not AckState.FAILED or final.reason != STOPPED_BY_OPERATOR:
             raise Fail(
                 f"final ack {final.state.value} with {_quote(final.reason)}; expected failed "
-                f"{STOPPED!r}"
+                f"{STOPPED_BY_OPERATOR!r}"
             )
-        return f"failed {STOPPED!r}"
+        return f"failed {STOPPED_BY_OPERATOR!r}"
 
     @check("volume", "11", "volume command answered with its result")
     def _volume(self) -> str:
@@ -787,7 +783,7 @@ class ConformanceKit:
         result = self._result(command.id, mark, self.timeout)
         if result is None:
             return f"{what}: no result"
-        if result.ok or not (result.reason or "").startswith(REFUSED):
+        if result.ok or not (result.reason or "").startswith(REFUSED_PREFIX):
             return f"{what}: ok={result.ok} {_quote(result.reason)}"
         return None
 

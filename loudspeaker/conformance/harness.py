@@ -7,8 +7,6 @@ the box; :mod:`loudspeaker.conformance.checks` does.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import socket
@@ -26,7 +24,6 @@ from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.keys import KeyEntry
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
 from firmware_bridge.protocol import (
-    SIGNING_CONTEXT,
     Ack,
     AnyCommand,
     ControlResult,
@@ -35,14 +32,16 @@ from firmware_bridge.protocol import (
     MediaRef,
     PlayCommand,
     Priority,
+    Signature,
     Status,
     Topic,
-    canonical_json,
+    body_signing_input,
     decode_ack,
     decode_heartbeat,
     decode_result,
     decode_status,
     encode,
+    mac_of,
     new_id,
     sign_command,
     topic,
@@ -374,12 +373,10 @@ class Controller:
 
     def sign_raw(self, body: dict[str, Any]) -> bytes:
         """Sign a hand-built command body (one the protocol models cannot express)."""
-        data = dict(body)
-        data.pop("sig", None)
+        data: dict[str, Any] = {k: v for k, v in body.items() if k != "sig"}
         if self.key is not None:
-            text = SIGNING_CONTEXT + self.key.kid.encode("ascii") + b"\n" + canonical_json(data)
-            mac = hmac.new(self.key.secret, text, hashlib.sha256).hexdigest()
-            data["sig"] = {"alg": "hmac-sha256", "kid": self.key.kid, "mac": mac}
+            mac = mac_of(self.key.secret, body_signing_input(data, self.key.kid))
+            data["sig"] = Signature(kid=self.key.kid, mac=mac).model_dump(mode="json")
         else:
             data["sig"] = None
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -137,7 +137,7 @@ def test_the_controllers_own_account_is_refused(tmp_path: Path) -> None:
     creds = _credentials(tmp_path / "_controller.json", 1, user="_controller")
     code, output = _kit(tmp_path, *BASE[:4], "--credentials", str(creds))
     assert code == 1
-    assert "controller's account" in output and "_operator.json" in output
+    assert "controller's own account" in output and "_operator.json" in output
     assert "Traceback" not in output
 
 

@@ -8,7 +8,7 @@ program in its own process, started the way the docs say:
 - Debian's mosquitto with exactly that config;
 - ``loudspeaker serve --broker mqtt://127.0.0.1:PORT --broker-credentials
   credentials/_controller.json``;
-- ``loudspeaker simulate --credentials-dir CONF --keys-dir KEYS``: ten boxes, each logging
+- ``loudspeaker simulate --broker-credentials-dir CONF --keys-dir KEYS``: ten boxes, each logging
   in over TLS with its own password and verifying commands with its own key file
   (``keys issue CLUSTER -o KEYS/CLUSTER.json``);
 - ``loudspeaker-gateway`` with one serial cluster (``lb-11``) on a pty bus answered by the
@@ -233,7 +233,7 @@ class Deployment:
         )
 
     def start_simulate(self, processes: int | None = None) -> subprocess.Popen[str]:
-        """``loudspeaker simulate --credentials-dir CONF --keys-dir KEYS`` (the ten boxes)."""
+        """``loudspeaker simulate --broker-credentials-dir CONF --keys-dir KEYS``: the ten boxes."""
         more = ["--processes", str(processes)] if processes is not None else []
         return self._spawn(
             "simulate",
@@ -242,7 +242,7 @@ class Deployment:
                 "--log-level",
                 "WARNING",
                 "simulate",
-                "--credentials-dir",
+                "--broker-credentials-dir",
                 str(self.conf),
                 "--keys-dir",
                 str(self.keys),

@@ -1,4 +1,4 @@
-"""``loudspeaker simulate --credentials-dir --keys-dir --processes N`` on the locked-down broker.
+"""``loudspeaker simulate --broker-credentials-dir --keys-dir --processes N``, production broker.
 
 The field suite runs the simulator in one process; this checks the multi-process path:
 every child's boxes log in with their own passwords (none on any command line) and verify

@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
+from cli import app
 from firmware_bridge.credentials import read_credentials
 from firmware_bridge.protocol import MAX_PAYLOAD_BYTES, Kind
 from loudspeaker.broker import find_mosquitto, free_port, wait_listening
@@ -668,3 +669,47 @@ def test_run_as_gives_mosquitto_what_it_reads_and_nothing_else(
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_cluster_without_an_acl_line_is_recorded_failed_by_the_cli(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # A cluster added to the site after `broker config`: the generated ACL gives the
+    # operators' account no line for it, so the broker refuses the controller-down path's
+    # command to it. It must be recorded failed with the broker's reason, never "sent".
+    site = tmp_path / "site.toml"
+    site.write_text(
+        SITE_FILE.read_text(encoding="utf-8")
+        + '\n[[clusters]]\nid = "lb-99"\nhamlet = "coc-xa"\nname = "Cụm mới"\n'
+        'transport = "mqtt"\n',
+        encoding="utf-8",
+    )
+    e = CliEnv(tmp_path, CliRunner())
+    e.setup_users(site)
+    res = e.runner.invoke(
+        app,
+        ["emergency", "Vỡ đê", "--siren", "--hamlet", "coc-xa", "--json", "--wait", "0"],
+        env={
+            "LOUDSPEAKER_HOME": str(e.data),
+            "LOUDSPEAKER_TOKEN": "",
+            "LOUDSPEAKER_TOKEN_FILE": str(e.token_file("officer")),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "LOUDSPEAKER_BROKER": "",
+            "LOUDSPEAKER_OPERATOR_CREDENTIALS": str(broker.dir / "credentials" / "_operator.json"),
+        },
+    )
+    assert res.exit_code == 0, res.output
+    assert "controller not running" in res.stderr
+    assert "lb-99: NOT sent" in res.stderr and "Not authorized" in res.stderr
+    data = json.loads(res.stdout)
+    assert sorted(data["direct"]["sent"]) == ["lb-09", "lb-10"]
+    assert list(data["direct"]["failed"]) == ["lb-99"]
+    status = json.loads(
+        ok(e.run("officer", "emergency", "status", str(data["id"]), "--json")).stdout
+    )
+    missing = {m["cluster"]: m for m in status["not_played"]}
+    assert missing["lb-99"]["state"] == "failed"
+    assert (
+        "broker refused" in missing["lb-99"]["why"] and "Not authorized" in missing["lb-99"]["why"]
+    )
+    assert missing["lb-09"]["state"] == "sent"

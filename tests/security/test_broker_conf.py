@@ -259,3 +259,22 @@ def test_with_an_operators_group_only_the_operators_file_is_shared(
     for private in ("_controller.json", "lb-01.json", "lb-10.json"):
         assert mode(creds / private) == 0o600, private
     assert mode(out / "passwd") == 0o600
+
+
+def test_a_rerun_without_the_group_keeps_the_operators_file_shared(
+    env: CliEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gid = os.getgid()  # a group this test may give files to
+    monkeypatch.setenv("LOUDSPEAKER_GROUP", str(gid))
+    out = tmp_path / "conf"
+    ok(config(env, out, "--no-tls"))
+    creds = out / "credentials"
+    # An admin re-runs it later without LOUDSPEAKER_GROUP in the environment.
+    monkeypatch.delenv("LOUDSPEAKER_GROUP")
+    result = ok(config(env, out, "--no-tls"))
+    assert mode(creds / "_operator.json") == 0o640
+    assert (creds / "_operator.json").stat().st_gid == gid
+    assert mode(creds) == 0o750 and creds.stat().st_gid == gid
+    assert "kept from the earlier run" in " ".join(result.output.split())
+    for private in ("_controller.json", "lb-01.json"):
+        assert mode(creds / private) == 0o600, private

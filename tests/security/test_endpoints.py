@@ -63,6 +63,11 @@ def test_only_the_operators_file_may_be_shared_with_their_group(tmp_path: Path) 
         loose = _creds(tmp_path / f"loose-{mode:o}.json", mode)
         with pytest.raises(KeyFileError, match="chmod 640"):
             broker_endpoint(None, loose, group_readable=True)
+    # On the operators' path too, 0640 is for _operator.json only: a box's file (or any
+    # other account's) shared with a group is refused.
+    box = _creds(tmp_path / "lb-01.json", 0o640, username="lb-01")
+    with pytest.raises(KeyFileError, match=r"only _operator\.json may be 0640"):
+        broker_endpoint(None, box, group_readable=True)
 
 
 def test_the_endpoints_file_round_trips_and_holds_no_secret(tmp_path: Path) -> None:
