@@ -48,7 +48,7 @@ from loudspeaker.broadcasts import (
     create_broadcast,
     register_media,
 )
-from loudspeaker.exceptions import LoudspeakerError, NotFoundError
+from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
@@ -266,6 +266,8 @@ class DirectResult:
 
     sent: list[str] = field(default_factory=list)
     acks: dict[str, str] = field(default_factory=dict)
+    # Clusters whose key could not be opened -> why; nothing was sent to them.
+    unsigned: dict[str, str] = field(default_factory=dict)
     media_url: str = ""
 
 
@@ -353,18 +355,35 @@ def send_direct(
         t = now()
         expires = t + timedelta(seconds=b.validity_s or DEFAULT_VALIDITY_S)
         puback = threading.Semaphore(0)
+        signed: list[Delivery] = []
         for d in deliveries:
             d.expires_at = d.expires_at or expires
-            cmd = sign(
-                outbox.play_command(
-                    d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+            try:
+                cmd = sign(
+                    outbox.play_command(
+                        d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+                    )
                 )
-            )
+            except KeystoreError as exc:
+                # Unsigned it would be refused by the box: not sent, and said so.
+                result.unsigned[d.cluster_id] = str(exc)
+                with lock:
+                    by_command.pop(d.command_id, None)
+                d.state = DeliveryState.FAILED.value
+                d.reason = str(exc)
+                d.updated_at = t
+                session.add(d)
+                session.add(
+                    DeliveryEvent(delivery_id=d.id or 0, state="failed", at=t, reason=str(exc))
+                )
+                continue
+            signed.append(d)
             link.publish(
                 topic(site, d.cluster_id, Kind.CMD),
                 encode(cmd),
                 on_done=lambda ok, _r: puback.release(),
             )
+        deliveries = signed
         for _ in deliveries:
             puback.acquire(timeout=5)
         t = now()
@@ -383,7 +402,8 @@ def send_direct(
             )
             result.sent.append(d.cluster_id)
         session.commit()
-        acked.wait(wait_s)
+        if deliveries:
+            acked.wait(wait_s)
     finally:
         loop.close_link(link)
         loop.stop()

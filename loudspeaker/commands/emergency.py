@@ -223,6 +223,12 @@ def emergency(
             f"[yellow]controller not running:[/] sent directly over the broker to "
             f"{len(direct.sent)} clusters; the controller records their answers when it starts"
         )
+        for cluster, why in sorted(direct.unsigned.items()):
+            err_console.print(
+                f"[bold red]NOT SENT to {cluster}:[/] its key could not be opened: {why}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if not as_json:
         console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {req.target}.")
     if card is not None and wait > 0:
@@ -232,13 +238,25 @@ def emergency(
     if as_json:
         data = view.to_json()
         if direct is not None:
-            data["direct"] = {"sent": direct.sent, "acks": direct.acks}
+            data["direct"] = {
+                "sent": direct.sent,
+                "acks": direct.acks,
+                "not_signed": direct.unsigned,
+            }
         print_json(data)
     elif card is not None:
         _show(state, view, as_json=False)
     elif direct is not None:
         for cluster in direct.sent:
             console.print(f"  {cluster}: {direct.acks.get(cluster, 'no answer yet')}")
+    if direct is not None and direct.unsigned:
+        err_console.print(
+            f"[bold red]error:[/] {len(direct.unsigned)} clusters could not be signed and got "
+            f"nothing: {', '.join(sorted(direct.unsigned))} (see above)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 def _show(state: State, view: em.EmergencyView, as_json: bool) -> None:
