@@ -521,3 +521,73 @@ def test_sqlite_path_reads_the_url(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["x.db"]
     assert not (data / "sqlite:").exists()
     assert Settings(data_dir=data, db_url="sqlite://").sqlite_path is None
+
+
+def test_direct_emergency_names_the_clusters_it_could_not_sign(
+    tmp_path: Path, mosquitto: EmbeddedBroker
+) -> None:
+    import threading
+
+    from firmware_bridge.mqtt import MqttLink, MqttLoop
+
+    data = tmp_path / "data"
+    _cli(data, "site", "load", str(SITE_FILE))
+    _cli(data, "keys", "issue", "lb-01")  # lb-02 never had a key: unsigned, as documented
+    (data / "secrets" / "keystore.key").unlink()
+
+    seen: dict[str, list[bytes]] = {"lb-01": [], "lb-02": []}
+    got_lb02, got_marker = threading.Event(), threading.Event()
+    marker = b"end-of-test-marker"
+
+    def on_message(topic_name: str, payload: bytes) -> None:
+        cluster = topic_name.split("/")[2]
+        seen[cluster].append(payload)
+        if cluster == "lb-02":
+            got_lb02.set()
+        if payload == marker:
+            got_marker.set()
+
+    loop = MqttLoop(name="spy")
+    loop.start()
+    link = MqttLink(
+        "spy",
+        mosquitto.endpoint,
+        on_message=on_message,
+        subscriptions=tuple(f"loudspeaker/luc-binh/{c}/cmd" for c in seen),
+    )
+    loop.add(link)
+    try:
+        assert link.connected.wait(10)
+        r = _run(
+            data,
+            "emergency",
+            "Vỡ đê",
+            "--siren",
+            "--hamlet",
+            "ban-cau",
+            "--wait",
+            "1",
+            LOUDSPEAKER_BROKER=mosquitto.endpoint.url,
+        )
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        err = " ".join(r.stderr.split())
+        assert "Traceback" not in err
+        assert "sent directly over the broker to 1 clusters" in err, err
+        assert "NOT SENT to lb-01: its key could not be opened" in err
+        assert "is missing" in err and "keys reset --all --yes" in err
+        assert "could not be signed and got nothing: lb-01" in err
+        assert got_lb02.wait(10)
+        # The CLI had its PUBACKs before it exited, so anything it published on lb-01's
+        # topic reached the spy before this marker does.
+        link.publish("loudspeaker/luc-binh/lb-01/cmd", marker)
+        assert got_marker.wait(10)
+        assert seen["lb-01"] == [marker]
+    finally:
+        loop.close_link(link)
+        loop.stop()
+    engine = make_engine(Settings(data_dir=data).database_url)
+    with Session(engine) as s:
+        states = {d.cluster_id: (d.state, d.reason) for d in s.exec(select(Delivery)).all()}
+    engine.dispose()
+    assert states["lb-02"][0] == "sent"
+    assert states["lb-01"][0] == "failed" and "is missing" in states["lb-01"][1], states
