@@ -89,8 +89,6 @@ def _new_key(session: Session, keystore: Keystore, cluster: str, state: str) -> 
     # Never a new key store while the database holds sealed keys: they would stay sealed
     # under the lost one, and the next rotate or export would fail with no way out.
     sealed = session.exec(select(ClusterKey.kid).limit(1)).first() is not None
-    if sealed and not keystore.exists():
-        raise KeystoreError(keystore.missing_message())
     key = ClusterKey(
         cluster_id=cluster,
         kid=kid,
