@@ -120,11 +120,22 @@ class Settings:
     @property
     def sqlite_path(self) -> Path | None:
         """The SQLite database file, or None for another database (or in memory)."""
-        url = self.database_url
-        if not url.startswith("sqlite"):
+        # Parsed, not split: ``sqlite://`` is in memory and ``?timeout=5`` is no part of the
+        # file name.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            raise ConfigError(
+                f"database URL {self.database_url!r} is not a URL "
+                "(e.g. sqlite:////var/lib/loudspeaker/loudspeaker.db)"
+            ) from None
+        if url.get_backend_name() != "sqlite":
             return None
-        path = url.split("///", 1)[-1]
-        return Path(path) if path and path != ":memory:" else None
+        db = url.database
+        return Path(db) if db and db != ":memory:" else None
 
     @property
     def keystore_path(self) -> Path:

@@ -19,9 +19,10 @@ from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
-from loudspeaker.exceptions import BrokerStartError, LoudspeakerError
+from loudspeaker.exceptions import BrokerStartError, KeystoreError, LoudspeakerError
 from loudspeaker.filemodes import secure_data_dir
 from loudspeaker.health import HealthMonitor
+from loudspeaker.keys import check_active_keys
 from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import now
@@ -69,6 +70,12 @@ class Controller:
         keystore = Keystore.of(st)
         engine = make_engine(st.database_url, busy_timeout_ms=int(st.db_busy_timeout_s * 1000))
         init_db(engine, keystore)
+        try:
+            # Every box with keys refuses unsigned commands: better not to start at all.
+            check_active_keys(engine, keystore)
+        except KeystoreError as exc:
+            engine.dispose()
+            raise KeystoreError(f"serve cannot sign commands, not starting: {exc}") from None
         with Session(engine) as s:
             self.site_id = current_site(s).site.id
         external = broker_endpoint(st.broker_url, st.broker_credentials)

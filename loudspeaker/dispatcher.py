@@ -36,6 +36,7 @@ from firmware_bridge.protocol import (
 )
 from loudspeaker import outbox
 from loudspeaker.db import as_utc
+from loudspeaker.exceptions import KeystoreError
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
@@ -476,16 +477,27 @@ class Dispatcher(EventWorker["_Event"]):
                     "not sent before it expired (broker down?)",
                 )
                 continue
-            self._send(d, b, m, t, expires)
+            self._send(s, d, b, m, t, expires)
 
     def _send(
-        self, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
+        self,
+        s: Session,
+        d: Delivery,
+        b: Broadcast,
+        m: MediaRecord,
+        t: datetime,
+        expires: datetime,
     ) -> None:
-        cmd = self.signer.sign(
-            outbox.play_command(
-                d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
+        try:
+            cmd = self.signer.sign(
+                outbox.play_command(
+                    d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
+                )
             )
-        )
+        except KeystoreError as exc:
+            # Unsigned, every box with keys would refuse it: fail it here, with the reason.
+            self._advance(s, d, DeliveryState.FAILED, t, None, str(exc))
+            return
         assert d.id is not None
         self._inflight.add(d.id)
         self._last_sent[d.id] = t
@@ -505,7 +517,7 @@ class Dispatcher(EventWorker["_Event"]):
         if pair is None or expires is None or expires <= t:
             return
         s.add(DeliveryEvent(delivery_id=d.id or 0, state="resent", at=t, reason=why))
-        self._send(d, *pair, t, expires)
+        self._send(s, d, *pair, t, expires)
 
     def _stop_requests(self, s: Session) -> None:
         if not self.link.connected.is_set():
@@ -531,14 +543,22 @@ class Dispatcher(EventWorker["_Event"]):
                     )
                     continue
                 # The cluster answers with the item's fate ("stopped by operator...").
-                stop = self.signer.sign(
-                    outbox.stop_command(
-                        d.cluster_id,
-                        req.broadcast_id,
-                        issued_at=t,
-                        expires_at=as_utc(d.expires_at) or t + self.command_ttl,
+                try:
+                    stop = self.signer.sign(
+                        outbox.stop_command(
+                            d.cluster_id,
+                            req.broadcast_id,
+                            issued_at=t,
+                            expires_at=as_utc(d.expires_at) or t + self.command_ttl,
+                        )
                     )
-                )
+                except KeystoreError as exc:
+                    s.add(
+                        DeliveryEvent(
+                            delivery_id=d.id or 0, state="stop-failed", at=t, reason=str(exc)
+                        )
+                    )
+                    continue
                 self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(stop), qos=1)
                 s.add(
                     DeliveryEvent(
@@ -574,9 +594,11 @@ class Dispatcher(EventWorker["_Event"]):
                 issued_at=min(t, expires - timedelta(seconds=1)),
                 expires_at=expires,
             )
-            self.link.publish(
-                topic(self.site, d.cluster_id, Kind.CMD), encode(self.signer.sign(cmd)), qos=1
-            )
+            try:
+                signed = self.signer.sign(cmd)
+            except KeystoreError:
+                continue  # logged by the signer; the delivery expires as unreachable
+            self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(signed), qos=1)
             count += 1
         self.resent += count
         if count:
@@ -753,16 +775,27 @@ class Dispatcher(EventWorker["_Event"]):
                 logger.info("%s on %s is playing; not withdrawn", d.broadcast_id, d.cluster_id)
                 continue
             expires = as_utc(d.expires_at) or t + self.command_ttl
-            cmd = self.signer.sign(
-                WithdrawCommand(
-                    id=new_id(),
-                    cluster=d.cluster_id,
-                    broadcast=d.broadcast_id,
-                    command=d.command_id,
-                    issued_at=t,
-                    expires_at=max(expires, t + self.command_ttl),
+            try:
+                cmd = self.signer.sign(
+                    WithdrawCommand(
+                        id=new_id(),
+                        cluster=d.cluster_id,
+                        broadcast=d.broadcast_id,
+                        command=d.command_id,
+                        issued_at=t,
+                        expires_at=max(expires, t + self.command_ttl),
+                    )
                 )
-            )
+            except KeystoreError as exc:
+                s.add(
+                    DeliveryEvent(
+                        delivery_id=delivery_id,
+                        state=d.state,
+                        at=t,
+                        reason=f"withdraw not sent: {exc}",
+                    )
+                )
+                continue
             self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(cmd), qos=1)
             s.add(
                 DeliveryEvent(

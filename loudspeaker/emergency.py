@@ -48,7 +48,7 @@ from loudspeaker.broadcasts import (
     create_broadcast,
     register_media,
 )
-from loudspeaker.exceptions import LoudspeakerError, NotFoundError
+from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
@@ -267,6 +267,8 @@ class DirectResult:
     sent: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # cluster -> why the broker refused
     acks: dict[str, str] = field(default_factory=dict)
+    # Clusters whose key could not be opened -> why; nothing was sent to them.
+    unsigned: dict[str, str] = field(default_factory=dict)
     media_url: str = ""
 
 
@@ -370,14 +372,33 @@ def send_direct(
 
             return record
 
-        for i, d in enumerate(deliveries):
+        signed: list[Delivery] = []
+        for d in deliveries:
             d.expires_at = d.expires_at or expires
-            cmd = sign(
-                outbox.play_command(
-                    d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+            try:
+                cmd = sign(
+                    outbox.play_command(
+                        d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+                    )
                 )
+            except KeystoreError as exc:
+                # Unsigned it would be refused by the box: not sent, and said so.
+                result.unsigned[d.cluster_id] = str(exc)
+                with lock:
+                    by_command.pop(d.command_id, None)
+                d.state = DeliveryState.FAILED.value
+                d.reason = str(exc)
+                d.updated_at = t
+                session.add(d)
+                session.add(
+                    DeliveryEvent(delivery_id=d.id or 0, state="failed", at=t, reason=str(exc))
+                )
+                continue
+            link.publish(
+                topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(len(signed))
             )
-            link.publish(topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(i))
+            signed.append(d)
+        deliveries = signed
         for _ in deliveries:
             puback.acquire(timeout=5)
         t = now()
@@ -399,7 +420,7 @@ def send_direct(
             session.add(DeliveryEvent(delivery_id=d.id or 0, state=d.state, at=t, reason=reason))
         session.commit()
         with lock:
-            check_all_answered()  # the refused ones need no answer
+            check_all_answered()  # the refused and unsigned ones need no answer
         acked.wait(wait_s)
     finally:
         loop.close_link(link)

@@ -44,7 +44,7 @@ from firmware_bridge.protocol import (
 from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluate
 from loudspeaker.db import as_utc
 from loudspeaker.diagnosis import judge, unreachable
-from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.exceptions import KeystoreError, LoudspeakerError
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
@@ -508,6 +508,9 @@ class HealthMonitor(EventWorker["_Event"]):
             return
         try:
             cmd = self.signer.sign(command_for(req, t))
+        except KeystoreError as exc:
+            self._finish(s, req, ControlState.FAILED, str(exc))
+            return
         except (LoudspeakerError, KeyError, ValueError) as exc:
             self._finish(s, req, ControlState.FAILED, f"bad request: {exc}")
             return

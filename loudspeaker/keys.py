@@ -86,10 +86,15 @@ def _new_key(session: Session, keystore: Keystore, cluster: str, state: str) -> 
     while kid in taken:
         kid = new_kid()
     t = now()
+    # Never a new key store while the database holds sealed keys: they would stay sealed
+    # under the lost one, and the next rotate or export would fail with no way out.
+    sealed = session.exec(select(ClusterKey.kid).limit(1)).first() is not None
     key = ClusterKey(
         cluster_id=cluster,
         kid=kid,
-        secret_sealed=keystore.seal(new_secret(), cluster_key_context(cluster, kid)),
+        secret_sealed=keystore.seal(
+            new_secret(), cluster_key_context(cluster, kid), create=not sealed
+        ),
         state=state,
         created_at=t,
         activated_at=t if state == ACTIVE else None,
@@ -191,30 +196,73 @@ def export(
     return [k.kid for k in keep]
 
 
+def reset_unopenable(session: Session, actor: Actor, *, keystore: Keystore) -> list[KeyInfo]:
+    """Drop every key the key store cannot open (it is lost or replaced); returns them.
+
+    The way out when the key store that sealed the keys is gone and there is no backup:
+    afterwards ``issue`` works again for the clusters that lost their keys. A key store that
+    is there but unreadable (permissions, size) is an error, not a reason to drop anything.
+    """
+    if keystore.exists():
+        keystore.check()
+    dropped: list[ClusterKey] = []
+    for k in session.exec(select(ClusterKey)).all():
+        try:
+            secret_of(keystore, k)
+        except KeystoreError:
+            dropped.append(k)
+    infos = [_info(k) for k in dropped]
+    for k in dropped:
+        session.delete(k)
+    audit.record(
+        session,
+        actor.name,
+        "keys.reset",
+        "*",
+        detail={
+            "keystore": str(keystore.path),
+            "dropped": [f"{k.cluster}/{k.kid}" for k in infos],
+        },
+        role=actor.role,
+    )
+    return infos
+
+
+def check_active_keys(engine: Engine, keystore: Keystore) -> int:
+    """Open every active key once; ``KeystoreError`` if one cannot be (``serve`` refuses to
+    start rather than send commands no box accepts). Returns how many were opened."""
+    with Session(engine) as s:
+        rows = s.exec(select(ClusterKey).where(ClusterKey.state == ACTIVE)).all()
+    for k in rows:
+        secret_of(keystore, k)
+    return len(rows)
+
+
+def _info(k: ClusterKey) -> KeyInfo:
+    created = as_utc(k.created_at)
+    assert created is not None
+    return KeyInfo(
+        k.cluster_id, k.kid, k.state, created, as_utc(k.activated_at), as_utc(k.retired_at)
+    )
+
+
 def list_keys(session: Session) -> list[KeyInfo]:
     """Every key of every cluster, without secrets."""
     rows = session.exec(
         select(ClusterKey).order_by(col(ClusterKey.cluster_id), col(ClusterKey.created_at))
     ).all()
-    out = []
-    for k in rows:
-        created = as_utc(k.created_at)
-        assert created is not None
-        out.append(
-            KeyInfo(
-                k.cluster_id, k.kid, k.state, created, as_utc(k.activated_at), as_utc(k.retired_at)
-            )
-        )
-    return out
+    return [_info(k) for k in rows]
 
 
 class CommandSigner:
     """Signs outgoing commands with each cluster's active key (the dispatcher's helper).
 
     Active keys are re-read at most every ``refresh_s`` seconds, so ``keys activate``
-    takes effect within that time without a restart. They are opened with ``keystore``; a
-    key that cannot be opened is logged as an error and its cluster's commands go out
-    unsigned, which a box with keys refuses (the delivery then shows why).
+    takes effect within that time without a restart. They are opened with ``keystore``.
+    A cluster that has no key (never issued) gets its commands unsigned, with one warning.
+    A cluster whose key cannot be opened (the key store is missing or another one) gets
+    nothing: :meth:`sign` raises ``KeystoreError`` naming the key store, so the caller
+    fails that delivery with the reason instead of sending what every keyed box refuses.
     """
 
     def __init__(self, engine: Engine, keystore: Keystore, refresh_s: float = 1.0) -> None:
@@ -222,10 +270,16 @@ class CommandSigner:
         self.keystore = keystore
         self.refresh_s = refresh_s
         self._keys: dict[str, tuple[str, bytes]] = {}
+        self._unopened: dict[str, KeystoreError] = {}
         self._loaded = float("-inf")
+        # "cluster/kid" (unopenable key) or "cluster/" (no key): each logged once.
         self._warned: set[str] = set()
-        self._unopened: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+
+    def _warn_once(self, what: str, level: int, msg: str, *args: object) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.log(level, msg, *args)
 
     def _refresh(self) -> None:
         if time.monotonic() - self._loaded < self.refresh_s:
@@ -233,30 +287,42 @@ class CommandSigner:
         with Session(self.engine) as s:
             rows = s.exec(select(ClusterKey).where(ClusterKey.state == ACTIVE)).all()
         keys: dict[str, tuple[str, bytes]] = {}
+        unopened: dict[str, KeystoreError] = {}
         for k in rows:
             try:
                 keys[k.cluster_id] = (k.kid, secret_of(self.keystore, k))
             except KeystoreError as exc:
-                if (k.cluster_id, k.kid) not in self._unopened:
-                    self._unopened.add((k.cluster_id, k.kid))
-                    logger.error("cannot sign for cluster %s: %s", k.cluster_id, exc)
+                unopened[k.cluster_id] = exc
+                self._warn_once(
+                    f"{k.cluster_id}/{k.kid}",
+                    logging.ERROR,
+                    "cannot sign for cluster %s: %s",
+                    k.cluster_id,
+                    exc,
+                )
         self._keys = keys
+        self._unopened = unopened
         self._loaded = time.monotonic()
 
     def sign(self, command: _C) -> _C:
-        """The command signed with its cluster's active key (unsigned if it has none)."""
+        """The command signed with its cluster's active key (unsigned if it has none).
+
+        Raises ``KeystoreError`` if the cluster has a key that cannot be opened.
+        """
         with self._lock:
             self._refresh()
             found = self._keys.get(command.cluster)
             if found is None:
-                if command.cluster not in self._warned:
-                    self._warned.add(command.cluster)
-                    logger.warning(
-                        "cluster %s has no signing key: its commands go out unsigned; run "
-                        "`loudspeaker keys issue %s`",
-                        command.cluster,
-                        command.cluster,
-                    )
+                if (exc := self._unopened.get(command.cluster)) is not None:
+                    raise KeystoreError(f"not signed, so not sent: {exc}")
+                self._warn_once(
+                    f"{command.cluster}/",
+                    logging.WARNING,
+                    "cluster %s has no signing key: its commands go out unsigned; run "
+                    "`loudspeaker keys issue %s`",
+                    command.cluster,
+                    command.cluster,
+                )
                 return command
         kid, secret = found
         return sign_command(command, secret, kid)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import grp
 import hashlib
 import os
 import secrets
@@ -36,6 +37,11 @@ from loudspeaker.filemodes import FileModes, create_secret_file, ensure_dir
 KEY_BYTES = 32
 NONCE_BYTES = 12
 VERSION = "v1"
+# The way out when the key store that sealed the database's keys is gone for good.
+RESET_ADVICE = (
+    "`loudspeaker keys reset --all --yes` (drops the keys that cannot be opened), then "
+    "`loudspeaker keys issue CLUSTER` for every cluster and install each box's new key file"
+)
 
 
 def cluster_key_context(cluster: str, kid: str) -> str:
@@ -44,7 +50,8 @@ def cluster_key_context(cluster: str, kid: str) -> str:
 
 
 class Keystore:
-    """Seals and opens secrets with the key in ``path`` (created on the first seal)."""
+    """Seals and opens secrets with the key in ``path`` (created on the first seal, never
+    while the database holds sealed values: see :meth:`seal`)."""
 
     def __init__(self, path: Path, modes: FileModes | None = None) -> None:
         self.path = path
@@ -61,21 +68,51 @@ class Keystore:
     def _id_of(key: bytes) -> str:
         return hashlib.sha256(b"loudspeaker-keystore-id\n" + key).hexdigest()[:16]
 
+    def _group_name(self) -> str:
+        gid = self.modes.gid
+        try:
+            return grp.getgrgid(gid).gr_name if gid is not None else ""
+        except KeyError:
+            return str(gid)
+
+    def _check_mode(self, st: os.stat_result) -> None:
+        """Refuse a key file that accounts outside the deployment's may read or write.
+
+        Private: nothing for group or other. Operators' group: group bits only if the file
+        is in that group, never other bits.
+        """
+        mode = stat.S_IMODE(st.st_mode)
+        loose = mode & 0o077 & ~self.modes.file_mode
+        wrong_group = self.modes.gid is not None and mode & 0o070 and st.st_gid != self.modes.gid
+        if not loose and not wrong_group:
+            return
+        if self.modes.gid is None:
+            fix = f"chmod 600 {self.path}"
+            who = "accounts other than its owner"
+        else:
+            fix = f"chgrp {self._group_name()} {self.path} && chmod 660 {self.path}"
+            who = f"accounts outside the operators' group {self._group_name()}"
+        raise KeystoreError(
+            f"key store {self.path} is open to {who} (mode {mode:o}, group {st.st_gid}): "
+            f"run `{fix}`"
+        )
+
+    def missing_message(self) -> str:
+        """What to do when the key file is gone but the database holds sealed keys."""
+        return (
+            f"key store {self.path} is missing, so the cluster signing keys sealed in the "
+            "database cannot be opened (a new key store cannot open them either): restore "
+            f"the file from your backup (same path, mode {self.modes.file_mode:o}); if there "
+            f"is no backup, run {RESET_ADVICE}"
+        )
+
     def _read(self) -> bytes:
         try:
             st = self.path.stat()
-            if stat.S_IMODE(st.st_mode) & 0o007:
-                raise KeystoreError(
-                    f"key store {self.path} is readable by other accounts "
-                    f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {self.path}`"
-                )
+            self._check_mode(st)
             key = self.path.read_bytes()
         except FileNotFoundError:
-            raise KeystoreError(
-                f"key store {self.path} is missing, so the cluster signing keys in the "
-                "database cannot be used: restore it from your backup (same path, mode "
-                "0600), or issue new keys (`loudspeaker keys rotate|activate CLUSTER`)"
-            ) from None
+            raise KeystoreError(self.missing_message()) from None
         except PermissionError:
             raise KeystoreError(
                 f"cannot read key store {self.path}: run this as the controller's account, "
@@ -98,14 +135,31 @@ class Keystore:
                 self._key = self._read()
             return self._key
 
-    @property
-    def key_id(self) -> str:
-        """The id of the key in the file (not secret); raises if there is none."""
-        return self._id_of(self._load(create=False))
+    def exists(self) -> bool:
+        """Whether the key file is there (it may still be unreadable)."""
+        try:
+            self.path.stat()
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            raise KeystoreError(
+                f"cannot look at key store {self.path}: run this as the controller's account, "
+                "or as a member of the operators' group (LOUDSPEAKER_GROUP, docs/security.md)"
+            ) from None
+        return True
 
-    def seal(self, secret: bytes, context: str) -> str:
-        """``secret`` encrypted for storage; the key file is created if there is none."""
-        key = self._load(create=True)
+    def check(self) -> None:
+        """Read the key file now; ``KeystoreError`` says why it cannot be used."""
+        self._load(create=False)
+
+    def seal(self, secret: bytes, context: str, *, create: bool = True) -> str:
+        """``secret`` encrypted for storage.
+
+        The key file is created if there is none and ``create`` is true. Callers pass
+        ``create=False`` while the database holds sealed values: a new key store could
+        never open them, and creating one would hide that the old one is lost.
+        """
+        key = self._load(create=create)
         nonce = os.urandom(NONCE_BYTES)
         box = AESGCM(key).encrypt(nonce, secret, context.encode())
         blob = base64.urlsafe_b64encode(nonce + box).decode("ascii")
@@ -123,9 +177,10 @@ class Keystore:
             raise KeystoreError(f"{context}: sealed with unknown format {version!r}")
         if key_id != self._id_of(key):
             raise KeystoreError(
-                f"{context}: sealed under key store {key_id}, but {self.path} is "
-                f"{self._id_of(key)}: restore the key store this database was used with, "
-                "or issue new keys (`loudspeaker keys rotate|activate CLUSTER`)"
+                f"{context}: sealed under key store {key_id}, but {self.path} is another "
+                f"key store ({self._id_of(key)}), which cannot open it: put back the key "
+                f"store this database was sealed under (from your backup); if it is lost, "
+                f"run {RESET_ADVICE}"
             )
         try:
             return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())

@@ -225,6 +225,12 @@ def emergency(
         )
         for cluster, why in direct.failed.items():
             err_console.print(f"[red]{cluster}: NOT sent[/] ({why})", highlight=False)
+        for cluster, why in sorted(direct.unsigned.items()):
+            err_console.print(
+                f"[bold red]NOT SENT to {cluster}:[/] its key could not be opened: {why}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if not as_json:
         console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {req.target}.")
     if card is not None and wait > 0:
@@ -234,13 +240,27 @@ def emergency(
     if as_json:
         data = view.to_json()
         if direct is not None:
-            data["direct"] = {"sent": direct.sent, "failed": direct.failed, "acks": direct.acks}
+            data["direct"] = {
+                "sent": direct.sent,
+                "failed": direct.failed,
+                "acks": direct.acks,
+                "not_signed": direct.unsigned,
+            }
         print_json(data)
     elif card is not None:
         _show(state, view, as_json=False)
     elif direct is not None:
         for cluster in direct.sent:
             console.print(f"  {cluster}: {direct.acks.get(cluster, 'no answer yet')}")
+    if direct is not None and (direct.unsigned or direct.failed):
+        missed = sorted({*direct.unsigned, *direct.failed})
+        err_console.print(
+            f"[bold red]error:[/] {len(missed)} clusters got nothing: {', '.join(missed)} "
+            "(see above)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 def _show(state: State, view: em.EmergencyView, as_json: bool) -> None:

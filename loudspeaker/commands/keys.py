@@ -18,9 +18,12 @@ from loudspeaker.commands.common import (
     print_json,
     state_of,
 )
+from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.site import current_site
 
-app = typer.Typer(help="Command-signing keys of the clusters: issue, rotate, activate, export.")
+app = typer.Typer(
+    help="Command-signing keys of the clusters: issue, rotate, activate, export, reset."
+)
 
 OutOption = Annotated[
     Path | None,
@@ -136,3 +139,42 @@ def keys_list(
             local_time(k.retired_at, zone, fmt),
         )
     console.print(table)
+
+
+@app.command("reset")
+@handle_errors
+def keys_reset(
+    ctx: typer.Context,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every key the key store cannot open (required)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the boxes need new key files")] = (
+        False
+    ),
+) -> None:
+    """Drop the keys the key store cannot open (it is lost, no backup), so `issue` works."""
+    state = state_of(ctx)
+    actor = require(state, Permission.KEYS, action="keys.reset", target="*")
+    if not all_ or not yes:
+        raise LoudspeakerError(
+            "`keys reset` drops every cluster key the key store "
+            f"{state.settings.keystore_path} cannot open; only do this when that key store is "
+            "lost and there is no backup. Run `loudspeaker keys reset --all --yes`"
+        )
+    with state.session() as s:
+        dropped = cluster_keys.reset_unopenable(s, actor, keystore=state.keystore)
+        s.commit()
+    card = state.controller()
+    if card is not None:
+        card.poke()
+    if not dropped:
+        console.print("Every key opens with the key store: nothing dropped.")
+        return
+    clusters = sorted({k.cluster for k in dropped})
+    console.print(
+        f"Dropped {len(dropped)} keys of {len(clusters)} clusters: {', '.join(clusters)}. "
+        "Every one of these boxes needs its new key file: run `loudspeaker keys issue "
+        "CLUSTER` for each and install the file on the box as STATE_DIR/keys.json (mode "
+        "0600). Until then the box refuses the controller's commands.",
+        highlight=False,
+    )

@@ -698,9 +698,10 @@ def test_a_cluster_without_an_acl_line_is_recorded_failed_by_the_cli(
             "LOUDSPEAKER_OPERATOR_CREDENTIALS": str(broker.dir / "credentials" / "_operator.json"),
         },
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # one cluster got nothing: an operator must know
     assert "controller not running" in res.stderr
     assert "lb-99: NOT sent" in res.stderr and "Not authorized" in res.stderr
+    assert "1 clusters got nothing: lb-99" in " ".join(res.stderr.split())
     data = json.loads(res.stdout)
     assert sorted(data["direct"]["sent"]) == ["lb-09", "lb-10"]
     assert list(data["direct"]["failed"]) == ["lb-99"]

@@ -48,6 +48,7 @@ MATRIX: list[tuple[str, list[str], set[str], str]] = [
     ("users-remove", ["users", "remove", "victim2"], {"admin"}, "users"),
     ("keys-issue", ["keys", "issue", "lb-0{n}", "-o", "{root}/k-{role}.json"], {"admin"}, "keys"),
     ("keys-list", ["keys", "list", "--json"], {"admin"}, "keys"),
+    ("keys-reset", ["keys", "reset", "--all", "--yes"], {"admin"}, "keys"),
     ("broker-config", ["broker", "config", "-o", "{root}/broker-{role}"], {"admin"}, "keys"),
     ("audit", ["audit", "--json"], {"admin"}, "audit"),
     ("audit-verify", ["audit", "verify"], {"admin"}, "audit"),

@@ -101,7 +101,7 @@ def test_no_secret_is_printed_logged_or_audited(
         ),
         *(e.token_file(r).read_text().strip() for r in ("admin", "officer")),
     ]
-    assert len(secrets) == 2 + 2 + 11 + 2
+    assert len(secrets) == 2 + 2 + 12 + 2  # passwords: 10 clusters, controller, operators
     engine = make_engine(f"sqlite:///{e.data / 'loudspeaker.db'}")
     with Session(engine) as s:
         audit_text = json.dumps([r.model_dump(mode="json") for r in s.exec(select(AuditEntry))])

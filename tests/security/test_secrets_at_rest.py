@@ -388,3 +388,206 @@ def test_cli_of_another_account_says_what_to_do(open_dir: Path) -> None:
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert f"cannot use data directory {data}: Permission denied" in r.stderr
     assert "LOUDSPEAKER_GROUP" in r.stderr and "Traceback" not in r.stderr
+
+
+def _run(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "LOUDSPEAKER_HOME": str(data),
+        "XDG_CONFIG_HOME": str(data.parent / "config"),
+        "LOUDSPEAKER_TOKEN": "",
+        "LOUDSPEAKER_TOKEN_FILE": "",
+        **env,
+    }
+    full_env.pop("LOUDSPEAKER_GROUP", None)
+    return subprocess.run(
+        [LOUDSPEAKER, *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+    )
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    return " ".join(r.stderr.split())
+
+
+def test_lost_key_store_is_never_replaced_and_reset_recovers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    keystore = data / "secrets" / "keystore.key"
+    _cli(data, "site", "load", str(SITE_FILE))
+    _cli(data, "keys", "issue", "lb-01")
+    keystore.unlink()
+
+    # No command quietly makes a new key store the sealed keys can never open.
+    for args in (("keys", "rotate", "lb-01"), ("keys", "issue", "lb-02")):
+        err = _one_line_error(_run(data, *args))
+        assert f"key store {keystore} is missing" in err, err
+        assert "restore the file from your backup" in err
+        assert "loudspeaker keys reset --all --yes" in err
+        assert "keys rotate|activate" not in err
+        assert not keystore.exists(), args
+
+    # serve refuses to start: one line naming the key store (before any broker is started).
+    err = _one_line_error(_run(data, "serve", "--broker", "mqtt://127.0.0.1:9"))
+    assert "serve cannot sign commands, not starting" in err and "is missing" in err, err
+    assert len(_run(data, "serve", "--broker", "mqtt://127.0.0.1:9").stderr.splitlines()) == 1
+
+    # The recovery needs both flags, then drops the unopenable key (audited).
+    err = _one_line_error(_run(data, "keys", "reset", "--all"))
+    assert "keys reset --all --yes" in err
+    r = _run(data, "keys", "reset", "--all", "--yes")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = " ".join(r.stdout.split())
+    assert "Dropped 1 keys of 1 clusters: lb-01" in out, out
+    assert "needs its new key file" in out and "keys issue" in out
+    audit = json.loads(_run(data, "audit", "--json").stdout)
+    reset = [e for e in audit if e["action"] == "keys.reset"]
+    assert len(reset) == 1 and reset[0]["detail"]["dropped"][0].startswith("lb-01/"), reset
+
+    # `keys issue` works again, under a new key store.
+    _cli(data, "keys", "issue", "lb-01")
+    assert keystore.exists()
+    listed = json.loads(_run(data, "keys", "list", "--json").stdout)
+    assert [(k["cluster"], k["state"]) for k in listed] == [("lb-01", "active")]
+
+
+def test_replaced_key_store_says_so_and_reset_drops_only_unopenable(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    keystore = data / "secrets" / "keystore.key"
+    _cli(data, "site", "load", str(SITE_FILE))
+    _cli(data, "keys", "issue", "lb-01")
+    keystore.unlink()
+    keystore.write_bytes(os.urandom(32))  # another key store (0600 from the umask below)
+    keystore.chmod(0o600)
+    err = _one_line_error(_run(data, "keys", "rotate", "lb-01"))
+    assert "sealed under key store" in err and "is another key store" in err, err
+    assert "put back the key store this database was sealed under" in err
+    assert "loudspeaker keys reset --all --yes" in err
+    # A key sealed under the present key store opens, and survives the reset.
+    _cli(data, "keys", "issue", "lb-02")
+    r = _run(data, "keys", "reset", "--all", "--yes")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "Dropped 1 keys of 1 clusters: lb-01" in " ".join(r.stdout.split())
+    _cli(data, "keys", "issue", "lb-01")
+    _cli(data, "keys", "export", "lb-02")
+    assert {k["cluster"] for k in json.loads(_run(data, "keys", "list", "--json").stdout)} == {
+        "lb-01",
+        "lb-02",
+    }
+
+
+def test_key_store_mode_is_checked_against_the_deployment(tmp_path: Path) -> None:
+    from loudspeaker.filemodes import FileModes
+
+    path = tmp_path / "keystore.key"
+    path.write_bytes(os.urandom(32))
+    mine = os.stat(path).st_gid
+    other_gid = mine + 4242  # a group this deployment does not use
+
+    def opens(mode: int, modes: FileModes) -> str:
+        path.chmod(mode)
+        try:
+            Keystore(path, modes).check()
+        except KeystoreError as exc:
+            return str(exc)
+        return "ok"
+
+    private = FileModes()
+    assert opens(0o600, private) == "ok"
+    for loose in (0o640, 0o660, 0o604):
+        assert f"run `chmod 600 {path}`" in opens(loose, private), oct(loose)
+    # Group mode: the configured group may read, nobody else.
+    assert opens(0o660, FileModes(mine)) == "ok"
+    assert opens(0o600, FileModes(mine)) == "ok"
+    wrong = opens(0o640, FileModes(other_gid))
+    assert f"chgrp {other_gid} {path} && chmod 660 {path}" in wrong, wrong
+    assert "chmod 600" not in wrong
+    assert "chmod 660" in opens(0o664, FileModes(mine))
+
+
+def test_sqlite_path_reads_the_url(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert Settings(data_dir=data, db_url="sqlite://").sqlite_path is None
+    assert Settings(data_dir=data, db_url="sqlite:///:memory:").sqlite_path is None
+    assert Settings(data_dir=data, db_url="postgresql://u@h/db").sqlite_path is None
+    url = f"sqlite:///{tmp_path}/db/x.db?timeout=5"
+    settings = Settings(data_dir=data, db_url=url)
+    assert settings.sqlite_path == tmp_path / "db" / "x.db"
+    # The data directory set-up creates that file with the private mode, and no other.
+    from loudspeaker.filemodes import secure_data_dir
+
+    secure_data_dir(settings)
+    assert _mode(tmp_path / "db" / "x.db") == 0o600
+    assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["x.db"]
+    assert not (data / "sqlite:").exists()
+    assert Settings(data_dir=data, db_url="sqlite://").sqlite_path is None
+
+
+def test_direct_emergency_names_the_clusters_it_could_not_sign(
+    tmp_path: Path, mosquitto: EmbeddedBroker
+) -> None:
+    import threading
+
+    from firmware_bridge.mqtt import MqttLink, MqttLoop
+
+    data = tmp_path / "data"
+    _cli(data, "site", "load", str(SITE_FILE))
+    _cli(data, "keys", "issue", "lb-01")  # lb-02 never had a key: unsigned, as documented
+    (data / "secrets" / "keystore.key").unlink()
+
+    seen: dict[str, list[bytes]] = {"lb-01": [], "lb-02": []}
+    got_lb02, got_marker = threading.Event(), threading.Event()
+    marker = b"end-of-test-marker"
+
+    def on_message(topic_name: str, payload: bytes) -> None:
+        cluster = topic_name.split("/")[2]
+        seen[cluster].append(payload)
+        if cluster == "lb-02":
+            got_lb02.set()
+        if payload == marker:
+            got_marker.set()
+
+    loop = MqttLoop(name="spy")
+    loop.start()
+    link = MqttLink(
+        "spy",
+        mosquitto.endpoint,
+        on_message=on_message,
+        subscriptions=tuple(f"loudspeaker/luc-binh/{c}/cmd" for c in seen),
+    )
+    loop.add(link)
+    try:
+        assert link.connected.wait(10)
+        r = _run(
+            data,
+            "emergency",
+            "Vỡ đê",
+            "--siren",
+            "--hamlet",
+            "ban-cau",
+            "--wait",
+            "1",
+            LOUDSPEAKER_BROKER=mosquitto.endpoint.url,
+        )
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        err = " ".join(r.stderr.split())
+        assert "Traceback" not in err
+        assert "sent directly over the broker to 1 clusters" in err, err
+        assert "NOT SENT to lb-01: its key could not be opened" in err
+        assert "is missing" in err and "keys reset --all --yes" in err
+        assert "1 clusters got nothing: lb-01" in err
+        assert got_lb02.wait(10)
+        # The CLI had its PUBACKs before it exited, so anything it published on lb-01's
+        # topic reached the spy before this marker does.
+        link.publish("loudspeaker/luc-binh/lb-01/cmd", marker)
+        assert got_marker.wait(10)
+        assert seen["lb-01"] == [marker]
+    finally:
+        loop.close_link(link)
+        loop.stop()
+    engine = make_engine(Settings(data_dir=data).database_url)
+    with Session(engine) as s:
+        states = {d.cluster_id: (d.state, d.reason) for d in s.exec(select(Delivery)).all()}
+    engine.dispose()
+    assert states["lb-02"][0] == "sent"
+    assert states["lb-01"][0] == "failed" and "is missing" in states["lb-01"][1], states

@@ -17,11 +17,18 @@ from loudspeaker import keys
 from loudspeaker.auth import Actor
 from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.control import request_control
 from loudspeaker.controller import Controller
 from loudspeaker.db import make_engine
 from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaStore
-from loudspeaker.models import ClusterRecord, ClusterStatus, Delivery
+from loudspeaker.models import (
+    ClusterRecord,
+    ClusterStatus,
+    ControlRequest,
+    ControlState,
+    Delivery,
+)
 from tests.helpers import make_tone_mp3, wait_until
 
 ADMIN = Actor("admin1", "admin")
@@ -148,3 +155,53 @@ def test_box_with_a_key_refuses_an_unsigned_controller(
         assert sink.plays == []
     finally:
         agent.stop()
+
+
+def test_unopenable_key_fails_the_command_and_sends_nothing(
+    controller: Controller, mosquitto: EmbeddedBroker, tmp_path: Path, spy: list[bytes]
+) -> None:
+    # lb-01's key is sealed under a key store the controller does not have (lost, or the
+    # database came from elsewhere): its commands must fail, never go out unsigned.
+    engine = make_engine(controller.settings.database_url)
+    elsewhere = Keystore(tmp_path / "elsewhere" / "keystore.key")
+    box = tmp_path / "box"
+    with Session(engine) as s:
+        keys.issue(s, "lb-01", ADMIN, keystore=elsewhere)
+        s.flush()
+        keys.export(s, "luc-binh", "lb-01", box / "keys.json", ADMIN, keystore=elsewhere)
+        s.commit()
+    sink = SimulatedSink(time_scale=0.25)
+    agent = ClusterAgent(
+        AgentConfig(site="luc-binh", cluster="lb-01", endpoint=mosquitto.endpoint, state_dir=box),
+        sink,
+    )
+    agent.start()
+    try:
+        assert agent.link.connected.wait(10)
+        assert controller.dispatcher is not None and controller.health is not None
+        assert _broadcast(controller, tmp_path, "unopenable") == "failed"
+        with Session(engine) as s:
+            d = s.exec(select(Delivery)).one()
+        assert "not signed, so not sent" in d.reason, d.reason
+        assert f"key store {controller.settings.keystore_path} is missing" in d.reason
+        assert "keys reset --all --yes" in d.reason
+
+        # The health monitor's path: a volume request fails with the same reason.
+        with Session(engine) as s:
+            req_id = request_control(s, "lb-01", "volume", {"volume": 10}).id
+        controller.health.poke()
+
+        def control() -> ControlRequest:
+            with Session(engine) as s:
+                r = s.get(ControlRequest, req_id)
+                assert r is not None
+                return r
+
+        assert wait_until(lambda: control().state == ControlState.FAILED.value, 20)
+        assert "not signed, so not sent" in control().reason
+        assert "is missing" in control().reason
+        assert spy == [], "a command went out although its key could not be opened"
+        assert sink.plays == []
+    finally:
+        agent.stop()
+        engine.dispose()
