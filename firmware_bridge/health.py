@@ -23,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from firmware_bridge.abc import Hardware, PlayResult, SensorReadings
+from firmware_bridge.bad_readings import bad_fields, describe
 from firmware_bridge.exceptions import BridgeError, HardwareError, SinkError
 from firmware_bridge.hardware import HardwareSink
 from firmware_bridge.protocol import (
@@ -140,28 +143,45 @@ class HeartbeatReporter:
             self._seq += 1
             boot_id, booted = self.boot_id, self._booted
             failures, last_error = self.play_failures, self.last_error
-        return Heartbeat(
-            cluster=self.cluster,
-            ts=self.hardware.now(),
-            seq=seq,
-            boot_id=boot_id,
-            interval_s=self.interval_s,
-            uptime_s=round(time.monotonic() - booted, 3),
-            agent=self.agent_version,
-            firmware=self.hardware.firmware,
-            volume=readings.volume,
-            amp_power=readings.amp_power,
-            amp_temp_c=readings.amp_temp_c,
-            supply_v=readings.supply_v,
-            amp_current_a=readings.amp_current_a,
-            line=_line(readings.line),
-            rssi_dbm=readings.rssi_dbm,
-            playing=self._playing(),
-            free_storage_mb=_round(self.hardware.free_storage_mb(self.storage_path)),
-            play_failures=failures,
-            last_error=last_error,
-            control_link=link,
-        )
+        sensed: dict[str, Any] = {
+            "volume": readings.volume,
+            "amp_power": readings.amp_power,
+            "amp_temp_c": readings.amp_temp_c,
+            "supply_v": readings.supply_v,
+            "amp_current_a": readings.amp_current_a,
+            "rssi_dbm": readings.rssi_dbm,
+            "free_storage_mb": _round(self.hardware.free_storage_mb(self.storage_path)),
+        }
+        own: dict[str, Any] = {
+            "cluster": self.cluster,
+            "ts": self.hardware.now(),
+            "seq": seq,
+            "boot_id": boot_id,
+            "interval_s": self.interval_s,
+            "uptime_s": round(time.monotonic() - booted, 3),
+            "agent": self.agent_version,
+            "firmware": self.hardware.firmware,
+            "line": _line(readings.line),
+            "playing": self._playing(),
+            "play_failures": failures,
+            "control_link": link,
+        }
+        try:
+            return Heartbeat.model_validate({**own, **sensed, "last_error": last_error})
+        except ValidationError as exc:
+            bad = bad_fields(exc)
+            if not bad or not set(bad) <= set(sensed):
+                raise  # not a reading: the agent's own bug, which _run logs
+            error = describe(exc)
+        # A broken sensor must not stop the heartbeats: its value is left out (null) and
+        # named in last_error. Set directly, not by note_error: no wake-up, so a sensor
+        # that stays broken does not turn the heartbeat into a busy loop.
+        with self._lock:
+            changed, self.last_error = self.last_error != error, error
+        if changed:  # logged once, not every sample while the sensor stays broken
+            logger.warning("%s: heartbeat: %s", self.cluster, error)
+        kept = {k: (None if k in bad else v) for k, v in sensed.items()}
+        return Heartbeat.model_validate({**own, **kept, "last_error": error})
 
     def _control_link(self) -> Literal["ok", "down"] | None:
         state = self.hardware.control_link()
@@ -420,6 +440,12 @@ class ControlHandler:
                     reports[name] = ClockReport(status="passed", box_time=self.hardware.now())
             except (BridgeError, OSError) as exc:
                 failed = {"status": "failed", "reason": str(exc)[:300] or type(exc).__name__}
+                reports[name] = _REPORTS[name].model_validate(failed)
+            except ValidationError as exc:
+                # A reading outside what the report allows: the sensor is broken. This test
+                # fails naming it; the other tests are still reported.
+                logger.warning("%s: diagnose %s: %s", self.cluster, name, describe(exc))
+                failed = {"status": "failed", "reason": describe(exc)}
                 reports[name] = _REPORTS[name].model_validate(failed)
         detail = DiagnoseDetail(
             received=received,

@@ -5,8 +5,8 @@ Two attackers:
 - :class:`BoxPasswordAttack`: someone who read one box's credentials file (``lb-01``)
   tries other client ids (the controller's, another box's), other boxes' topics, a 100 MB
   publish and a 10 MB retained one, in a loop on a background thread.
-- :func:`forged_commands`: the commands a compromised path would inject with the
-  controller's own account (forged signature, unsigned, stale), of every command type.
+- :func:`forged_commands`: the commands a stolen operators' credential (``_operator``)
+  would inject (forged signature, unsigned, stale), of every command type.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ class MqttClient:
         *,
         client_id: str,
         tls_ca: str | None = None,
-        keep_session: bool = False,
         subs: tuple[str, ...] = (),
     ) -> MqttClient:
         c = paho.Client(
@@ -98,9 +97,9 @@ class MqttClient:
         c.on_message = lambda _c, _u, m: me.got.append((m.topic, bytes(m.payload), m.retain))
         c.on_publish = lambda _c, _u, mid, rc, _p: me.puback.__setitem__(mid, rc)
         props = Properties(PacketTypes.CONNECT)
-        # Keeping the session (as the controller does) leaves it intact for its owner.
-        props.SessionExpiryInterval = 24 * 3600 if keep_session else 0
-        c.connect(host, port, keepalive=30, clean_start=not keep_session, properties=props)
+        # A clean session of our own, gone when we disconnect: nobody else's is resumed.
+        props.SessionExpiryInterval = 0
+        c.connect(host, port, keepalive=30, clean_start=True, properties=props)
         c.loop_start()
         return me
 
@@ -317,46 +316,34 @@ def forged_commands(
 
 
 def inject(d: Deployment, commands: dict[str, list[AnyCommand]]) -> dict[str, str]:
-    """Publish the commands with the controller's account; PUBACK reason per command id.
+    """Publish the commands with the operators' account; PUBACK reason per command id.
 
-    The broker binds the client id to the user name, so this connection displaces the
-    running controller, which reconnects by itself after a fraction of a second and then
-    displaces us: whatever was not acknowledged by then is sent again on a new connection
-    (the session is kept, so the controller finds its subscriptions and queue again).
+    As a stolen operator credential would: ``_operator`` with a clean session of its own,
+    so the running controller (``_controller``) is never displaced and the acks queued in
+    its session stay there for it. One connection: nothing else logs in as ``_operator``
+    during the attack, so a command without a PUBACK is reported as such, not retried.
     """
-    ctl = read_credentials(d.credentials("_controller"), group_readable=True)
-    assert ctl.username is not None and ctl.password is not None
+    op = read_credentials(d.credentials("_operator"), group_readable=True)
+    assert op.username == "_operator" and op.password is not None, op.username
     todo = [c for batch in commands.values() for c in batch]
     out: dict[str, str] = {}
-    for _attempt in range(10):
-        if not todo:
-            break
-        cl = MqttClient.connect(
-            ctl.host,
-            ctl.port,
-            ctl.username,
-            ctl.password,
-            client_id="compromised",
-            keep_session=True,
-        )
-        try:
-            if not cl.connected.wait(10) or cl.connect_rc is None or cl.connect_rc.is_failure:
-                raise AssertionError(f"controller account refused: {cl.connect_rc}")
-            infos = [(c, cl.c.publish(f"{T}/{c.cluster}/cmd", encode(c), qos=1)) for c in todo]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not all(i.mid in cl.puback for _, i in infos):
-                if cl.disconnected.is_set():
-                    break
-                time.sleep(0.01)
-            todo = []
-            for c, info in infos:
-                rc = cl.puback.get(info.mid)
-                if rc is None:
-                    todo.append(c)
-                else:
-                    out[c.id] = rc.getName()
-        finally:
-            cl.close()
-    for c in todo:
-        out[c.id] = "no PUBACK"
+    # The field's _operator.json names the TLS listener and the site's own CA file.
+    assert op.tls_ca not in (None, "system"), op.tls_ca
+    cl = MqttClient.connect(
+        op.host, op.port, op.username, op.password, client_id="compromised", tls_ca=op.tls_ca
+    )
+    try:
+        if not cl.connected.wait(10) or cl.connect_rc is None or cl.connect_rc.is_failure:
+            raise AssertionError(f"operators' account refused: {cl.connect_rc}")
+        infos = [(c, cl.c.publish(f"{T}/{c.cluster}/cmd", encode(c), qos=1)) for c in todo]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(i.mid in cl.puback for _, i in infos):
+            if cl.disconnected.is_set():
+                break
+            time.sleep(0.01)
+        for c, info in infos:
+            rc = cl.puback.get(info.mid)
+            out[c.id] = "no PUBACK" if rc is None else rc.getName()
+    finally:
+        cl.close()
     return out

@@ -295,6 +295,9 @@ def host_dir(field: Deployment) -> Path:
 def _forgery_test(field: Deployment, shared: dict[str, Any], stale: str) -> None:
     targets = ["lb-03", SERIAL]
     siren = shared["siren"]
+    # The injection logs in as _operator (a stolen operator credential), never as the
+    # controller: the controller's connection must not move during the whole attack.
+    reconnects = _metrics(field)["loudspeaker_mqtt_reconnects_total"]
     boots = {c: h.boot_id for c in targets if (h := _health(field, c)) is not None}
     assert set(boots) == set(targets)
     before = {c: len(_siren_plays(field, c, siren)) for c in targets}
@@ -348,7 +351,9 @@ def _forgery_test(field: Deployment, shared: dict[str, Any], stale: str) -> None
         assert h.volume != FORGED_VOLUME, (cluster, h.volume)
         assert h.amp_power is not False, cluster
         assert h.boot_id == boots[cluster], f"{cluster} rebooted"
-    assert wait_until(lambda: _metrics(field)["loudspeaker_mqtt_connected"] == 1, 15)
+    after = _metrics(field)
+    assert after["loudspeaker_mqtt_connected"] == 1
+    assert after["loudspeaker_mqtt_reconnects_total"] == reconnects
     assert set(CLUSTERS) - {ATTACKER} <= field.online()
 
 
