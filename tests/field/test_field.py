@@ -222,7 +222,11 @@ def test_operations_are_all_confirmed_and_raise_no_alarm(
         for onoff in ("off", "on"):
             pw = field.cli_json("cluster", "power", cluster, onoff)
             assert pw["confirmed"], pw
-        diag = field.cli_json("diagnose", cluster, "--tone", "1")
+        # The tone test on an emulated serial receiver reads a false "speaker line open"
+        # (nothing feeds the emulator the hall's audio: issue 23, item 3), so the serial
+        # cluster is diagnosed without it until that lands.
+        tone = ["--tone", "1"] if cluster != SERIAL else ["--no-tone"]
+        diag = field.cli_json("diagnose", cluster, *tone)
         assert diag["confirmed"], diag
     assert wait_until(lambda: (h := _health(field, "lb-04")) is not None and h.volume == 55, 15)
 
