@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,15 +17,30 @@ from firmware_bridge.mqtt import BrokerEndpoint
 from firmware_bridge.simulator import Fleet
 from loudspeaker.broadcasts import AudioFile
 
+# Every deadline in the tests is multiplied by this (a slow or loaded machine sets it
+# above 1). Deadlines are upper bounds on waits for a state, never the thing under test,
+# so a generous factor only makes a failing run slower to report.
+TIME_FACTOR = float(os.environ.get("LOUDSPEAKER_TEST_TIME_FACTOR", "1") or "1")
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` stretched by ``LOUDSPEAKER_TEST_TIME_FACTOR``."""
+    return seconds * TIME_FACTOR
+
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
+    """Poll ``pred`` until true or ``timeout`` seconds (scaled) pass; return its last value."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(interval)
     return pred()
+
+
+def wait_event(event: threading.Event, timeout: float) -> bool:
+    """``event.wait`` with a scaled deadline."""
+    return event.wait(scaled(timeout))
 
 
 def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFile:
