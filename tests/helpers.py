@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 
@@ -41,6 +42,23 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
 def wait_event(event: threading.Event, timeout: float) -> bool:
     """``event.wait`` with a scaled deadline."""
     return event.wait(scaled(timeout))
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
+    """Teardown of a child: SIGTERM (it stops its own children), then SIGKILL; always waited.
+
+    Never leaves it running, and never leaves a Popen that was not waited for: that one
+    warns "subprocess N is still running" when collected, failing some later test.
+    """
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(scaled(timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(scaled(10))
 
 
 def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFile:

@@ -29,7 +29,7 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.sinks import SimulatedSink
 from loudspeaker.broker import EmbeddedBroker
-from tests.helpers import make_tone_mp3, wait_until
+from tests.helpers import make_tone_mp3, wait_event, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class Controller:
     def __enter__(self) -> Controller:
         self.loop.start()
         self.loop.add(self.link)
-        assert self.link.connected.wait(10)
+        assert wait_event(self.link.connected, 10)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -124,7 +124,7 @@ def test_play_is_acknowledged_step_by_step(
     agent, sink = _agent(tmp_path, mosquitto)
     agent.start()
     try:
-        assert agent.link.connected.wait(10)
+        assert wait_event(agent.link.connected, 10)
         with Controller(mosquitto) as ctl:
             cmd = _command(url, root / "a.mp3", 1.0)
             ctl.send(cmd)
@@ -144,7 +144,7 @@ def test_redelivered_command_never_plays_twice_even_after_restart(
     agent, _sink = _agent(tmp_path, mosquitto)
     agent.start()
     with Controller(mosquitto) as ctl:
-        assert agent.link.connected.wait(10)
+        assert wait_event(agent.link.connected, 10)
         ctl.send(cmd)
         ctl.send(cmd)  # what a QoS 1 redelivery looks like to the agent
         assert wait_until(lambda: "played" in ctl.states(cmd.id), 15)
@@ -153,7 +153,7 @@ def test_redelivered_command_never_plays_twice_even_after_restart(
         agent2, sink2 = _agent(tmp_path, mosquitto)
         agent2.start()
         try:
-            assert agent2.link.connected.wait(10)
+            assert wait_event(agent2.link.connected, 10)
             ctl.send(cmd)
             assert wait_until(lambda: ctl.states(cmd.id).count("played") >= 2, 10)
         finally:
@@ -172,7 +172,7 @@ def test_audio_that_fails_verification_is_not_played(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
+            assert wait_event(agent.link.connected, 10)
             good = _command(url, root / "a.mp3", 0.5)
             bad_sha = good.model_copy(
                 update={"id": new_id(), "media": good.media.model_copy(update={"sha256": "0" * 64})}
@@ -205,7 +205,7 @@ def test_expired_and_malformed_commands_are_refused(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
+            assert wait_event(agent.link.connected, 10)
             t = utcnow()
             expired = _command(
                 url,
@@ -244,9 +244,9 @@ def test_stop_interrupts_playback(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
-            # Announced as 100 s (x0.2 = 20 s simulated): only a stop ends it early.
-            cmd = _command(url, root / "long.mp3", 100.0)
+            assert wait_event(agent.link.connected, 10)
+            # Announced as 1000 s (x0.2 = 200 s simulated): only a stop ends it.
+            cmd = _command(url, root / "long.mp3", 1000.0)
             ctl.send(cmd)
             assert wait_until(lambda: "playing" in ctl.states(cmd.id), 10)
             t = utcnow()

@@ -58,13 +58,13 @@ def test_controller_killed_between_publish_and_record_then_mid_playback(
     )
     loop.add(spy)
     try:
-        assert spy.connected.wait(10)
+        assert wait_event(spy.connected, 10)
         card = serve.start()
         bid, sha = queue_broadcast(
             engine, tmp_path / "data" / "media", tmp_path, seconds=2.0, freq=510
         )
         card.poke()
-        assert killed.wait(15), serve.log_tail()
+        assert wait_event(killed, 15), serve.log_tail()
         loop.close_link(spy)
         still_queued = count_in(engine, bid, ["queued"])
         assert still_queued > 0, "the kill came after the dispatcher recorded every send"

@@ -32,7 +32,7 @@ from loudspeaker.media import MediaStore
 from loudspeaker.models import Announcement, ClusterClock, Delivery, ScheduleSlot
 from loudspeaker.runtime import ControllerCard
 from tests.conftest import load_site
-from tests.helpers import make_tone_mp3, scaled, wait_until
+from tests.helpers import make_tone_mp3, scaled, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -284,12 +284,9 @@ def test_sigkill_loses_nothing_plays_nothing_twice_and_records_missed(
             assert wait_until(lambda: delivery_states("a-staged") == ["played"], 20)
             assert delivery_states("b-missed") == ["missed"]
         finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(15)
+            stop_process(second)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(10)
+        stop_process(first)
     # Played once each, by the boxes' own clocks; b never reached its box.
     assert [p.file for p in fleet.agents["lb-01"].sink.plays] == [f"{sha_a}.audio"]  # type: ignore[attr-defined]
     assert fleet.agents["lb-02"].sink.plays == []  # type: ignore[attr-defined]
