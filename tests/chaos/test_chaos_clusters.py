@@ -65,14 +65,17 @@ def test_clusters_killed_hung_and_returning_during_a_broadcast(
         def state(cluster: str) -> str:
             return states(engine, bid)[cluster].state
 
-        assert wait_until(lambda: state("lb-01") == "playing", 20), states(engine, bid)
+        def summary() -> dict[str, tuple[str, str]]:
+            return {c: (d.state, d.reason) for c, d in states(engine, bid).items()}
+
+        assert wait_until(lambda: state("lb-01") == "playing", 20), summary()
         killed.signal(signal.SIGKILL)
-        assert wait_until(lambda: state("lb-02") == "playing", 20), states(engine, bid)
+        assert wait_until(lambda: state("lb-02") == "playing", 20), summary()
         hung.signal(signal.SIGSTOP)
         late.start()
         # The killed box's will comes at once; the broker's keepalive notices the hung one.
-        assert wait_until(lambda: state("lb-01") == "unreachable", 15), states(engine, bid)
-        assert wait_until(lambda: state("lb-02") == "unreachable", 15), states(engine, bid)
+        assert wait_until(lambda: state("lb-01") == "unreachable", 15), summary()
+        assert wait_until(lambda: state("lb-02") == "unreachable", 15), summary()
         assert "offline while playing" in states(engine, bid)["lb-02"].reason
         killed.start()
         hung.signal(signal.SIGCONT)
@@ -80,7 +83,7 @@ def test_clusters_killed_hung_and_returning_during_a_broadcast(
         back = ("lb-01", "lb-02", "lb-03")
         assert wait_until(
             lambda: finished(engine, bid) and all(state(c) == "played" for c in back), 40
-        ), states(engine, bid)
+        ), summary()
         verdict = assert_correct(engine, bid, sha, root, must_play=back)
         assert verdict.state_of("lb-04") == "unreachable"
         assert "no answer" in verdict.rows["lb-04"][1]
