@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +16,38 @@ from loudspeaker.config import Settings
 from loudspeaker.controller import Controller
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.site import load_site_file, store_site
-from tests.helpers import running_fleet
+from tests import leaks
+from tests.helpers import running_fleet, scaled
 from tests.pg import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_FILE = ROOT / "sites" / "luc-binh.toml"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a process running (and kill it, so the next test is clean).
+
+    Set up before and torn down after every other function-scoped fixture, so what a
+    fixture stops in its teardown does not count. A leaked controller or agent holds
+    database connections, ports and CPU, and makes a later, unrelated test fail.
+    """
+    before = leaks.children_keys()
+    yield
+    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    left = leaks.settle(before, tmp, grace=scaled(1.0))
+    if left:
+        leaks.kill(left, timeout=scaled(5.0))
+    unwaited = leaks.unwaited(before)
+    if unwaited:
+        # A Popen never waited for warns "subprocess N is still running" when it is
+        # garbage-collected, failing whichever test is running then: collect it now, so
+        # the warning (an error here) lands on the test that started it. (Not reaped
+        # here: subprocess reaps what it still tracks, and its Popen must see the status.)
+        gc.collect()
+    if left:
+        lines = "\n".join(f"  pid {p.pid}: {p.cmdline}" for p in left)
+        pytest.fail(f"the test left {len(left)} process(es) running (now killed):\n{lines}")
 
 
 @pytest.fixture

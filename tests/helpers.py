@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 
@@ -15,15 +18,47 @@ from firmware_bridge.mqtt import BrokerEndpoint
 from firmware_bridge.simulator import Fleet
 from loudspeaker.broadcasts import AudioFile
 
+# Every deadline in the tests is multiplied by this (a slow or loaded machine sets it
+# above 1). Deadlines are upper bounds on waits for a state, never the thing under test,
+# so a generous factor only makes a failing run slower to report.
+TIME_FACTOR = float(os.environ.get("LOUDSPEAKER_TEST_TIME_FACTOR", "1") or "1")
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` stretched by ``LOUDSPEAKER_TEST_TIME_FACTOR``."""
+    return seconds * TIME_FACTOR
+
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
+    """Poll ``pred`` until true or ``timeout`` seconds (scaled) pass; return its last value."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(interval)
     return pred()
+
+
+def wait_event(event: threading.Event, timeout: float) -> bool:
+    """``event.wait`` with a scaled deadline."""
+    return event.wait(scaled(timeout))
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
+    """Teardown of a child: SIGTERM (it stops its own children), then SIGKILL; always waited.
+
+    Never leaves it running, and never leaves a Popen that was not waited for: that one
+    warns "subprocess N is still running" when collected, failing some later test.
+    """
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(scaled(timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(scaled(10))
 
 
 def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFile:

@@ -22,6 +22,7 @@ from firmware_bridge.protocol import (
     PlayCommand,
     StopCommand,
     decode_ack,
+    decode_status,
     encode,
     new_id,
     topic,
@@ -29,7 +30,7 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.sinks import SimulatedSink
 from loudspeaker.broker import EmbeddedBroker
-from tests.helpers import make_tone_mp3, wait_until
+from tests.helpers import make_tone_mp3, wait_event, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +59,34 @@ class Controller:
 
     def __init__(self, broker: EmbeddedBroker) -> None:
         self.acks: list[Ack] = []
+        self.onlines = 0  # "online" statuses of lb-01 seen (the retained one included)
         self.loop = MqttLoop("test-controller")
         self.link = MqttLink(
             "test-controller",
             broker.endpoint,
-            on_message=lambda t, p: self.acks.append(decode_ack(p)),
-            subscriptions=(f"loudspeaker/{SITE}/+/ack",),
+            on_message=self._on_message,
+            subscriptions=(f"loudspeaker/{SITE}/+/ack", f"loudspeaker/{SITE}/lb-01/status"),
         )
+
+    def _on_message(self, topic_: str, payload: bytes) -> None:
+        if topic_.endswith("/status"):
+            self.onlines += decode_status(payload).state == "online"
+        else:
+            self.acks.append(decode_ack(payload))
+
+    def wait_agent_online(self, count: int = 1) -> None:
+        """Wait for the agent's ``count``-th "online" status.
+
+        "Connected" is not enough: the agent subscribes to its command topic after the
+        connect, and a command that reaches the broker before that subscription is lost.
+        It publishes "online" after subscribing, so the broker has both in that order.
+        """
+        assert wait_until(lambda: self.onlines >= count, 10), "the agent never said online"
 
     def __enter__(self) -> Controller:
         self.loop.start()
         self.loop.add(self.link)
-        assert self.link.connected.wait(10)
+        assert wait_event(self.link.connected, 10)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,8 +145,8 @@ def test_play_is_acknowledged_step_by_step(
     agent, sink = _agent(tmp_path, mosquitto)
     agent.start()
     try:
-        assert agent.link.connected.wait(10)
         with Controller(mosquitto) as ctl:
+            ctl.wait_agent_online()
             cmd = _command(url, root / "a.mp3", 1.0)
             ctl.send(cmd)
             assert wait_until(lambda: "played" in ctl.states(cmd.id), 15)
@@ -148,7 +165,7 @@ def test_redelivered_command_never_plays_twice_even_after_restart(
     agent, _sink = _agent(tmp_path, mosquitto)
     agent.start()
     with Controller(mosquitto) as ctl:
-        assert agent.link.connected.wait(10)
+        ctl.wait_agent_online()
         ctl.send(cmd)
         ctl.send(cmd)  # what a QoS 1 redelivery looks like to the agent
         assert wait_until(lambda: "played" in ctl.states(cmd.id), 15)
@@ -157,7 +174,7 @@ def test_redelivered_command_never_plays_twice_even_after_restart(
         agent2, sink2 = _agent(tmp_path, mosquitto)
         agent2.start()
         try:
-            assert agent2.link.connected.wait(10)
+            ctl.wait_agent_online(2)
             ctl.send(cmd)
             assert wait_until(lambda: ctl.states(cmd.id).count("played") >= 2, 10)
         finally:
@@ -176,7 +193,7 @@ def test_audio_that_fails_verification_is_not_played(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
+            ctl.wait_agent_online()
             good = _command(url, root / "a.mp3", 0.5)
             bad_sha = good.model_copy(
                 update={"id": new_id(), "media": good.media.model_copy(update={"sha256": "0" * 64})}
@@ -209,7 +226,7 @@ def test_expired_and_malformed_commands_are_refused(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
+            ctl.wait_agent_online()
             t = utcnow()
             expired = _command(
                 url,
@@ -248,9 +265,9 @@ def test_stop_interrupts_playback(
     agent.start()
     try:
         with Controller(mosquitto) as ctl:
-            assert agent.link.connected.wait(10)
-            # Announced as 100 s (x0.2 = 20 s simulated): only a stop ends it early.
-            cmd = _command(url, root / "long.mp3", 100.0)
+            ctl.wait_agent_online()
+            # Announced as 1000 s (x0.2 = 200 s simulated): only a stop ends it.
+            cmd = _command(url, root / "long.mp3", 1000.0)
             ctl.send(cmd)
             assert wait_until(lambda: "playing" in ctl.states(cmd.id), 10)
             t = utcnow()

@@ -20,7 +20,7 @@ from loudspeaker.controller import Controller
 from loudspeaker.media import MediaStore
 from loudspeaker.models import ClusterStatus, Delivery, DeliveryEvent
 from loudspeaker.targets import resolve_targets
-from tests.helpers import make_tone_mp3, wait_until
+from tests.helpers import make_tone_mp3, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +106,7 @@ def test_cluster_killed_mid_broadcast_is_unreachable_and_offline(
         for c in ("lb-01", "lb-02", "lb-03"):
             assert states[c] == ("played", ""), states
     finally:
-        if victim.poll() is None:
-            victim.kill()
+        stop_process(victim)
         others.stop()
 
 

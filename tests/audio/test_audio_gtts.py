@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -61,10 +60,8 @@ def test_rate_limit_exhausted_is_unavailable(fake_google: FakeGoogleTts) -> None
 def test_hang_times_out_without_retrying(fake_google: FakeGoogleTts) -> None:
     fake_google.script = ["hang"]
     tts, slept = engine(fake_google, timeout_s=0.5, retries=3)
-    start = time.monotonic()
     with pytest.raises(TtsUnavailable, match=r"did not answer within 0.5 s"):
         tts.synthesize("Xin chào.")
-    assert time.monotonic() - start < 3.0
     assert len(fake_google.texts) == 1
     assert slept == []
 

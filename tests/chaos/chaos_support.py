@@ -16,12 +16,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
+from firmware_bridge.protocol import Priority, new_id
 from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import free_port
 from loudspeaker.media import MediaStore
@@ -195,25 +196,44 @@ def queue_broadcast(
     af = make_tone_mp3(work / f"tone-{freq}.mp3", seconds, freq=freq)
     with Session(engine) as s:
         media = register_media(s, MediaStore(media_dir), af)
-        b = create_broadcast(
-            s,
-            media=media,
+        clusters = resolve_targets(s, target)
+        if air_in_s is None:
+            b = create_broadcast(
+                s, media=media, title=f"chaos {freq}", target=target, clusters=clusters
+            )
+            return b.id, media.sha256
+        # What the schedule runner writes when it stages a slot (schedules/runner.py): the
+        # air time on the broadcast, start_at and expiry on each delivery, all in the same
+        # transaction. (Written in two, a running dispatcher could send the deliveries
+        # before they had a start_at, and the clusters would play them at once.) The
+        # runner's own SIGKILL test is tests/schedules/test_sched_live.py.
+        t = now()
+        air = t + timedelta(seconds=air_in_s)
+        b = Broadcast(
+            id=new_id()[:12],
             title=f"chaos {freq}",
+            priority=Priority.NORMAL.value,
             target=target,
-            clusters=resolve_targets(s, target),
+            media_sha256=media.sha256,
+            engine=media.engine,
+            created_at=t,
+            scheduled_for=air,
         )
-        if air_in_s is not None:
-            # What the schedule runner writes when it stages a slot (schedules/runner.py):
-            # the air time on the broadcast, start_at and expiry on each delivery. The
-            # runner's own SIGKILL test is tests/schedules/test_sched_live.py.
-            air = now() + timedelta(seconds=air_in_s)
-            b.scheduled_for = air
-            s.add(b)
-            for d in s.exec(select(Delivery).where(Delivery.broadcast_id == b.id)).all():
-                d.start_at = air
-                d.expires_at = air + timedelta(minutes=15)
-                s.add(d)
-            s.commit()
+        s.add(b)
+        for c in clusters:
+            s.add(
+                Delivery(
+                    broadcast_id=b.id,
+                    cluster_id=c.id,
+                    command_id=new_id(),
+                    state=DeliveryState.QUEUED.value,
+                    queued_at=t,
+                    updated_at=t,
+                    start_at=air,
+                    expires_at=air + timedelta(minutes=15),
+                )
+            )
+        s.commit()
         return b.id, media.sha256
 
 
@@ -245,6 +265,18 @@ def plays(state_root: Path, cluster: str, sha256: str) -> int:
         if rec["file"] == f"{sha256}.audio" and rec["result"] == "completed":
             n += 1
     return n
+
+
+def play_starts(state_root: Path, cluster: str, sha256: str) -> list[datetime]:
+    """When each playback of ``sha256`` on ``cluster`` started, by the box's own log."""
+    log = state_root / cluster / "plays.jsonl"
+    if not log.exists():
+        return []
+    return [
+        datetime.fromisoformat(rec["started_at"])
+        for rec in map(json.loads, log.read_text(encoding="utf-8").splitlines())
+        if rec["file"] == f"{sha256}.audio"
+    ]
 
 
 @dataclass(frozen=True)

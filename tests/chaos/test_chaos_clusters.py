@@ -50,11 +50,13 @@ def test_clusters_killed_hung_and_returning_during_a_broadcast(
         gone.signal(signal.SIGKILL)
         assert wait_until(lambda: not online("lb-03") and not online("lb-04"), 10)
 
+        # Long enough that each box is caught mid-play below: every step waits on the
+        # state the box reported, one box at a time, never on both playing at once.
         bid, sha = queue_broadcast(
             engine,
             controller.settings.media_dir,
             tmp_path,
-            seconds=3.0,
+            seconds=8.0,
             freq=550,
             target="cluster:lb-01,cluster:lb-02,cluster:lb-03,cluster:lb-04",
         )
@@ -63,21 +65,25 @@ def test_clusters_killed_hung_and_returning_during_a_broadcast(
         def state(cluster: str) -> str:
             return states(engine, bid)[cluster].state
 
-        assert wait_until(lambda: state("lb-01") == state("lb-02") == "playing", 15)
+        def summary() -> dict[str, tuple[str, str]]:
+            return {c: (d.state, d.reason) for c, d in states(engine, bid).items()}
+
+        assert wait_until(lambda: state("lb-01") == "playing", 20), summary()
         killed.signal(signal.SIGKILL)
+        assert wait_until(lambda: state("lb-02") == "playing", 20), summary()
         hung.signal(signal.SIGSTOP)
         late.start()
-        # The broker's keepalive notices the hung box and publishes its will.
-        assert wait_until(lambda: state("lb-02") == "unreachable", 15)
+        # The killed box's will comes at once; the broker's keepalive notices the hung one.
+        assert wait_until(lambda: state("lb-01") == "unreachable", 15), summary()
+        assert wait_until(lambda: state("lb-02") == "unreachable", 15), summary()
         assert "offline while playing" in states(engine, bid)["lb-02"].reason
-        assert state("lb-01") == "unreachable"
         killed.start()
         hung.signal(signal.SIGCONT)
         # "unreachable" is final but not the last word: a late "played" replaces it.
         back = ("lb-01", "lb-02", "lb-03")
         assert wait_until(
             lambda: finished(engine, bid) and all(state(c) == "played" for c in back), 40
-        ), states(engine, bid)
+        ), summary()
         verdict = assert_correct(engine, bid, sha, root, must_play=back)
         assert verdict.state_of("lb-04") == "unreachable"
         assert "no answer" in verdict.rows["lb-04"][1]

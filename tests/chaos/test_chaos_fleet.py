@@ -22,7 +22,7 @@ from tests.chaos.chaos_support import (
     finished,
     queue_broadcast,
 )
-from tests.helpers import wait_until
+from tests.helpers import stop_process, wait_until
 
 
 def test_generated_site_is_valid_and_sized() -> None:
@@ -115,7 +115,6 @@ def test_simulate_a_generated_site_in_several_processes(tmp_path: Path) -> None:
         assert wait_until(lambda: not any(_alive(p) for p in children), 10)
         assert wait_until(lambda: online() == 0, 10)
     finally:
-        if sim is not None and sim.poll() is None:
-            sim.kill()
+        stop_process(sim)
         serve.stop()
         engine.dispose()

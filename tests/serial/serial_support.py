@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from firmware_bridge.backoff import Backoff
 from firmware_bridge.seriallink import LinkState
@@ -30,13 +28,3 @@ class StateLog:
     def states(self) -> list[LinkState]:
         with self._lock:
             return list(self._states)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` every 10 ms for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()

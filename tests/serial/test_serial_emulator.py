@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from serial_support import FAST_RETRANSMIT
 
@@ -11,6 +9,7 @@ from firmware_bridge.exceptions import McuResponseError
 from firmware_bridge.mcu import LineState, McuClient, SelfTestCheck
 from firmware_bridge.mcu_emulator import McuEmulator
 from firmware_bridge.seriallink import LinkState, SerialLink
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,12 +77,10 @@ def test_temperature_rises_while_playing_and_falls_when_off() -> None:
         start = client.read_sensors().temperature_c
         assert start == pytest.approx(30.0, abs=0.5)
         playing(client, emulator, volume=100)
-        time.sleep(0.3)
+        assert wait_until(lambda: client.read_sensors().temperature_c > start + 20, 10)
         hot = client.read_sensors().temperature_c
-        assert hot > start + 20
         client.set_relay(1, False)
-        time.sleep(0.3)
-        assert client.read_sensors().temperature_c < hot - 15
+        assert wait_until(lambda: client.read_sensors().temperature_c < hot - 15, 10)
 
 
 def test_low_supply_and_stuck_relay_fail_self_test(link: SerialLink, emulator: McuEmulator) -> None:

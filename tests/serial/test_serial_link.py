@@ -10,7 +10,7 @@ import time
 
 import pytest
 import serial
-from serial_support import FAST_RECONNECT, FAST_RETRANSMIT, StateLog, wait_until
+from serial_support import FAST_RECONNECT, FAST_RETRANSMIT, StateLog
 
 from firmware_bridge.backoff import Backoff
 from firmware_bridge.exceptions import LinkDownError, LinkTimeoutError, NakError
@@ -18,6 +18,7 @@ from firmware_bridge.framing import Frame, FrameType, NakReason
 from firmware_bridge.mcu import Command, McuClient, RelayState
 from firmware_bridge.mcu_emulator import McuEmulator
 from firmware_bridge.seriallink import LinkState, SerialLink
+from tests.helpers import scaled, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +152,9 @@ def test_no_answer_fails_after_bounded_retries(link: SerialLink, emulator: McuEm
     with pytest.raises(LinkTimeoutError, match="after 10 attempts"):
         McuClient(link).set_volume(20)
     elapsed = time.monotonic() - started
-    assert budget * 0.9 <= elapsed <= budget + 1.0
+    # It waited out every retransmission timeout (a loaded machine only adds to this);
+    # "bounded" is the 10 attempts, counted on the wire below.
+    assert elapsed >= budget * 0.9
     assert link.stats.frames_sent - before == 10
     assert link.state is LinkState.CONNECTED
     assert not link.alarm
@@ -244,15 +247,16 @@ def test_stop_wakes_a_waiting_request(link: SerialLink, emulator: McuEmulator) -
         except Exception as exc:
             outcome.append(exc)
 
+    sent = link.stats.frames_sent
     worker = threading.Thread(target=call)
     worker.start()
-    time.sleep(0.1)
-    started = time.monotonic()
+    # The request is on the wire, waiting for an answer that will not come (for 30 s).
+    assert wait_until(lambda: link.stats.frames_sent > sent, 5)
     link.stop()
-    worker.join(timeout=5)
+    worker.join(timeout=scaled(10))
     assert not worker.is_alive()
-    assert time.monotonic() - started < 2
-    assert len(outcome) == 1 and isinstance(outcome[0], LinkDownError)
+    # Woken by the stop (LinkDownError), not by running out of retransmissions.
+    assert len(outcome) == 1 and isinstance(outcome[0], LinkDownError), outcome
     assert link.state is LinkState.STOPPED
     with pytest.raises(LinkDownError, match="not started"):
         link.request(1, Command.GET_VOLUME)
@@ -272,7 +276,7 @@ def test_receive_loop_survives_garbage_and_failing_callbacks(emulator: McuEmulat
         emulator.inject_raw(b"\x00\x07\x07\x07\x00\xff\xff\x00" + b"\x01" * 600 + b"\x00")
         emulator.inject_raw(Frame(FrameType.RESPONSE, 1, 1, 0x12, b"\x05").encode()[:-4] + b"\x00")
         emulator.send_event(1, Command.EVENT_LINE_STATE, b"\x01")
-        assert wait_until(lambda: link.stats.bad_frames >= 3 and link.stats.events == 1)
+        assert wait_until(lambda: link.stats.bad_frames >= 3 and link.stats.events == 1, 5)
         assert McuClient(link).set_volume(12) == 12
         assert link.state is LinkState.CONNECTED
 
@@ -285,7 +289,7 @@ def test_events_are_acknowledged_and_delivered_once() -> None:
     ):
         assert link.wait_for_state(LinkState.CONNECTED, timeout=5)
         emulator.send_event(1, Command.EVENT_LINE_STATE, b"\x01")
-        assert wait_until(lambda: emulator.pending_events == 0)
+        assert wait_until(lambda: emulator.pending_events == 0, 5)
         assert [(f.type, f.address, f.command, f.payload) for f in received] == [
             (FrameType.EVENT, 1, Command.EVENT_LINE_STATE, b"\x01")
         ]
@@ -295,9 +299,9 @@ def test_events_are_acknowledged_and_delivered_once() -> None:
         # Lose every ACK: the unit repeats the event, the master delivers it once.
         emulator.faults.drop_request_probability = 1.0
         emulator.send_event(1, Command.EVENT_LINE_STATE, b"\x02")
-        assert wait_until(lambda: emulator.pending_events == 0)
+        assert wait_until(lambda: emulator.pending_events == 0, 5)
         assert emulator.unit(1).tx_frames - sent_after_first == 5
-        assert wait_until(lambda: link.stats.frames_sent >= 6)
+        assert wait_until(lambda: link.stats.frames_sent >= 6, 5)
         assert [f.payload for f in received] == [b"\x01", b"\x02"]
         assert link.stats.events == 2
 
