@@ -113,6 +113,7 @@ class MqttLink:
         self._loop: MqttLoop | None = None
         self._client: paho.Client | None = None
         self._pending: dict[int, PublishDone] = {}
+        self._subscribe_mid: int | None = None
         self._backoff = Retrier(Backoff(initial=0.2, cap=10.0, jitter=0.2))
         self._next_attempt = 0.0
         self._closing = False
@@ -175,6 +176,7 @@ class MqttLink:
         client.max_queued_messages_set(0)  # unlimited: QoS 1 messages wait out an outage
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
@@ -249,15 +251,42 @@ class MqttLink:
             logger.error("%s: %s", self.client_id, self.last_error)
             return
         self._backoff.reset()
-        for sub in self.subscriptions:
-            client.subscribe(sub, qos=1)
-        self.connected.set()
         logger.info(
             "%s: connected to %s (session present: %s)",
             self.client_id,
             self.endpoint.url,
             flags.session_present,
         )
+        if self.subscriptions:
+            # Ready only once the broker holds the subscriptions (SUBACK, not CONNACK): a
+            # command published in between would reach no one, and "online" (published by
+            # the on_connected handler) promises that it would.
+            _rc, self._subscribe_mid = client.subscribe([(s, 1) for s in self.subscriptions])
+            return
+        self._ready()
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [
+            f"{sub} ({rc})"
+            for sub, rc in zip(self.subscriptions, reason_codes, strict=False)
+            if rc.is_failure
+        ]
+        if refused:
+            self.last_error = f"subscription refused: {', '.join(refused)}"
+            logger.error("%s: %s", self.client_id, self.last_error)
+        self._ready()
+
+    def _ready(self) -> None:
+        self.connected.set()
         if self._on_connected_cb is not None:
             try:
                 self._on_connected_cb(self)
