@@ -587,7 +587,11 @@ class ClusterAgent:
                 # The box keeps serving: a bug on one item must not silence the cluster.
                 logger.exception("%s: command %s crashed", self.config.cluster, command.id)
                 if self._current_boot(generation):
-                    self._finish(command, AckState.FAILED, f"agent error: {exc}")
+                    try:
+                        self._finish(command, AckState.FAILED, f"agent error: {exc}")
+                    except Exception:
+                        # Nor may the report of it end this worker: later items still play.
+                        logger.exception("%s: could not report %s", self.config.cluster, command.id)
 
     def _current_boot(self, generation: int) -> bool:
         """Whether work of boot ``generation`` may still act (no halt or reboot since)."""

@@ -10,6 +10,7 @@ Reconnection uses :class:`~firmware_bridge.backoff.Backoff`, the project's one p
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import selectors
@@ -114,6 +115,8 @@ class MqttLink:
         self._client: paho.Client | None = None
         self._pending: dict[int, PublishDone] = {}
         self._subscribe_mid: int | None = None
+        self._early: list[tuple[str, bytes, int, bool, PublishDone | None]] = []
+        self._early_lock = threading.Lock()
         self._backoff = Retrier(Backoff(initial=0.2, cap=10.0, jitter=0.2))
         self._next_attempt = 0.0
         self._closing = False
@@ -133,10 +136,17 @@ class MqttLink:
         retain: bool = False,
         on_done: PublishDone | None = None,
     ) -> None:
-        """Hand a message to the loop thread; ``on_done(ok, reason)`` runs on PUBACK."""
-        if self._loop is None:
-            raise BrokerError(f"{self.client_id}: publish before the link was started")
-        self._loop.call(lambda: self._publish_now(topic, payload, qos, retain, on_done))
+        """Hand a message to the loop thread; ``on_done(ok, reason)`` runs on PUBACK.
+
+        Before the link is added to a loop the message waits and goes out once it is (an
+        agent's workers may report before its new link is adopted, e.g. after a reboot).
+        """
+        with self._early_lock:
+            if self._loop is None:
+                self._early.append((topic, payload, qos, retain, on_done))
+                return
+            loop = self._loop
+        loop.call(lambda: self._publish_now(topic, payload, qos, retain, on_done))
 
     def drop(self) -> None:
         """Cut the connection without a DISCONNECT, as a lost 4G link does.
@@ -406,9 +416,13 @@ class MqttLoop:
                 s.close()
 
     def add(self, link: MqttLink) -> None:
-        """Adopt a link and start connecting it."""
-        link._loop = self
-        self.call(lambda: self._adopt(link))
+        """Adopt a link and start connecting it (with what was published before)."""
+        with link._early_lock:
+            link._loop = self
+            early, link._early = link._early, []
+            self.call(lambda: self._adopt(link))
+            for args in early:
+                self.call(functools.partial(link._publish_now, *args))
 
     def close_link(self, link: MqttLink, final: tuple[str, bytes] | None = None) -> None:
         """Disconnect a link cleanly, publishing ``final`` (retained) first, and wait."""

@@ -106,3 +106,30 @@ def test_last_will_marks_a_vanished_client_offline(mosquitto: EmbeddedBroker) ->
     finally:
         loop.close_link(watcher)
         loop.stop()
+
+
+@pytest.mark.integration
+def test_a_message_published_before_the_link_is_added_goes_out_once_it_is(
+    mosquitto: EmbeddedBroker,
+) -> None:
+    # An agent's workers may report before its new link is adopted (after a reboot in
+    # place): the report must wait for the link, not raise in the worker.
+    got: list[bytes] = []
+    loop = MqttLoop("early")
+    loop.start()
+    sub = MqttLink(
+        "sub", mosquitto.endpoint, on_message=lambda t, p: got.append(p), subscriptions=("e/#",)
+    )
+    loop.add(sub)
+    early = MqttLink("early-pub", mosquitto.endpoint, on_message=lambda t, p: None)
+    acked = threading.Event()
+    try:
+        assert sub.connected.wait(10)
+        early.publish("e/1", b"before add", on_done=lambda ok, _r: acked.set() if ok else None)
+        loop.add(early)
+        assert acked.wait(10)
+        assert wait_until(lambda: got == [b"before add"], 10)
+    finally:
+        loop.close_link(sub)
+        loop.close_link(early)
+        loop.stop()
