@@ -211,25 +211,26 @@ def check(actor: Actor, permission: Permission, hamlets: Collection[str] | None)
     return None
 
 
-def require(
-    state: _HasSession,
+def authorize(
+    ctx: _HasSession,
+    actor: Actor,
     permission: Permission,
     hamlet: str | Iterable[str] | None = None,
     *,
     action: str | None = None,
     target: str = "",
-) -> Actor:
-    """Return the acting user if they hold ``permission``; else audit and refuse.
+) -> None:
+    """Return if ``actor`` holds ``permission``; else audit the refusal and raise.
 
     ``hamlet`` is the hamlet (or hamlets) the action reaches, None for commune-wide or
     not hamlet-specific; it matters for hamlet heads' broadcast and emergency rights.
+    Every service calls this (and only this) before it acts, whatever the face.
     """
-    actor = current_actor(state)
     hamlets = {hamlet} if isinstance(hamlet, str) else (set(hamlet) if hamlet else None)
     why = check(actor, permission, hamlets)
     if why is None:
-        return actor
-    with state.session() as s:
+        return
+    with ctx.session() as s:
         audit.record(
             s,
             actor.name,
@@ -241,6 +242,20 @@ def require(
             commit=True,
         )
     raise PermissionDenied(f"refused: {why}")
+
+
+def require(
+    state: _HasSession,
+    permission: Permission,
+    hamlet: str | Iterable[str] | None = None,
+    *,
+    action: str | None = None,
+    target: str = "",
+) -> Actor:
+    """The CLI's caller (from its token) if they hold ``permission``; see :func:`authorize`."""
+    actor = current_actor(state)
+    authorize(state, actor, permission, hamlet, action=action, target=target)
+    return actor
 
 
 def hamlets_of(clusters: Iterable[ClusterRecord]) -> set[str]:

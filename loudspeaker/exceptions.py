@@ -52,3 +52,7 @@ class AuthError(LoudspeakerError):
 
 class PermissionDenied(LoudspeakerError):
     """The acting user's role lacks the permission; the message names it."""
+
+
+class InvalidRequest(LoudspeakerError):
+    """A request cannot be carried out as given (a value out of range, options that clash)."""

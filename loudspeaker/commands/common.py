@@ -11,22 +11,16 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
-from sqlalchemy import Engine
-from sqlmodel import Session
 
 from firmware_bridge.exceptions import BridgeError
-from loudspeaker.config import Settings
 from loudspeaker.exceptions import LoudspeakerError
-from loudspeaker.keystore import Keystore
-from loudspeaker.runtime import ControllerCard
+from loudspeaker.services.context import ServiceContext
 
 console = Console()
 err_console = Console(stderr=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-DEFAULT_ZONE = "Asia/Ho_Chi_Minh"
 
 
 def _error_types() -> tuple[type[Exception], ...]:
@@ -49,50 +43,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class State:
-    """Options shared by every command, kept in the Typer context."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._engine: Engine | None = None
-        self._keystore: Keystore | None = None
-
-    @property
-    def engine(self) -> Engine:
-        """The database engine (tables created on first use)."""
-        if self._engine is None:
-            from loudspeaker.db import init_db, make_engine
-            from loudspeaker.filemodes import secure_data_dir
-
-            secure_data_dir(self.settings)
-            self._engine = make_engine(self.settings.database_url)
-            init_db(self._engine, self.keystore)
-        return self._engine
-
-    @property
-    def keystore(self) -> Keystore:
-        """The key store that seals the cluster signing keys in the database."""
-        if self._keystore is None:
-            self._keystore = Keystore.of(self.settings)
-        return self._keystore
-
-    def session(self) -> Session:
-        """A new session; one per command, never shared across threads."""
-        return Session(self.engine, expire_on_commit=False)
-
-    def controller(self) -> ControllerCard | None:
-        """The running controller's address card, or None."""
-        return ControllerCard.read(self.settings.run_dir)
-
-    def zone(self) -> ZoneInfo:
-        """The site's time zone (Asia/Ho_Chi_Minh when no site is loaded)."""
-        from loudspeaker.site import current_site
-
-        with self.session() as s:
-            try:
-                return ZoneInfo(current_site(s).site.timezone)
-            except LoudspeakerError:
-                return ZoneInfo(DEFAULT_ZONE)
+class State(ServiceContext):
+    """Options shared by every command, kept in the Typer context (the services' context)."""
 
 
 def state_of(ctx: typer.Context) -> State:
