@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from firmware_bridge.protocol import Priority, utcnow
 from loudspeaker.auth import Actor
