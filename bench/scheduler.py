@@ -33,8 +33,8 @@ from loudspeaker.controller import Controller
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.media import MediaStore
 from loudspeaker.models import Announcement, Delivery, ScheduleSlot
+from loudspeaker.schedule_store import add_schedule, parse_items, site_context
 from loudspeaker.site import load_site_file, store_site
-from schedules.service import add_schedule, parse_items
 from schedules.spec import Recurrence
 from tests.helpers import make_tone_mp3
 
@@ -76,8 +76,6 @@ def main() -> None:
             s.add(Announcement(id="bench", title="bench", kind="tone", media_sha256=media.sha256,
                                duration_s=1.0, size=af.size, created_at=utcnow()))  # fmt: skip
             s.commit()
-            from schedules.service import site_context
-
             zone = site_context(s).zone
             first = utcnow() + timedelta(seconds=5)
             for n in range(args.items):
@@ -86,6 +84,7 @@ def main() -> None:
                 # Each item alone on the timeline: its 1 s fits before the next one.
                 items = parse_items(["bench"], Priority.NORMAL)
                 add_schedule(s, items=items, target="all", recurrence=rule, title=f"bench {n}")
+            s.commit()
         t_poke = time.monotonic()
         assert ctl.schedules is not None
         ctl.schedules.poke()

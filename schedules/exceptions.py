@@ -1,15 +1,14 @@
 """Errors of the scheduling package. Root: :class:`ScheduleError`.
 
-It derives from :class:`~loudspeaker.exceptions.LoudspeakerError` so the CLI reports it
-like every other controller error: one line that says what to fix.
+``schedules`` is a pure calendar and imports nothing of the controller, so its root is
+its own. Faces show these like the controller's errors: one line that says what to fix
+(the CLI lists :class:`ScheduleError` beside ``LoudspeakerError`` in ``_error_types``).
 """
 
 from __future__ import annotations
 
-from loudspeaker.exceptions import LoudspeakerError
 
-
-class ScheduleError(LoudspeakerError):
+class ScheduleError(Exception):
     """Root of every error raised by ``schedules``."""
 
 

@@ -53,8 +53,8 @@ from loudspeaker.models import (
     ScheduleRecord,
     ScheduleSlot,
 )
+from loudspeaker.schedule_store import SiteContext, active_records, plan_of, site_context
 from schedules.clock import ClockWatch
-from schedules.service import SiteContext, active_records, plan_of, site_context
 from schedules.timeline import Placed, Plan, build_timeline
 
 logger = logging.getLogger(__name__)

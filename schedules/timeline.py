@@ -26,7 +26,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from firmware_bridge.protocol import Priority
-from schedules.exceptions import ConflictError, QuietHoursError
+from schedules.exceptions import ConflictError, QuietHoursError, SpecError
 from schedules.quiet import QuietHours
 from schedules.spec import Recurrence
 
@@ -295,6 +295,21 @@ def priority_collisions(
             if shared and b.start < block_end + CHANGEOVER and b.end + CHANGEOVER > at:
                 out.append(Collision(at, b, shared))
     return out
+
+
+def first_occurrence(recurrence: Recurrence, start: datetime, zone: ZoneInfo) -> datetime:
+    """The first firing at or after ``start``; ``SpecError`` if it never fires again.
+
+    Looks as far ahead as a year of conflict checks (12 x :data:`CHECK_AHEAD`): a rule
+    that fires no sooner than that would never be checked against the timeline.
+    """
+    first = recurrence.next_after(start - timedelta(microseconds=1), zone, CHECK_AHEAD * 12)
+    if first is None:
+        raise SpecError(
+            f"{recurrence.describe(zone)} never happens after now "
+            f"({start.astimezone(zone):%Y-%m-%d %H:%M}): nothing would play"
+        )
+    return first
 
 
 def check_addition(

@@ -25,8 +25,9 @@ R = TypeVar("R")
 
 def _error_types() -> tuple[type[Exception], ...]:
     from audio.exceptions import AudioError
+    from schedules.exceptions import ScheduleError
 
-    return (LoudspeakerError, BridgeError, AudioError)
+    return (LoudspeakerError, BridgeError, AudioError, ScheduleError)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -53,6 +54,15 @@ def state_of(ctx: typer.Context) -> State:
     if not isinstance(obj, State):
         raise LoudspeakerError("internal: command run without the loudspeaker app")
     return obj
+
+
+def warn_not_running(notified: bool, what: str) -> None:
+    """Say that no controller runs (``notified`` False), so ``what`` waits for ``serve``."""
+    if not notified:
+        err_console.print(
+            f"[yellow]warning:[/] the controller is not running; {what} when "
+            "`loudspeaker serve` starts"
+        )
 
 
 def print_json(data: Any) -> None:
