@@ -11,9 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loudspeaker.auth import Permission, require
+from loudspeaker.auth import current_actor
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
 from loudspeaker.exceptions import ReportError
+from loudspeaker.services import reports
+from loudspeaker.services.reports import LogQuery
 
 _OUTCOME_STYLE = {
     "played": "green",
@@ -48,33 +50,16 @@ def log(
 
     Days are the site's local days (Asia/Ho_Chi_Minh); times are shown in that zone.
     """
-    from loudspeaker.logbook import make_filter, read_log, write_log_csv
+    from loudspeaker.logbook import write_log_csv
 
     if as_json and as_csv:
         raise ReportError("choose one of --json and --csv")
     state = state_of(ctx)
-    require(state, Permission.VIEW, action="log")
-    zone = state.zone()
-    with state.engine.connect() as conn:
-        flt = make_filter(
-            conn,
-            zone,
-            date_from=date_from,
-            date_to=date_to,
-            hamlet=hamlet,
-            cluster=cluster,
-            priority=priority,
-        )
-        entries = read_log(conn, flt)
+    query = LogQuery(date_from, date_to, hamlet, cluster, priority)
+    found = reports.broadcast_log(state, current_actor(state), query)
+    flt, zone, entries = found.filter, found.zone, found.entries
     if as_json:
-        print_json(
-            {
-                "from": flt.start.isoformat(),
-                "to": flt.end.isoformat(),
-                "zone": zone.key,
-                "broadcasts": [e.to_json() for e in entries],
-            }
-        )
+        print_json(found.to_json())
         return
     if as_csv:
         write_log_csv(entries, zone, sys.stdout)
@@ -139,28 +124,9 @@ def report_monthly(
     as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as JSON")] = False,
 ) -> None:
     """The monthly report: totals per hamlet and cluster, availability, failures, charts."""
-    from loudspeaker.report_xlsx import check_output, write_csv, write_xlsx
-    from loudspeaker.reports import Month, monthly_report
-
     state = state_of(ctx)
-    require(state, Permission.REPORT, action="report.monthly", target=month)
-    m = Month.parse(month)
-    suffix = output.suffix.lower()
-    check_output(output, (".xlsx", ".csv"))
-    if png is not None and png.exists() and not png.is_dir():
-        raise ReportError(f"--png {png} is a file; give a folder")
-    zone = state.zone()
-    with state.engine.connect() as conn:
-        report = monthly_report(conn, m, zone)
-    if suffix == ".csv":
-        write_csv(report, output)
-    else:
-        write_xlsx(report, output)
-    written = [output]
-    if png is not None:
-        from loudspeaker.report_png import write_pngs
-
-        written += write_pngs(report, png)
+    done = reports.monthly(state, current_actor(state), month, output, png)
+    report, m, written = done.report, done.month, done.files
     if as_json:
         print_json({"files": [str(p) for p in written], "report": report.to_json()})
         return
