@@ -18,12 +18,13 @@ from loudspeaker.services import reports
 from loudspeaker.services.reports import LogQuery
 
 _OUTCOME_STYLE = {
-    "played": "green",
-    "failed": "red",
-    "unreachable": "red",
-    "missed": "magenta",
+    "played": "green", "failed": "red", "unreachable": "red", "missed": "magenta",
     "pending": "yellow",
-}
+}  # fmt: skip
+_LOG_COLUMNS = (
+    "scheduled", "broadcast", "priority", "what", "by", "cluster", "hamlet", "started",
+    "delay", "outcome", "reason",
+)  # fmt: skip
 
 
 @handle_errors
@@ -66,35 +67,24 @@ def log(
         return
     first = flt.start.astimezone(zone).strftime("%d/%m/%Y")
     last = (flt.end - timedelta(seconds=1)).astimezone(zone).strftime("%d/%m/%Y")
-    table = Table(
-        "scheduled",
-        "broadcast",
-        "priority",
-        "what",
-        "by",
-        "cluster",
-        "hamlet",
-        "started",
-        "delay",
-        "outcome",
-        "reason",
-        title=f"Broadcast log {first} - {last} ({zone.key})",
-        title_justify="left",
-    )
+    title = f"Broadcast log {first} - {last} ({zone.key})"
+    table = Table(*_LOG_COLUMNS, title=title, title_justify="left")
     for e in entries:
         length = "-" if e.duration_s is None else f"{e.duration_s:.0f} s"
         if e.repeat > 1:
             length += f" x{e.repeat}"
+        head = [
+            local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S"),
+            escape(f"{e.id} {e.title}"),
+            e.priority,
+            escape(f"{e.what}, {length}"),
+            escape(e.created_by),
+        ]
         for i, d in enumerate(e.deliveries):
             delay = d.delay_s(e.scheduled_at)
             style = _OUTCOME_STYLE.get(d.outcome, "white")
-            head = i == 0
             table.add_row(
-                local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S") if head else "",
-                escape(f"{e.id} {e.title}") if head else "",
-                e.priority if head else "",
-                escape(f"{e.what}, {length}") if head else "",
-                escape(e.created_by) if head else "",
+                *(head if i == 0 else [""] * len(head)),
                 d.cluster,
                 d.hamlet,
                 local_time(d.started_at, zone),
