@@ -77,7 +77,9 @@ def test_control_without_a_controller_is_refused_not_queued(ctx: ServiceContext)
         (lambda c: clusters.diagnose(c, TECH, "lb-01", tone_s=30), "0.5 to 10 seconds"),
     ],
 )
-def test_bad_control_input_says_what_to_fix(ctx: ServiceContext, call: object, message: str) -> None:
+def test_bad_control_input_says_what_to_fix(
+    ctx: ServiceContext, call: object, message: str
+) -> None:
     with pytest.raises(InvalidRequest, match=message):
         call(ctx)  # type: ignore[operator]
 
@@ -231,7 +233,7 @@ def test_reports_refuse_a_bad_filter_or_output(ctx: ServiceContext, tmp_path: Pa
     with pytest.raises(ReportError, match="no hamlet 'nowhere'"):
         reports.broadcast_log(ctx, OFFICER, reports.LogQuery(hamlet="nowhere"))
     assert reports.broadcast_log(ctx, OFFICER, reports.LogQuery()).entries == []
-    with pytest.raises(ReportError, match="must end in .xlsx or .csv"):
+    with pytest.raises(ReportError, match=r"must end in \.xlsx or \.csv"):
         reports.monthly(ctx, OFFICER, "2026-01", tmp_path / "report.pdf")
     with pytest.raises(PermissionDenied):
         reports.monthly(ctx, TECH, "2026-01", tmp_path / "report.csv")
