@@ -121,7 +121,13 @@ def clusters(
     actor = current_actor(state)
     if cluster_id is None:
         rows = service.list_clusters(state, actor)
-        print_json(rows) if as_json else _list(rows, state.zone())
+        if as_json:
+            print_json(rows)
+        else:
+            _list(rows, state.zone())
+        return
+    detail = service.show_cluster(state, actor, cluster_id)
+    if as_json:
+        print_json(detail)
     else:
-        detail = service.show_cluster(state, actor, cluster_id)
-        print_json(detail) if as_json else _show(detail, state.zone())
+        _show(detail, state.zone())
