@@ -15,6 +15,7 @@ from loudspeaker.config import Settings
 from loudspeaker.exceptions import (
     ControllerNotRunning,
     InvalidRequest,
+    LoudspeakerError,
     NotFoundError,
     PermissionDenied,
     ReportError,
@@ -247,3 +248,32 @@ def test_the_first_admin_ends_bootstrap(ctx: ServiceContext, tmp_path: Path) -> 
     bootstrap = Actor("local", "local-bootstrap", bootstrap=True)
     done = users.add(ctx, bootstrap, "an", "admin", token_file=tmp_path / "an.token")
     assert done.ended_bootstrap
+
+
+def test_a_simulation_is_planned_and_checked_before_anything_starts(tmp_path: Path) -> None:
+    from loudspeaker import simulation
+    from loudspeaker.site import load_site_file
+
+    plan, options = simulation.plan, simulation.SimulationOptions
+    luc_binh = load_site_file(SITE_FILE)
+    mqtt = [c.id for c in luc_binh.clusters if c.transport == "mqtt"]
+    with pytest.raises(ControllerNotRunning, match="or give --broker"):
+        plan(luc_binh, None, options())
+    with pytest.raises(LoudspeakerError, match="generate and load a bigger one"):
+        plan(luc_binh, None, options(clusters=len(mqtt) + 1, broker="mqtt://127.0.0.1:1"))
+    with pytest.raises(LoudspeakerError, match="not both"):
+        plan(luc_binh, None, options(broker="mqtt://127.0.0.1:1", broker_credentials_dir=tmp_path))
+    with pytest.raises(LoudspeakerError, match=f"no key file for {mqtt[0]}, "):
+        plan(luc_binh, None, options(broker="mqtt://127.0.0.1:1", keys_dir=tmp_path))
+    sim = plan(luc_binh, None, options(clusters=2, broker="mqtt://127.0.0.1:1"))
+    assert (sim.clusters, sim.processes, sim.keys_dir) == (mqtt[:2], 1, None)
+    assert sim.endpoint is not None and sim.endpoint.url == "mqtt://127.0.0.1:1"
+
+
+def test_unknown_conformance_checks_are_named() -> None:
+    from loudspeaker.conformance import CHECKS, selected_checks
+
+    assert selected_checks(None) is None
+    assert selected_checks([CHECKS[0].key]) == {CHECKS[0].key}
+    with pytest.raises(LoudspeakerError, match="no check nonsense; checks: "):
+        selected_checks(["nonsense"])
