@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
 from loudspeaker.auth import current_actor
-from loudspeaker.commands.clusters import at
-from loudspeaker.commands.common import console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
 from loudspeaker.services import clusters as service
 from loudspeaker.services.clusters import ControlOutcome
 
@@ -18,6 +19,10 @@ _STATUS_COLOURS = {"ok": "green", "warning": "yellow", "fault": "red", "unreacha
 _CHECK_COLOURS = {
     "ok": "green", "warn": "yellow", "fail": "red", "skip": "dim", "not_present": "dim",
 }  # fmt: skip
+
+
+def _at(iso: str | None, zone: ZoneInfo) -> str:
+    return local_time(datetime.fromisoformat(iso) if iso else None, zone, "%d/%m %H:%M:%S")
 
 
 @handle_errors
@@ -41,7 +46,7 @@ def alarms(
     if not data:
         console.print("No active alarms." if not history else "No alarms recorded.")
         return
-    zone, fmt = state.zone(), "%d/%m %H:%M:%S"
+    zone = state.zone()
     table = Table("cluster", "alarm", "severity", "raised", "cleared", "message", "do")
     for d in data:
         colour, active = _COLOURS.get(d["severity"], ""), d["cleared_at"] is None
@@ -49,8 +54,8 @@ def alarms(
             d["cluster"],
             f"[{colour}]{d['kind']}[/]" if colour else d["kind"],
             d["severity"],
-            at(d["raised_at"], zone, fmt),
-            "[bold]active[/]" if active else at(d["cleared_at"], zone, fmt),
+            _at(d["raised_at"], zone),
+            "[bold]active[/]" if active else _at(d["cleared_at"], zone),
             d["message"] if active else f"{d['message']} → {d['clear_message'] or ''}",
             d["action"] if active else "",
         )
