@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import secrets
 import weakref
 from collections.abc import Collection, Iterable
@@ -34,17 +33,16 @@ from typing import Protocol
 from sqlmodel import Session, func, select
 
 from firmware_bridge.exceptions import KeyFileError
-from firmware_bridge.keys import check_private, write_private
+from firmware_bridge.keys import check_private
 from loudspeaker import audit
-from loudspeaker.exceptions import AuthError, LoudspeakerError, NotFoundError, PermissionDenied
-from loudspeaker.models import ClusterRecord, HamletRecord, UserRecord, now
+from loudspeaker.exceptions import AuthError, PermissionDenied
+from loudspeaker.models import ClusterRecord, UserRecord
 
 logger = logging.getLogger(__name__)
 
 ENV_TOKEN = "LOUDSPEAKER_TOKEN"
 ENV_TOKEN_FILE = "LOUDSPEAKER_TOKEN_FILE"
 TOKEN_PREFIX = "lst_"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 
 
 class Role(StrEnum):
@@ -261,119 +259,3 @@ def require(
 def hamlets_of(clusters: Iterable[ClusterRecord]) -> set[str]:
     """The hamlets a set of clusters belongs to (for :func:`require`)."""
     return {c.hamlet_id for c in clusters}
-
-
-# -- user management (the ``users`` commands) -----------------------------------------------
-
-
-def _check_role(role: str, hamlet: str | None, session: Session) -> Role:
-    try:
-        r = Role(role)
-    except ValueError:
-        raise LoudspeakerError(
-            f"unknown role {role!r}; use one of: {', '.join(x.value for x in Role)}"
-        ) from None
-    if r is Role.HAMLET_HEAD:
-        if not hamlet:
-            raise LoudspeakerError("a hamlet head needs --hamlet HAMLET_ID")
-        if session.get(HamletRecord, hamlet) is None:
-            known = ", ".join(h.id for h in session.exec(select(HamletRecord)).all())
-            raise LoudspeakerError(f"no hamlet {hamlet!r}; known: {known or 'none (load a site)'}")
-    elif hamlet:
-        raise LoudspeakerError("--hamlet is only for hamlet heads")
-    return r
-
-
-def add_user(
-    session: Session, name: str, role: str, hamlet: str | None, actor: Actor
-) -> tuple[UserRecord, str]:
-    """Create a user; returns the record and the token (the only time it exists in clear)."""
-    if not _NAME_RE.match(name):
-        raise LoudspeakerError(
-            f"user name {name!r}: use 1-32 lowercase letters, digits, '.', '_' or '-'"
-        )
-    r = _check_role(role, hamlet, session)
-    if user_count(session) == 0 and r is not Role.ADMIN:
-        raise LoudspeakerError(
-            "the first user must be an admin (--role admin), or nobody could manage users"
-        )
-    if session.get(UserRecord, name) is not None:
-        raise LoudspeakerError(f"user {name!r} exists; use `users set-role` or `users reset-token`")
-    token = new_token()
-    user = UserRecord(
-        name=name,
-        role=r.value,
-        hamlet_id=hamlet,
-        token_sha256=hash_token(token),
-        created_at=now(),
-        created_by=actor.name,
-    )
-    session.add(user)
-    audit.record(
-        session,
-        actor.name,
-        "users.add",
-        name,
-        detail={"role": r.value, "hamlet": hamlet},
-        role=actor.role,
-    )
-    return user, token
-
-
-def _admins(session: Session) -> int:
-    q = select(func.count()).select_from(UserRecord).where(UserRecord.role == Role.ADMIN.value)
-    return int(session.exec(q).one())
-
-
-def _get(session: Session, name: str) -> UserRecord:
-    user = session.get(UserRecord, name)
-    if user is None:
-        raise NotFoundError(f"no user {name!r} (see `loudspeaker users list`)")
-    return user
-
-
-def remove_user(session: Session, name: str, actor: Actor) -> None:
-    """Delete a user (their token stops working at once); the last admin stays."""
-    user = _get(session, name)
-    if user.role == Role.ADMIN.value and _admins(session) == 1:
-        raise LoudspeakerError("cannot remove the last admin: add another admin first")
-    session.delete(user)
-    audit.record(
-        session, actor.name, "users.remove", name, detail={"role": user.role}, role=actor.role
-    )
-
-
-def set_role(session: Session, name: str, role: str, hamlet: str | None, actor: Actor) -> None:
-    """Change a user's role (and hamlet); the last admin cannot be demoted."""
-    user = _get(session, name)
-    r = _check_role(role, hamlet, session)
-    if user.role == Role.ADMIN.value and r is not Role.ADMIN and _admins(session) == 1:
-        raise LoudspeakerError("cannot demote the last admin: add another admin first")
-    old = (user.role, user.hamlet_id)
-    user.role, user.hamlet_id = r.value, hamlet
-    session.add(user)
-    audit.record(
-        session,
-        actor.name,
-        "users.set-role",
-        name,
-        detail={"from": old[0], "from_hamlet": old[1], "to": r.value, "hamlet": hamlet},
-        role=actor.role,
-    )
-
-
-def reset_token(session: Session, name: str, actor: Actor) -> str:
-    """Issue a new token for a user; the old one stops working."""
-    user = _get(session, name)
-    token = new_token()
-    user.token_sha256 = hash_token(token)
-    session.add(user)
-    audit.record(session, actor.name, "users.reset-token", name, role=actor.role)
-    return token
-
-
-def write_token_file(path: Path, token: str) -> None:
-    """Write a token to a new file, mode 0600; an existing file is never overwritten."""
-    if path.exists():
-        raise LoudspeakerError(f"{path} exists; choose another --token-file or remove it first")
-    write_private(path, (token + "\n").encode())

@@ -31,6 +31,7 @@ unless told to.
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
 import json
 import logging
@@ -429,6 +430,14 @@ def _give_to(user: str, paths: list[Path]) -> None:
 def _controller_host(bind: str) -> str:
     # The controller runs on the broker's machine: loopback reaches a wildcard bind.
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "localhost", "") else bind
+
+
+def group_name(gid: int) -> str:
+    """The name of OS group ``gid`` (its number when it has none)."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def write_broker_config(

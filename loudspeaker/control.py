@@ -1,4 +1,4 @@
-"""Remote-control requests as the CLI makes them: insert a row, poke, wait for the answer.
+"""Remote-control requests: insert a row (the service pokes the controller), wait for the answer.
 
 The CLI never talks MQTT: the controller's health monitor sends the command and records
 what the cluster answered (see :mod:`loudspeaker.health`).
@@ -7,15 +7,15 @@ what the cluster answered (see :mod:`loudspeaker.health`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
 
 from firmware_bridge.protocol import new_id
-from loudspeaker.exceptions import ControllerNotRunning, NotFoundError
+from loudspeaker.exceptions import NotFoundError
 from loudspeaker.models import ClusterRecord, ControlRequest, ControlState, now
-from loudspeaker.runtime import ControllerCard
 
 ACTIONS = ("volume", "power", "reboot", "diagnose")
 
@@ -52,33 +52,16 @@ def request_control(
     return req
 
 
-def send_and_wait(
-    session_factory: Any,
-    card: ControllerCard | None,
-    cluster: str,
-    action: str,
-    args: dict[str, Any] | None = None,
-    *,
-    timeout_s: float,
-    created_by: str = "",
+def wait_final(
+    session_factory: Callable[[], Session], request_id: str, *, timeout_s: float
 ) -> ControlRequest:
-    """Queue a request, poke the controller, wait (bounded) until it is final."""
-    if card is None:
-        raise ControllerNotRunning(
-            "the controller is not running: start `loudspeaker serve` first "
-            "(control commands are not queued for later)"
-        )
-    with session_factory() as s:
-        req = request_control(
-            s, cluster, action, args, ttl_s=max(timeout_s, 10.0), created_by=created_by
-        )
-        req_id = req.id
-    card.poke()
+    """The request once it is final, or as it stands after ``timeout_s`` (bounded wait)."""
     deadline = time.monotonic() + timeout_s
     while True:
         with session_factory() as s:
-            current = s.get(ControlRequest, req_id)
-            assert current is not None
+            current = s.get(ControlRequest, request_id)
+            if current is None:
+                raise NotFoundError(f"no control request {request_id!r}")
             if ControlState(current.state).final or time.monotonic() >= deadline:
                 s.expunge(current)
                 return current

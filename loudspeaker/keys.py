@@ -26,7 +26,7 @@ from firmware_bridge.protocol import AnyCommand, sign_command
 from loudspeaker import audit
 from loudspeaker.auth import Actor
 from loudspeaker.db import as_utc
-from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
+from loudspeaker.exceptions import InvalidRequest, KeystoreError, NotFoundError
 from loudspeaker.keystore import Keystore, cluster_key_context
 from loudspeaker.models import ClusterKey, ClusterRecord, now
 
@@ -107,7 +107,7 @@ def issue(session: Session, cluster: str, actor: Actor, *, keystore: Keystore) -
     """Give a cluster its first key (active at once)."""
     _cluster(session, cluster)
     if _keys(session, cluster, ACTIVE, NEXT):
-        raise LoudspeakerError(
+        raise InvalidRequest(
             f"{cluster} already has a key; use `keys rotate {cluster}` for a new one or "
             f"`keys export {cluster}` to write its key file again"
         )
@@ -123,9 +123,9 @@ def rotate(session: Session, cluster: str, actor: Actor, *, keystore: Keystore) 
     :func:`activate`, so the box can be updated first and is never lost."""
     _cluster(session, cluster)
     if not _keys(session, cluster, ACTIVE):
-        raise LoudspeakerError(f"{cluster} has no key yet; use `keys issue {cluster}`")
+        raise InvalidRequest(f"{cluster} has no key yet; use `keys issue {cluster}`")
     if pending := _keys(session, cluster, NEXT):
-        raise LoudspeakerError(
+        raise InvalidRequest(
             f"{cluster} already has key {pending[0].kid} waiting: install its key file and "
             f"run `keys activate {cluster}` first"
         )
@@ -141,7 +141,7 @@ def activate(session: Session, cluster: str, actor: Actor) -> ClusterKey:
     _cluster(session, cluster)
     pending = _keys(session, cluster, NEXT)
     if not pending:
-        raise LoudspeakerError(f"{cluster} has no key waiting; `keys rotate {cluster}` first")
+        raise InvalidRequest(f"{cluster} has no key waiting; `keys rotate {cluster}` first")
     t = now()
     old = _keys(session, cluster, ACTIVE)
     for k in old:
@@ -173,7 +173,7 @@ def export(
         if k.state in (NEXT, ACTIVE) or (retired is not None and t - retired < RETIRED_KEPT):
             keep.append(k)
     if not keep:
-        raise LoudspeakerError(f"{cluster} has no key; use `keys issue {cluster}`")
+        raise InvalidRequest(f"{cluster} has no key; use `keys issue {cluster}`")
     order = {NEXT: 0, ACTIVE: 1, RETIRED: 2}
     keep.sort(key=lambda k: (order[k.state], -(as_utc(k.created_at) or t).timestamp()))
     entries = [

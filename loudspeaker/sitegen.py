@@ -6,7 +6,10 @@ valid and big: ``hamlet_size`` clusters per hamlet, ids ``c00000``, ``c00001``..
 
 from __future__ import annotations
 
-from loudspeaker.exceptions import SiteError
+from dataclasses import dataclass
+from pathlib import Path
+
+from loudspeaker.exceptions import LoudspeakerError, SiteError
 from loudspeaker.site import parse_site
 
 MAX_CLUSTERS = 100_000
@@ -40,3 +43,33 @@ def generate_site_text(
     text = "\n".join(lines)
     parse_site(text, source="generated site")  # raises SiteError naming the field
     return text
+
+
+@dataclass(frozen=True)
+class GeneratedSite:
+    """A site file written by :func:`write_site_file`."""
+
+    file: Path
+    site: str
+    clusters: int
+    hamlets: int
+
+
+def write_site_file(
+    output: Path,
+    clusters: int,
+    *,
+    site_id: str = "sim",
+    hamlet_size: int = 10,
+    force: bool = False,
+) -> GeneratedSite:
+    """Write a synthetic site file; an existing ``output`` only with ``force``."""
+    if output.exists() and not force:
+        raise LoudspeakerError(f"{output} exists; choose another --output or add --force")
+    text = generate_site_text(clusters, site_id=site_id, hamlet_size=hamlet_size)
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise LoudspeakerError(f"cannot write {output}: {exc}") from None
+    hamlets = (clusters + hamlet_size - 1) // hamlet_size
+    return GeneratedSite(output, site_id, clusters, hamlets)

@@ -8,14 +8,16 @@ import typer
 from rich.table import Table
 
 from loudspeaker import audit as audit_log
-from loudspeaker.auth import Permission, require
+from loudspeaker.auth import current_actor
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
-from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.services import audit as audit_service
 
 app = typer.Typer(
     help="The audit log: who did what, when, to what, and how it ended.",
     invoke_without_command=True,
 )
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
+_COLOURS = {"ok": "green", "denied": "red", "failed": "red"}
 
 
 @app.callback()
@@ -25,30 +27,27 @@ def audit_show(
     limit: Annotated[int, typer.Option(help="Newest N rows")] = 50,
     actor: Annotated[str | None, typer.Option(help="Only this user")] = None,
     action: Annotated[str | None, typer.Option(help="Only actions starting with this")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the newest audit rows (`audit verify` checks the chain)."""
     if ctx.invoked_subcommand is not None:
         return
     state = state_of(ctx)
-    require(state, Permission.AUDIT, action="audit.read")
-    with state.session() as s:
-        rows = audit_log.entries(s, limit=limit, actor=actor, action=action)
-        data = [audit_log.to_json(e) for e in rows]
+    rows = audit_service.entries(state, current_actor(state), limit=limit, by=actor, action=action)
+    data = [audit_log.to_json(e) for e in rows]
     if as_json:
         print_json(data)
         return
     zone = state.zone()
     table = Table("#", "time", "actor", "action", "target", "outcome", "detail")
     for e, d in zip(rows, data, strict=True):
-        colour = {"ok": "green", "denied": "red", "failed": "red"}.get(e.outcome, "yellow")
         table.add_row(
             str(e.seq),
             local_time(e.at, zone, "%Y-%m-%d %H:%M:%S"),
             f"{e.actor} ({e.role})" if e.role else e.actor,
             e.action,
             e.target,
-            f"[{colour}]{e.outcome}[/]",
+            f"[{_COLOURS.get(e.outcome, 'yellow')}]{e.outcome}[/]",
             e.detail if d["detail"] else "",
         )
     console.print(table)
@@ -62,33 +61,20 @@ def audit_verify(
         str | None,
         typer.Option(help="SEQ:HASH written down earlier: also check that row is unchanged"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Recompute the hash chain; exit 1 and name the rows if any was edited or deleted."""
     state = state_of(ctx)
-    require(state, Permission.AUDIT, action="audit.verify")
-    expect: tuple[int, str] | None = None
-    if head:
-        seq, _, h = head.partition(":")
-        if not seq.isdigit() or len(h) != 64:
-            raise LoudspeakerError("--head takes SEQ:HASH as `audit verify` printed it")
-        expect = (int(seq), h)
-    with state.session() as s:
-        result = audit_log.verify(s, expect_head=expect)
+    result = audit_service.verify(state, current_actor(state), head)
+    head_text = f"{result.head_seq}:{result.head_hash}"
     if as_json:
         print_json(
-            {
-                "ok": result.ok,
-                "rows": result.rows,
-                "head": f"{result.head_seq}:{result.head_hash}",
-                "problems": result.problems,
-            }
+            {"ok": result.ok, "rows": result.rows, "head": head_text, "problems": result.problems}
         )
     elif result.ok:
         console.print(
-            f"[green]audit log intact:[/] {result.rows} rows; head "
-            f"{result.head_seq}:{result.head_hash} (write it down elsewhere to detect "
-            "truncation later)"
+            f"[green]audit log intact:[/] {result.rows} rows; head {head_text} (write it down "
+            "elsewhere to detect truncation later)"
         )
     else:
         console.print(f"[bold red]audit log damaged:[/] {len(result.problems)} problems")

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from loudspeaker.commands.common import err_console, handle_errors, print_json, state_of
-from loudspeaker.exceptions import ConfigError
 
 
 @handle_errors
@@ -65,40 +64,15 @@ def conformance(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Drive one box through every MUST of docs/protocol.md; exit 0 only if none fails."""
-    from firmware_bridge.keys import read_key_file
-    from firmware_bridge.protocol import validate_cluster_id
     from loudspeaker import conformance as kit
-    from loudspeaker.runtime import Endpoints, operators_broker, operators_credentials
 
-    settings = state_of(ctx).settings
-    credentials = credentials or operators_credentials(
-        settings, Endpoints.read(settings.endpoints_file)
-    )
-    if broker is None and credentials is None:
-        raise ConfigError(
-            "give --broker mqtt://HOST:PORT, or --credentials _operator.json (its url is used)"
-        )
-    # 0640 allowed: the operators' group shares _operator.json (docs/security.md).
-    login = operators_broker(broker, credentials)
-    assert login.endpoint is not None  # a url or a credentials file was given
-    endpoint = login.endpoint
-    site = site or login.site
-    if site is None:
-        raise ConfigError("give --site (or a --credentials file that names the site)")
-    validate_cluster_id(site)
-    validate_cluster_id(cluster)
-    key = None
-    if keys_file is not None:
-        key = read_key_file(keys_file, site, cluster)[0]  # newest first
-    known = {c.key for c in kit.CHECKS}
-    unknown = sorted(set(only or ()) - known)
-    if unknown:
-        raise ConfigError(f"no check {', '.join(unknown)}; checks: {', '.join(sorted(known))}")
-    options = kit.KitOptions(
-        endpoint=endpoint,
-        site=site,
+    options = kit.kit_options(
+        state_of(ctx).settings,
         cluster=cluster,
-        key=key,
+        broker=broker,
+        site=site,
+        credentials=credentials,
+        keys_file=keys_file,
         media_host=media_host,
         media_port=media_port,
         kill_command=kill_command,
@@ -106,16 +80,15 @@ def conformance(
         timeout_s=timeout,
         will_timeout_s=will_timeout,
     )
+    checks = kit.selected_checks(only)
+    where = f"{options.site}/{cluster} on {options.endpoint.url}"
     if not as_json:
-        err_console.print(
-            f"checking {site}/{cluster} on {endpoint.url}; this takes a minute or two"
-        )
-    results = kit.ConformanceKit(options).run(set(only) if only else None)
+        err_console.print(f"checking {where}; this takes a minute or two")
+    results = kit.ConformanceKit(options).run(checks)
     if as_json:
-        meta = {"site": site, "cluster": cluster, "broker": endpoint.url, "signed": key is not None}
-        print_json(kit.as_json(results, meta))
+        meta = {"site": options.site, "cluster": cluster, "broker": options.endpoint.url}
+        print_json(kit.as_json(results, {**meta, "signed": options.key is not None}))
     else:
-        heading = f"Conformance of {site}/{cluster} on {endpoint.url} to docs/protocol.md"
-        typer.echo(kit.format_table(results, heading))
+        typer.echo(kit.format_table(results, f"Conformance of {where} to docs/protocol.md"))
     if not kit.passed(results):
         raise typer.Exit(1)

@@ -8,23 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loudspeaker import keys as cluster_keys
-from loudspeaker.auth import Permission, require
-from loudspeaker.commands.common import (
-    State,
-    console,
-    handle_errors,
-    local_time,
-    print_json,
-    state_of,
-)
-from loudspeaker.exceptions import LoudspeakerError
-from loudspeaker.site import current_site
+from loudspeaker.auth import current_actor
+from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.services import keys
+from loudspeaker.services.keys import KeyFileAction
 
 app = typer.Typer(
     help="Command-signing keys of the clusters: issue, rotate, activate, export, reset."
 )
 
+ClusterArg = Annotated[str, typer.Argument(help="Cluster id")]
 OutOption = Annotated[
     Path | None,
     typer.Option(
@@ -33,27 +26,14 @@ OutOption = Annotated[
 ]
 
 
-def _out(state: State, cluster: str, given: Path | None) -> Path:
-    return given.expanduser() if given else state.settings.data_dir / "keys" / f"{cluster}.json"
-
-
-def _export(state: State, cluster: str, output: Path | None, what: str) -> None:
-    actor = require(state, Permission.KEYS, action=f"keys.{what}", target=cluster)
-    path = _out(state, cluster, output)
-    with state.session() as s:
-        site = current_site(s).site.id
-        if what == "issue":
-            cluster_keys.issue(s, cluster, actor, keystore=state.keystore)
-        elif what == "rotate":
-            cluster_keys.rotate(s, cluster, actor, keystore=state.keystore)
-        s.flush()
-        kids = cluster_keys.export(s, site, cluster, path, actor, keystore=state.keystore)
-        s.commit()
+def _write(ctx: typer.Context, cluster: str, output: Path | None, action: KeyFileAction) -> None:
+    state = state_of(ctx)
+    done = keys.write_key_file(state, current_actor(state), cluster, action, output)
     console.print(
-        f"{cluster}: key file {path} (mode 0600) holds {', '.join(kids)}. Install it on the "
-        "box as STATE_DIR/keys.json (mode 0600); the agent picks it up by itself."
+        f"{cluster}: key file {done.path} (mode 0600) holds {', '.join(done.kids)}. Install it "
+        "on the box as STATE_DIR/keys.json (mode 0600); the agent picks it up by itself."
     )
-    if what == "rotate":
+    if action == "rotate":
         console.print(
             f"The controller still signs with the old key. Once the box has this file, run "
             f"`loudspeaker keys activate {cluster}`."
@@ -62,54 +42,32 @@ def _export(state: State, cluster: str, output: Path | None, what: str) -> None:
 
 @app.command("issue")
 @handle_errors
-def keys_issue(
-    ctx: typer.Context,
-    cluster: Annotated[str, typer.Argument(help="Cluster id")],
-    output: OutOption = None,
-) -> None:
+def keys_issue(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
     """Give a cluster its first key and write the box's key file."""
-    _export(state_of(ctx), cluster, output, "issue")
+    _write(ctx, cluster, output, "issue")
 
 
 @app.command("rotate")
 @handle_errors
-def keys_rotate(
-    ctx: typer.Context,
-    cluster: Annotated[str, typer.Argument(help="Cluster id")],
-    output: OutOption = None,
-) -> None:
+def keys_rotate(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
     """Make a new key and write a key file with old and new; activate once installed."""
-    _export(state_of(ctx), cluster, output, "rotate")
+    _write(ctx, cluster, output, "rotate")
 
 
 @app.command("export")
 @handle_errors
-def keys_export(
-    ctx: typer.Context,
-    cluster: Annotated[str, typer.Argument(help="Cluster id")],
-    output: OutOption = None,
-) -> None:
+def keys_export(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
     """Write the box's key file again (a replaced box, or after `activate`)."""
-    _export(state_of(ctx), cluster, output, "export")
+    _write(ctx, cluster, output, "export")
 
 
 @app.command("activate")
 @handle_errors
-def keys_activate(
-    ctx: typer.Context,
-    cluster: Annotated[str, typer.Argument(help="Cluster id")],
-) -> None:
+def keys_activate(ctx: typer.Context, cluster: ClusterArg) -> None:
     """Sign with the cluster's new key from now on (the box must have it)."""
     state = state_of(ctx)
-    actor = require(state, Permission.KEYS, action="keys.activate", target=cluster)
-    with state.session() as s:
-        key = cluster_keys.activate(s, cluster, actor)
-        kid = key.kid
-        s.commit()
-    card = state.controller()
-    if card is not None:
-        card.poke()
-    console.print(f"{cluster}: commands are now signed with key {kid}.")
+    done = keys.activate(state, current_actor(state), cluster)
+    console.print(f"{cluster}: commands are now signed with key {done.kid}.")
 
 
 @app.command("list")
@@ -120,24 +78,15 @@ def keys_list(
 ) -> None:
     """Every cluster's keys and their state (never the secrets)."""
     state = state_of(ctx)
-    require(state, Permission.KEYS, action="keys.list")
-    with state.session() as s:
-        infos = cluster_keys.list_keys(s)
+    infos = keys.list_keys(state, current_actor(state))
     if as_json:
         print_json([k.to_json() for k in infos])
         return
-    zone = state.zone()
+    zone, fmt = state.zone(), "%Y-%m-%d %H:%M"
     table = Table("cluster", "key id", "state", "created", "activated", "retired")
-    fmt = "%Y-%m-%d %H:%M"
     for k in infos:
-        table.add_row(
-            k.cluster,
-            k.kid,
-            k.state,
-            local_time(k.created_at, zone, fmt),
-            local_time(k.activated_at, zone, fmt),
-            local_time(k.retired_at, zone, fmt),
-        )
+        times = (k.created_at, k.activated_at, k.retired_at)
+        table.add_row(k.cluster, k.kid, k.state, *(local_time(t, zone, fmt) for t in times))
     console.print(table)
 
 
@@ -154,27 +103,14 @@ def keys_reset(
 ) -> None:
     """Drop the keys the key store cannot open (it is lost, no backup), so `issue` works."""
     state = state_of(ctx)
-    actor = require(state, Permission.KEYS, action="keys.reset", target="*")
-    if not all_ or not yes:
-        raise LoudspeakerError(
-            "`keys reset` drops every cluster key the key store "
-            f"{state.settings.keystore_path} cannot open; only do this when that key store is "
-            "lost and there is no backup. Run `loudspeaker keys reset --all --yes`"
-        )
-    with state.session() as s:
-        dropped = cluster_keys.reset_unopenable(s, actor, keystore=state.keystore)
-        s.commit()
-    card = state.controller()
-    if card is not None:
-        card.poke()
-    if not dropped:
+    done = keys.reset(state, current_actor(state), confirmed=all_ and yes)
+    if not done.dropped:
         console.print("Every key opens with the key store: nothing dropped.")
         return
-    clusters = sorted({k.cluster for k in dropped})
     console.print(
-        f"Dropped {len(dropped)} keys of {len(clusters)} clusters: {', '.join(clusters)}. "
-        "Every one of these boxes needs its new key file: run `loudspeaker keys issue "
-        "CLUSTER` for each and install the file on the box as STATE_DIR/keys.json (mode "
-        "0600). Until then the box refuses the controller's commands.",
+        f"Dropped {len(done.dropped)} keys of {len(done.clusters)} clusters: "
+        f"{', '.join(done.clusters)}. Every one of these boxes needs its new key file: run "
+        "`loudspeaker keys issue CLUSTER` for each and install the file on the box as "
+        "STATE_DIR/keys.json (mode 0600). Until then the box refuses the controller's commands.",
         highlight=False,
     )

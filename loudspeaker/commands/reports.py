@@ -11,17 +11,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loudspeaker.auth import Permission, require
+from loudspeaker.auth import current_actor
 from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
 from loudspeaker.exceptions import ReportError
+from loudspeaker.services import reports
+from loudspeaker.services.reports import LogQuery
 
 _OUTCOME_STYLE = {
-    "played": "green",
-    "failed": "red",
-    "unreachable": "red",
-    "missed": "magenta",
+    "played": "green", "failed": "red", "unreachable": "red", "missed": "magenta",
     "pending": "yellow",
-}
+}  # fmt: skip
+_LOG_COLUMNS = (
+    "scheduled", "broadcast", "priority", "what", "by", "cluster", "hamlet", "started",
+    "delay", "outcome", "reason",
+)  # fmt: skip
 
 
 @handle_errors
@@ -48,68 +51,40 @@ def log(
 
     Days are the site's local days (Asia/Ho_Chi_Minh); times are shown in that zone.
     """
-    from loudspeaker.logbook import make_filter, read_log, write_log_csv
+    from loudspeaker.logbook import write_log_csv
 
     if as_json and as_csv:
         raise ReportError("choose one of --json and --csv")
     state = state_of(ctx)
-    require(state, Permission.VIEW, action="log")
-    zone = state.zone()
-    with state.engine.connect() as conn:
-        flt = make_filter(
-            conn,
-            zone,
-            date_from=date_from,
-            date_to=date_to,
-            hamlet=hamlet,
-            cluster=cluster,
-            priority=priority,
-        )
-        entries = read_log(conn, flt)
+    query = LogQuery(date_from, date_to, hamlet, cluster, priority)
+    found = reports.broadcast_log(state, current_actor(state), query)
+    flt, zone, entries = found.filter, found.zone, found.entries
     if as_json:
-        print_json(
-            {
-                "from": flt.start.isoformat(),
-                "to": flt.end.isoformat(),
-                "zone": zone.key,
-                "broadcasts": [e.to_json() for e in entries],
-            }
-        )
+        print_json(found.to_json())
         return
     if as_csv:
         write_log_csv(entries, zone, sys.stdout)
         return
     first = flt.start.astimezone(zone).strftime("%d/%m/%Y")
     last = (flt.end - timedelta(seconds=1)).astimezone(zone).strftime("%d/%m/%Y")
-    table = Table(
-        "scheduled",
-        "broadcast",
-        "priority",
-        "what",
-        "by",
-        "cluster",
-        "hamlet",
-        "started",
-        "delay",
-        "outcome",
-        "reason",
-        title=f"Broadcast log {first} - {last} ({zone.key})",
-        title_justify="left",
-    )
+    title = f"Broadcast log {first} - {last} ({zone.key})"
+    table = Table(*_LOG_COLUMNS, title=title, title_justify="left")
     for e in entries:
         length = "-" if e.duration_s is None else f"{e.duration_s:.0f} s"
         if e.repeat > 1:
             length += f" x{e.repeat}"
+        head = [
+            local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S"),
+            escape(f"{e.id} {e.title}"),
+            e.priority,
+            escape(f"{e.what}, {length}"),
+            escape(e.created_by),
+        ]
         for i, d in enumerate(e.deliveries):
             delay = d.delay_s(e.scheduled_at)
             style = _OUTCOME_STYLE.get(d.outcome, "white")
-            head = i == 0
             table.add_row(
-                local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S") if head else "",
-                escape(f"{e.id} {e.title}") if head else "",
-                e.priority if head else "",
-                escape(f"{e.what}, {length}") if head else "",
-                escape(e.created_by) if head else "",
+                *(head if i == 0 else [""] * len(head)),
                 d.cluster,
                 d.hamlet,
                 local_time(d.started_at, zone),
@@ -139,28 +114,9 @@ def report_monthly(
     as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as JSON")] = False,
 ) -> None:
     """The monthly report: totals per hamlet and cluster, availability, failures, charts."""
-    from loudspeaker.report_xlsx import check_output, write_csv, write_xlsx
-    from loudspeaker.reports import Month, monthly_report
-
     state = state_of(ctx)
-    require(state, Permission.REPORT, action="report.monthly", target=month)
-    m = Month.parse(month)
-    suffix = output.suffix.lower()
-    check_output(output, (".xlsx", ".csv"))
-    if png is not None and png.exists() and not png.is_dir():
-        raise ReportError(f"--png {png} is a file; give a folder")
-    zone = state.zone()
-    with state.engine.connect() as conn:
-        report = monthly_report(conn, m, zone)
-    if suffix == ".csv":
-        write_csv(report, output)
-    else:
-        write_xlsx(report, output)
-    written = [output]
-    if png is not None:
-        from loudspeaker.report_png import write_pngs
-
-        written += write_pngs(report, png)
+    done = reports.monthly(state, current_actor(state), month, output, png)
+    report, m, written = done.report, done.month, done.files
     if as_json:
         print_json({"files": [str(p) for p in written], "report": report.to_json()})
         return

@@ -23,21 +23,15 @@ def site_generate(
 
     Then: ``loudspeaker site load FILE`` and ``loudspeaker simulate --clusters N``.
     """
-    from loudspeaker.exceptions import LoudspeakerError
-    from loudspeaker.sitegen import generate_site_text
+    from loudspeaker.sitegen import write_site_file
 
-    if output.exists() and not force:
-        raise LoudspeakerError(f"{output} exists; choose another --output or add --force")
-    text = generate_site_text(clusters, site_id=site_id, hamlet_size=hamlet_size)
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise LoudspeakerError(f"cannot write {output}: {exc}") from None
-    hamlets = (clusters + hamlet_size - 1) // hamlet_size
+    done = write_site_file(output, clusters, site_id=site_id, hamlet_size=hamlet_size, force=force)
     if as_json:
-        print_json({"file": str(output), "site": site_id, "clusters": clusters, "hamlets": hamlets})
+        print_json(
+            {"file": str(output), "site": site_id, "clusters": clusters, "hamlets": done.hamlets}
+        )
         return
     console.print(
-        f"Wrote {output}: site {site_id}, {hamlets} hamlets, {clusters} clusters. "
+        f"Wrote {output}: site {site_id}, {done.hamlets} hamlets, {clusters} clusters. "
         f"Next: loudspeaker site load {output}"
     )

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -49,8 +45,8 @@ def serve(
     """Run the controller: broker link, media server, dispatcher. Stop with Ctrl-C."""
     from dataclasses import replace
 
+    from loudspeaker import lifecycle
     from loudspeaker.controller import Controller
-    from loudspeaker.filemodes import FileModes
 
     state = state_of(ctx)
     settings = replace(
@@ -64,22 +60,16 @@ def serve(
         public_url=public_url or state.settings.public_url,
         ack_timeout_s=ack_timeout,
     )
-    if logging.getLogger().level > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)
-    # Everything the daemon creates (media, run files, the broker's) is private to its
-    # account, or shared with the operators' group only (docs/security.md, "Secrets").
-    os.umask(FileModes.for_group(settings.group).umask)
+    lifecycle.log_at_least_info()
+    lifecycle.private_umask(settings.group)
     controller = Controller(settings)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    controller.start()
-    # One line per address, on stdout for whoever started us (also in endpoints.json).
-    assert controller.endpoints is not None
-    for line in controller.endpoints.lines():
-        typer.echo(line)
-    typer.echo(f"endpoints {settings.endpoints_file}")
-    sys.stdout.flush()
-    err_console.print(f"controller running for site {controller.site_id}; Ctrl-C to stop")
-    done.wait()
-    controller.stop()
+
+    def started() -> None:
+        # One line per address, on stdout for whoever started us (also in endpoints.json).
+        assert controller.endpoints is not None
+        for line in [*controller.endpoints.lines(), f"endpoints {settings.endpoints_file}"]:
+            typer.echo(line)
+        sys.stdout.flush()
+        err_console.print(f"controller running for site {controller.site_id}; Ctrl-C to stop")
+
+    lifecycle.run_until_signalled(controller.start, controller.stop, started)

@@ -15,6 +15,7 @@ from loudspeaker.conformance.checks import (
 )
 from loudspeaker.conformance.harness import ConformanceError, route_address
 from loudspeaker.conformance.report import as_json, counts, format_table, passed
+from loudspeaker.conformance.setup import kit_options, selected_checks
 
 __all__ = [
     "CHECKS",
@@ -25,6 +26,8 @@ __all__ = [
     "as_json",
     "counts",
     "format_table",
+    "kit_options",
     "passed",
     "route_address",
+    "selected_checks",
 ]
