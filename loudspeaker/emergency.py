@@ -138,6 +138,7 @@ def trigger(
         priority=Priority.EMERGENCY,
         source_kind=src.kind,
         source=src.source,
+        announcement_id=src.announcement_id,
         repeat=req.repeat,
         gap_s=req.gap_s,
         created_by=created_by,

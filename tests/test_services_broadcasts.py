@@ -173,7 +173,6 @@ def test_emergency_trigger_records_and_stop_audits(ctx: ServiceContext) -> None:
         emergencies.trigger(ctx, OFFICER, EmergencyRequest("Lũ", ("Atlantis",), siren=True))
     # With no controller and no broker the emergency is recorded, then the direct path says
     # it cannot reach anybody.
-    ctx.settings.run_dir.mkdir(parents=True, exist_ok=True)
     with pytest.raises(LoudspeakerError, match="no broker is reachable"):
         emergencies.trigger(
             ctx, HEAD, EmergencyRequest("Lũ", ("Thôn Bản Cầu",), siren=True), direct_wait_s=0
@@ -194,6 +193,17 @@ def test_emergency_trigger_records_and_stop_audits(ctx: ServiceContext) -> None:
     assert (row.actor, row.target) == ("officer1", b.id)
     with pytest.raises(NotFoundError, match="no emergency 'nope'"):
         emergencies.stop(ctx, OFFICER, "nope")
+
+
+def test_an_announcement_an_emergency_still_plays_cannot_be_removed(ctx: ServiceContext) -> None:
+    ann = announcements.make_from_text(ctx, OFFICER, "Lũ quét.", title="Lũ", engine="offline")
+    request = EmergencyRequest("Lũ quét", ("pac-cap",), announcement=ann.id)
+    with pytest.raises(LoudspeakerError, match="no broker is reachable"):
+        emergencies.trigger(ctx, OFFICER, request, direct_wait_s=0)
+    [b] = _broadcasts(ctx)
+    assert (b.announcement_id, b.media_sha256, b.source_kind) == (ann.id, ann.sha256, "text")
+    with pytest.raises(LoudspeakerError, match=f"still needed by broadcast {b.id}"):
+        announcements.remove(ctx, OFFICER, ann.id)
 
 
 def test_hamlet_lookup_is_shared_by_targets_and_emergencies(ctx: ServiceContext) -> None:

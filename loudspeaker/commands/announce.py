@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from loudspeaker.announcements import AnnouncementView
 from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import (
-    console,
-    err_console,
-    handle_errors,
-    local_time,
-    print_json,
-    state_of,
-)
+from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands.progress import render_progress
 from loudspeaker.services import announcements
 
 announce_app = typer.Typer(help="Bulletins ready to play: TTS text or recordings.")
@@ -28,24 +19,6 @@ announce_app = typer.Typer(help="Bulletins ready to play: TTS text or recordings
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
 TitleOpt = Annotated[str | None, typer.Option(help="Title for logs, schedules and reports")]
-
-
-@contextmanager
-def render_progress(label: str, enabled: bool) -> Iterator[Callable[[float], None]]:
-    """A transient progress bar on stderr fed by audio's progress callback."""
-    if not enabled:
-        yield lambda _f: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=1.0)
-        yield lambda f: progress.update(task, completed=f)
 
 
 def _made(ann: AnnouncementView, as_json: bool) -> None:

@@ -1,17 +1,20 @@
-"""How broadcasts and emergencies show their progress: the per-cluster table, live."""
+"""Progress on screen: a broadcast's per-cluster table (live), audio rendering's bar."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from loudspeaker.auth import current_actor
 from loudspeaker.broadcasts import BroadcastView
-from loudspeaker.commands.common import State, console, local_time
+from loudspeaker.commands.common import State, console, err_console, local_time
 from loudspeaker.services import broadcasts
 
 _COLOURS = {"played": "green", "failed": "red", "unreachable": "red", "playing": "cyan"}
@@ -72,3 +75,21 @@ def follow(
         )
     console.print()
     return view
+
+
+@contextmanager
+def render_progress(label: str, enabled: bool) -> Iterator[Callable[[float], None]]:
+    """A transient progress bar on stderr fed by audio's progress callback."""
+    if not enabled:
+        yield lambda _f: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=1.0)
+        yield lambda f: progress.update(task, completed=f)
