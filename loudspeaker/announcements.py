@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlmodel import Session, col, select
 
 import audio
-from loudspeaker.broadcasts import AudioFile, register_media
+from loudspeaker.audio_source import audio_settings
+from loudspeaker.broadcasts import register_media
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
 from loudspeaker.media import MediaStore
 from loudspeaker.models import (
@@ -18,7 +21,6 @@ from loudspeaker.models import (
     Broadcast,
     Delivery,
     DeliveryState,
-    MediaRecord,
     now,
 )
 
@@ -27,16 +29,6 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[float], None]
 # The media directory is bounded; what announcements and unfinished broadcasts use stays.
 DEFAULT_MEDIA_BUDGET = 2 * 1024**3
-
-
-def audio_settings(data_dir: Path) -> audio.AudioSettings:
-    """Audio settings with the site's own chime and abbreviations when it has them."""
-    chime = next((p for p in sorted(data_dir.glob("chime.*")) if p.is_file()), None)
-    abbreviations = data_dir / "abbreviations.toml"
-    return audio.AudioSettings(
-        chime_path=chime,
-        extra_abbreviations=abbreviations if abbreviations.is_file() else None,
-    )
 
 
 def _new_id(session: Session) -> str:
@@ -58,9 +50,7 @@ def _store(
 ) -> Announcement:
     if not title.strip():
         raise LoudspeakerError("give the announcement a --title")
-    media = register_media(
-        session, MediaStore(data_dir / "media"), AudioFile.from_rendered(rendered)
-    )
+    media = register_media(session, MediaStore(data_dir / "media"), rendered)
     ann = Announcement(
         id=_new_id(session),
         title=title.strip()[:200],
@@ -139,19 +129,6 @@ def get(session: Session, announcement_id: str) -> Announcement:
     return ann
 
 
-def audio_of(session: Session, ann: Announcement, media_dir: Path) -> AudioFile:
-    """The stored audio of an announcement, to broadcast it without rendering again."""
-    media = session.get(MediaRecord, ann.media_sha256)
-    stored = MediaStore(media_dir).path_for(ann.media_sha256)
-    if media is None or stored is None:
-        raise LoudspeakerError(
-            f"the audio of announcement {ann.id} is gone from the media directory; make it again"
-        )
-    return AudioFile(
-        stored, media.sha256, media.size, media.duration_s, media.format, media.mime, ann.engine
-    )
-
-
 def list_all(session: Session) -> list[Announcement]:
     """Current announcements, newest first."""
     return list(
@@ -184,7 +161,10 @@ def in_use(session: Session, announcement_id: str) -> list[str]:
 
 
 def remove(session: Session, announcement_id: str) -> Announcement:
-    """Mark an announcement removed (its history stays); refused while it is in use."""
+    """Mark an announcement removed (its history stays); refused while it is in use.
+
+    The caller commits (with its audit row).
+    """
     ann = get(session, announcement_id)
     users = in_use(session, announcement_id)
     if users:
@@ -193,7 +173,6 @@ def remove(session: Session, announcement_id: str) -> Announcement:
         )
     ann.removed_at = now()
     session.add(ann)
-    session.commit()
     return ann
 
 
@@ -229,18 +208,51 @@ def prune_media(session: Session, data_dir: Path, budget: int = DEFAULT_MEDIA_BU
     return len(result.evicted)
 
 
-def to_json(ann: Announcement) -> dict[str, object]:
-    """JSON-ready form."""
-    return {
-        "id": ann.id,
-        "title": ann.title,
-        "kind": ann.kind,
-        "source": ann.source,
-        "spoken_text": ann.spoken_text or None,
-        "engine": ann.engine,
-        "duration_s": round(ann.duration_s, 3),
-        "sha256": ann.media_sha256,
-        "size": ann.size,
-        "created_by": ann.created_by,
-        "created_at": ann.created_at.isoformat(),
-    }
+@dataclass(frozen=True)
+class AnnouncementView:
+    """An announcement as faces show it."""
+
+    id: str
+    title: str
+    kind: str  # text | file
+    source: str  # the text, or the original file name
+    spoken_text: str
+    engine: str
+    duration_s: float
+    sha256: str
+    size: int
+    created_by: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, ann: Announcement) -> AnnouncementView:
+        """The view of a stored announcement."""
+        return cls(
+            id=ann.id,
+            title=ann.title,
+            kind=ann.kind,
+            source=ann.source,
+            spoken_text=ann.spoken_text,
+            engine=ann.engine,
+            duration_s=ann.duration_s,
+            sha256=ann.media_sha256,
+            size=ann.size,
+            created_by=ann.created_by,
+            created_at=ann.created_at,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "kind": self.kind,
+            "source": self.source,
+            "spoken_text": self.spoken_text or None,
+            "engine": self.engine,
+            "duration_s": round(self.duration_s, 3),
+            "sha256": self.sha256,
+            "size": self.size,
+            "created_by": self.created_by,
+            "created_at": self.created_at.isoformat(),
+        }

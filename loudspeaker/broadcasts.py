@@ -1,17 +1,18 @@
-"""Creating broadcasts and reading their status: what the CLI does on the database.
+"""Creating broadcasts and reading their status, on the database.
 
-The CLI only inserts ``queued`` deliveries here; the controller's dispatcher sends them.
+Faces and services only insert ``queued`` deliveries here; the controller's dispatcher
+sends them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-import audio
+from audio import RenderedAudio
 from firmware_bridge.protocol import Priority, new_id
 from loudspeaker.db import as_utc
 from loudspeaker.exceptions import LoudspeakerError, NotFoundError
@@ -25,29 +26,12 @@ from loudspeaker.models import (
     MediaRecord,
     now,
 )
+from loudspeaker.repeats import check_repeats
 
 STEPS = ("queued", "sent", "received", "staged", "playing", "played", "failed", "unreachable")
 
 
-@dataclass(frozen=True)
-class AudioFile:
-    """Rendered audio ready to be registered (what ``audio.render_*`` returns)."""
-
-    path: Path
-    sha256: str
-    size: int
-    duration_s: float
-    format: str
-    mime: str
-    engine: str
-
-    @classmethod
-    def from_rendered(cls, r: audio.RenderedAudio) -> AudioFile:
-        """The audio that ``audio.render_*`` produced."""
-        return cls(r.path, r.sha256, r.size, r.duration_s, r.format, r.mime, r.engine)
-
-
-def register_media(session: Session, store: MediaStore, audio: AudioFile) -> MediaRecord:
+def register_media(session: Session, store: MediaStore, audio: RenderedAudio) -> MediaRecord:
     """Store the audio under its sha256 (if not already there) and record it."""
     sha, size = store.add_file(audio.path, audio.format)
     if sha != audio.sha256 or size != audio.size:
@@ -73,7 +57,7 @@ def create_broadcast(
     media: MediaRecord,
     title: str,
     target: str,
-    clusters: list[ClusterRecord],
+    clusters: Iterable[ClusterRecord | str],
     priority: Priority = Priority.NORMAL,
     source_kind: str = "text",
     source: str = "",
@@ -83,13 +67,25 @@ def create_broadcast(
     announcement_id: str | None = None,
     volume: int | None = None,
     validity_s: float | None = None,
+    engine: str | None = None,
+    created_at: datetime | None = None,
+    scheduled_for: datetime | None = None,
+    state: DeliveryState = DeliveryState.QUEUED,
+    reason: str = "",
+    start_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    commit: bool = True,
 ) -> Broadcast:
-    """Insert a broadcast and one queued delivery per cluster, in one transaction."""
-    if not 1 <= repeat <= 10:
-        raise LoudspeakerError("--repeat must be between 1 and 10")
-    if not 0 <= gap_s <= 7200:
-        raise LoudspeakerError("--gap must be between 0 and 7200 seconds")
-    t = now()
+    """Insert a broadcast and one delivery per cluster (records or ids), in one transaction.
+
+    Every path that makes a broadcast comes here: the CLI and the other faces, emergencies
+    and the schedule runner. The deliveries start ``queued`` (the runner may record them
+    ``missed`` instead, with a ``reason``); they expire at ``expires_at``, else ``validity_s``
+    after ``created_at`` (now by default), else never. ``engine`` defaults to the media's.
+    With ``commit=False`` the caller commits (with its audit row or slot).
+    """
+    check_repeats(repeat, gap_s)
+    t = created_at or now()
     b = Broadcast(
         id=new_id()[:12],
         title=title[:200],
@@ -99,31 +95,36 @@ def create_broadcast(
         announcement_id=announcement_id,
         source_kind=source_kind,
         source=source,
-        engine=media.engine,
+        engine=media.engine if engine is None else engine,
         repeat=repeat,
         gap_s=gap_s,
         volume=volume,
         validity_s=validity_s,
         created_by=created_by,
         created_at=t,
+        scheduled_for=scheduled_for,
     )
     # An emergency is valid for its validity from the moment it is triggered.
-    expires = t + timedelta(seconds=validity_s) if validity_s else None
+    if expires_at is None and validity_s:
+        expires_at = t + timedelta(seconds=validity_s)
     session.add(b)
     for c in clusters:
         session.add(
             Delivery(
                 broadcast_id=b.id,
-                cluster_id=c.id,
+                cluster_id=c if isinstance(c, str) else c.id,
                 command_id=new_id(),
-                state=DeliveryState.QUEUED.value,
+                state=state.value,
+                reason=reason,
                 queued_at=t,
                 updated_at=t,
-                expires_at=expires,
+                start_at=start_at,
+                expires_at=expires_at,
             )
         )
-    session.commit()
-    session.refresh(b)
+    if commit:
+        session.commit()
+        session.refresh(b)
     return b
 
 

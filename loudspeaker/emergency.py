@@ -27,7 +27,6 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-import audio
 from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
 from firmware_bridge.protocol import (
@@ -39,39 +38,44 @@ from firmware_bridge.protocol import (
     new_id,
     topic,
 )
-from loudspeaker import announcements, outbox
-from loudspeaker.announcements import audio_settings
+from loudspeaker import outbox
+from loudspeaker.audio_source import SourceRequest, resolve_source
 from loudspeaker.broadcasts import (
-    AudioFile,
     BroadcastView,
     broadcast_status,
     create_broadcast,
     register_media,
 )
-from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
+from loudspeaker.exceptions import (
+    InvalidRequest,
+    KeystoreError,
+    LoudspeakerError,
+    NotFoundError,
+)
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
-    ClusterRecord,
     Delivery,
     DeliveryEvent,
     DeliveryState,
-    HamletRecord,
     MediaRecord,
     StopRequest,
     now,
 )
+from loudspeaker.repeats import check_repeats
 from loudspeaker.site import current_site
+from loudspeaker.targets import hamlet_clusters
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDITY_S = 1800.0
-SIREN_SECONDS = 8.0
+MIN_VALIDITY_S = 60.0
+MAX_VALIDITY_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
 class EmergencyRequest:
-    """What a hamlet head asked for."""
+    """What a hamlet head asked for (checked by :meth:`check` before anything is written)."""
 
     text: str
     hamlets: tuple[str, ...] = ()  # empty: every hamlet (--all)
@@ -82,22 +86,28 @@ class EmergencyRequest:
     gap_s: float = 0.0
     validity_s: float = DEFAULT_VALIDITY_S
     engine: str = "offline"
-    actor: str = ""
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Refuse a request that cannot be carried out, saying what to change."""
         if not self.text.strip():
-            raise LoudspeakerError("say what the emergency is: the text is its title or message")
-        sources = [self.recording is not None, self.siren, self.announcement is not None]
-        if sum(sources) > 1:
-            raise LoudspeakerError(
-                "choose one of --recording, --siren and --announcement, not both"
+            raise InvalidRequest("say what the emergency is: the text is its title or message")
+        _ = self.source  # refuses two sources at once
+        check_repeats(self.repeat, self.gap_s)
+        if not MIN_VALIDITY_S <= self.validity_s <= MAX_VALIDITY_S:
+            raise InvalidRequest(
+                f"--valid must be between {MIN_VALIDITY_S:.0f} and {MAX_VALIDITY_S:.0f} seconds"
             )
-        if not 1 <= self.repeat <= 10:
-            raise LoudspeakerError("--repeat must be between 1 and 10")
-        if not 0 <= self.gap_s <= 7200:
-            raise LoudspeakerError("--gap must be between 0 and 7200 seconds")
-        if not 60 <= self.validity_s <= 24 * 3600:
-            raise LoudspeakerError("--valid must be between 60 and 86400 seconds")
+
+    @property
+    def source(self) -> SourceRequest:
+        """What plays: the announcement, the siren, the recording, else the text spoken."""
+        return SourceRequest(
+            text=self.text,
+            recording=self.recording,
+            announcement=self.announcement,
+            tone="siren" if self.siren else None,
+            engine=self.engine,
+        )
 
     @property
     def target(self) -> str:
@@ -105,54 +115,20 @@ class EmergencyRequest:
         return ",".join(f"hamlet:{h}" for h in self.hamlets) if self.hamlets else "all"
 
 
-def target_clusters(session: Session, hamlets: tuple[str, ...]) -> list[ClusterRecord]:
-    """The clusters of the named hamlets (ids or names), or of all hamlets."""
-    known = session.exec(select(HamletRecord)).all()
-    chosen: set[str] = set()
-    for ref in hamlets:
-        match = [h for h in known if ref in (h.id,) or ref.casefold() == h.name.casefold()]
-        if not match:
-            names = ", ".join(f"{h.id} ({h.name})" for h in known)
-            raise LoudspeakerError(f"no hamlet {ref!r}; known: {names}")
-        chosen.add(match[0].id)
-    query = select(ClusterRecord).order_by(col(ClusterRecord.id))
-    if chosen:
-        query = query.where(col(ClusterRecord.hamlet_id).in_(sorted(chosen)))
-    clusters = list(session.exec(query).all())
-    if not clusters:
-        raise LoudspeakerError("no clusters in the chosen hamlets")
-    return clusters
-
-
-def render(
-    data_dir: Path, req: EmergencyRequest, session: Session | None = None
-) -> tuple[AudioFile, str, str]:
-    """The audio: a prepared announcement, the siren, a recording, or the text spoken."""
-    settings = audio_settings(data_dir)
-    media_dir = data_dir / "media"
-    if req.announcement is not None:
-        if session is None:
-            raise LoudspeakerError("internal: announcements need a session")
-        ann = announcements.get(session, req.announcement)
-        return announcements.audio_of(session, ann, media_dir), ann.kind, ann.source
-    if req.siren:
-        r = audio.render_tone("siren", cache_dir=media_dir, seconds=SIREN_SECONDS)
-        kind, source = "tone", "siren"
-    elif req.recording is not None:
-        r = audio.render_recording(req.recording, cache_dir=media_dir, settings=settings)
-        kind, source = "file", req.recording.name
-    else:
-        r = audio.render_text(req.text, cache_dir=media_dir, engine=req.engine, settings=settings)
-        kind, source = "text", req.text
-    return AudioFile.from_rendered(r), kind, source
-
-
-def trigger(session: Session, data_dir: Path, req: EmergencyRequest) -> Broadcast:
+def trigger(
+    session: Session,
+    data_dir: Path,
+    req: EmergencyRequest,
+    *,
+    created_by: str = "",
+    commit: bool = True,
+) -> Broadcast:
     """Record an emergency with one delivery per target cluster, valid for its validity."""
-    clusters = target_clusters(session, req.hamlets)
+    req.check()
+    clusters = hamlet_clusters(session, req.hamlets)
     site = current_site(session)
-    af, kind, source = render(data_dir, req, session)
-    media = register_media(session, MediaStore(data_dir / "media"), af)
+    src = resolve_source(session, data_dir, req.source)
+    media = register_media(session, MediaStore(data_dir / "media"), src.audio)
     b = create_broadcast(
         session,
         media=media,
@@ -160,16 +136,18 @@ def trigger(session: Session, data_dir: Path, req: EmergencyRequest) -> Broadcas
         target=req.target,
         clusters=clusters,
         priority=Priority.EMERGENCY,
-        source_kind=kind,
-        source=source,
+        source_kind=src.kind,
+        source=src.source,
+        announcement_id=src.announcement_id,
         repeat=req.repeat,
         gap_s=req.gap_s,
-        created_by=req.actor,
+        created_by=created_by,
         volume=site.site.emergency_volume,
         validity_s=req.validity_s,
+        commit=commit,
     )
     logger.warning(
-        "EMERGENCY %s by %s to %s: %s", b.id, req.actor or "?", req.target, req.text[:80]
+        "EMERGENCY %s by %s to %s: %s", b.id, created_by or "?", req.target, req.text[:80]
     )
     return b
 
@@ -192,7 +170,10 @@ def active(session: Session) -> list[Broadcast]:
 
 
 def request_stop(session: Session, broadcast_id: str | None, actor: str) -> list[Broadcast]:
-    """Ask the controller to stop one emergency (or, with None, every active one)."""
+    """Ask the controller to stop one emergency (or, with None, every active one).
+
+    The caller commits (with its audit row) and then tells the controller.
+    """
     if broadcast_id is None:
         targets = active(session)
         if not targets:
@@ -211,7 +192,6 @@ def request_stop(session: Session, broadcast_id: str | None, actor: str) -> list
         session.add(b)
         session.add(StopRequest(broadcast_id=b.id, requested_by=actor, requested_at=t))
         logger.warning("EMERGENCY %s stop requested by %s", b.id, actor or "?")
-    session.commit()
     return targets
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import imageio_ffmpeg
 
+from audio import RenderedAudio
 from firmware_bridge.mqtt import BrokerEndpoint
 from firmware_bridge.simulator import Fleet
-from loudspeaker.broadcasts import AudioFile
 
 # Every deadline in the tests is multiplied by this (a slow or loaded machine sets it
 # above 1). Deadlines are upper bounds on waits for a state, never the thing under test,
@@ -61,7 +61,7 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> N
             proc.wait(scaled(10))
 
 
-def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFile:
+def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> RenderedAudio:
     """Encode a real MP3 tone with ffmpeg (no TTS involved) and describe it."""
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     subprocess.run(
@@ -87,7 +87,7 @@ def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFil
         timeout=60,
     )
     data = path.read_bytes()
-    return AudioFile(
+    return RenderedAudio(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
@@ -95,6 +95,7 @@ def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> AudioFil
         format="mp3",
         mime="audio/mpeg",
         engine="tone",
+        spoken_text=None,
     )
 
 

@@ -75,3 +75,12 @@ def local_time(ts: datetime | None, zone: ZoneInfo, fmt: str = "%H:%M:%S") -> st
     if ts is None:
         return "-"
     return ts.astimezone(zone).strftime(fmt)
+
+
+def warn_not_running(notified: bool, what: str) -> None:
+    """Say that no controller runs (``notified`` False): ``what`` waits for it to start."""
+    if not notified:
+        err_console.print(
+            f"[yellow]warning:[/] the controller is not running; {what} when "
+            "`loudspeaker serve` starts"
+        )
