@@ -114,3 +114,13 @@ def test_show_without_site_says_what_to_do(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "site", "show"])
     assert res.exit_code == 1
     assert "site load" in res.stderr
+
+
+def test_an_error_message_is_printed_as_written(tmp_path: Path) -> None:
+    """Square brackets in a message (usage lines) are text, not Rich markup to swallow."""
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    assert runner.invoke(app, [*data, "site", "load", str(SITE_FILE)]).exit_code == 0
+    res = runner.invoke(app, [*data, "clusters", "bogus"])
+    assert res.exit_code == 1
+    assert "usage: loudspeaker clusters [show ID] [--json]" in res.output

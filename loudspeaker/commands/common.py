@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from firmware_bridge.exceptions import BridgeError
 from loudspeaker.exceptions import LoudspeakerError
@@ -38,7 +39,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except _error_types() as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
 
     return wrapper
@@ -75,12 +78,3 @@ def local_time(ts: datetime | None, zone: ZoneInfo, fmt: str = "%H:%M:%S") -> st
     if ts is None:
         return "-"
     return ts.astimezone(zone).strftime(fmt)
-
-
-def warn_not_running(notified: bool, what: str) -> None:
-    """Say that no controller runs (``notified`` False): ``what`` waits for it to start."""
-    if not notified:
-        err_console.print(
-            f"[yellow]warning:[/] the controller is not running; {what} when "
-            "`loudspeaker serve` starts"
-        )
