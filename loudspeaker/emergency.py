@@ -39,7 +39,7 @@ from firmware_bridge.protocol import (
     new_id,
     topic,
 )
-from loudspeaker import announcements, outbox
+from loudspeaker import announcements, cluster_commands, delivery
 from loudspeaker.announcements import audio_settings
 from loudspeaker.broadcasts import (
     AudioFile,
@@ -54,7 +54,6 @@ from loudspeaker.models import (
     Broadcast,
     ClusterRecord,
     Delivery,
-    DeliveryEvent,
     DeliveryState,
     HamletRecord,
     MediaRecord,
@@ -312,7 +311,7 @@ def send_direct(
         server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
         server.start()
     base = public_url or f"http://{http_host}:{server.port}"
-    result = DirectResult(media_url=outbox.media_url(base, m))
+    result = DirectResult(media_url=cluster_commands.media_url(base, m))
     by_command = {d.command_id: d for d in deliveries}
     acked = threading.Event()
     lock = threading.Lock()
@@ -377,7 +376,7 @@ def send_direct(
             d.expires_at = d.expires_at or expires
             try:
                 cmd = sign(
-                    outbox.play_command(
+                    cluster_commands.play_command(
                         d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
                     )
                 )
@@ -386,13 +385,7 @@ def send_direct(
                 result.unsigned[d.cluster_id] = str(exc)
                 with lock:
                     by_command.pop(d.command_id, None)
-                d.state = DeliveryState.FAILED.value
-                d.reason = str(exc)
-                d.updated_at = t
-                session.add(d)
-                session.add(
-                    DeliveryEvent(delivery_id=d.id or 0, state="failed", at=t, reason=str(exc))
-                )
+                delivery.record(session, d, delivery.failed(t, str(exc)))
                 continue
             link.publish(
                 topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(len(signed))
@@ -406,18 +399,14 @@ def send_direct(
             with lock:
                 ok, why = answers.get(i, (False, "the broker did not confirm it"))
             if ok:
-                d.state, d.sent_at = DeliveryState.SENT.value, t
-                reason = "sent directly by the CLI (controller not running)"
+                delivery.record(session, d, delivery.sent(t, note=delivery.SENT_DIRECTLY))
                 result.sent.append(d.cluster_id)
             else:
-                reason = f"broker refused: {why}"
-                d.state, d.failed_at, d.reason = DeliveryState.FAILED.value, t, reason
+                refused = delivery.broker_refused(t, why)
+                delivery.record(session, d, refused)
                 with lock:
                     by_command.pop(d.command_id, None)  # no answer to wait for
-                result.failed[d.cluster_id] = reason
-            d.updated_at = t
-            session.add(d)
-            session.add(DeliveryEvent(delivery_id=d.id or 0, state=d.state, at=t, reason=reason))
+                result.failed[d.cluster_id] = refused.reason
         session.commit()
         with lock:
             check_all_answered()  # the refused and unsigned ones need no answer
