@@ -170,11 +170,15 @@ class HealthMonitor(EventWorker["_Event"]):
 
     def start(self) -> None:
         """Load thresholds and what is known of each cluster, then start the thread."""
+        self.load()
+        self._start_thread()
+
+    def load(self) -> None:
+        """Load thresholds and what is known of each cluster (``start()`` does it first)."""
         self._started_at = now()
         with Session(self.engine) as s:
             self._reload(s)
             self._seed(s)
-        self._start_thread()
 
     def _reload(self, s: Session) -> None:
         try:
