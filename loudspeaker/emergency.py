@@ -28,13 +28,11 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 import audio
-from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
 from firmware_bridge.protocol import (
     Kind,
     PlayCommand,
     Priority,
-    decode_ack,
     encode,
     new_id,
     topic,
@@ -49,6 +47,7 @@ from loudspeaker.broadcasts import (
     register_media,
 )
 from loudspeaker.exceptions import KeystoreError, LoudspeakerError, NotFoundError
+from loudspeaker.inbound import AckIn, InboundRouter
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
@@ -316,13 +315,10 @@ def send_direct(
     acked = threading.Event()
     lock = threading.Lock()
 
-    def on_ack(topic_name: str, payload: bytes) -> None:
-        try:
-            ack = decode_ack(payload)
-        except ProtocolError:
-            return
+    def on_ack(event: AckIn) -> None:
+        ack = event.ack
         d = by_command.get(ack.command)
-        if d is None:
+        if d is None or d.cluster_id != ack.cluster:
             return
         with lock:
             result.acks[d.cluster_id] = ack.state.value
@@ -334,6 +330,9 @@ def send_direct(
         ):
             acked.set()
 
+    # The controller's own router: the same checks on what the boxes answer.
+    inbound = InboundRouter(site)
+    inbound.on_ack(on_ack)
     loop = MqttLoop("emergency-direct")
     loop.start()
     # The operators' account (_operator), never the controller's: the broker binds the
@@ -344,7 +343,7 @@ def send_direct(
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
-        on_message=on_ack,
+        on_message=inbound.on_message,
         subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
         session_expiry_s=0,
     )
