@@ -207,6 +207,7 @@ class Dispatcher(EventWorker[_Event]):
         except Exception:
             # One bad event (a bug, an unexpected value) must not lose the others.
             logger.exception("event %r could not be applied; dropped", ev)
+            # Counted as the dispatcher's (its own events too, as the ack path they serve).
             kind = Kind.STATUS if isinstance(ev, StatusIn) else Kind.ACK
             self.drops.count(kind, DropReason.NOT_APPLIED)
 

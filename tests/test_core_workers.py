@@ -34,6 +34,7 @@ from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import AckIn, DropReason, Drops, HeartbeatIn, ResultIn, StatusIn
 from loudspeaker.keystore import Keystore
+from loudspeaker.metrics import ControllerStats, collect
 from loudspeaker.models import (
     AlarmRecord,
     Announcement,
@@ -525,3 +526,17 @@ def test_workers_share_one_drop_counter(
     disp.step()
     mon.step()
     assert (disp.dropped_messages, mon.dropped_messages, drops.total()) == (1, 1, 2)
+
+
+def test_the_metrics_show_drops_by_kind_and_reason(engine: Engine) -> None:
+    stats = ControllerStats(
+        dropped_messages=3,
+        dropped_by_reason={("ack", "malformed"): 2, ("health", "unknown-cluster"): 1},
+    )
+    text = collect(engine, stats)
+    assert "loudspeaker_dropped_messages_total 3\n" in text
+    assert 'loudspeaker_dropped_messages_by_reason_total{kind="ack",reason="malformed"} 2' in text
+    assert (
+        'loudspeaker_dropped_messages_by_reason_total{kind="health",reason="unknown-cluster"} 1'
+        in text
+    )
