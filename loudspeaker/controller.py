@@ -22,6 +22,7 @@ from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.exceptions import BrokerStartError, KeystoreError, LoudspeakerError
 from loudspeaker.filemodes import secure_data_dir
 from loudspeaker.health import HealthMonitor
+from loudspeaker.inbound import Drops, InboundRouter
 from loudspeaker.keys import check_active_keys
 from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaServer, MediaStore
@@ -33,8 +34,8 @@ from loudspeaker.runtime import (
     remember_port,
     remembered_port,
 )
+from loudspeaker.schedule_runner import ScheduleRunner
 from loudspeaker.site import current_site
-from schedules.runner import ScheduleRunner
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class Controller:
         self.dispatcher: Dispatcher | None = None
         self.health: HealthMonitor | None = None
         self.schedules: ScheduleRunner | None = None
+        self.router: InboundRouter | None = None
+        # Every dropped inbound message, by kind and reason (router and workers alike).
+        self.drops = Drops()
         self.site_id = ""
         self.endpoints: Endpoints | None = None
         self._engine: Engine | None = None
@@ -88,10 +92,11 @@ class Controller:
         http_url = f"http://{st.http_host}:{self.media.port}"
         self.loop = MqttLoop(name="controller-mqtt")
         self.loop.start()
+        self.router = InboundRouter(self.site_id, drops=self.drops)
         self.link = MqttLink(
             f"controller-{self.site_id}",
             self.endpoint,
-            on_message=self._on_message,
+            on_message=self.router.on_message,
             subscriptions=(
                 *controller_subscriptions(self.site_id),
                 *health_subscriptions(self.site_id),
@@ -108,6 +113,7 @@ class Controller:
             command_ttl_s=st.command_ttl_s,
             poll_interval_s=st.poll_interval_s,
             keystore=keystore,
+            drops=self.drops,
         )
         self.dispatcher.start()
         self.health = HealthMonitor(
@@ -116,6 +122,7 @@ class Controller:
             site=self.site_id,
             poll_interval_s=min(0.5, st.poll_interval_s),
             keystore=keystore,
+            drops=self.drops,
         )
         self.health.start()
         self._engine = engine
@@ -127,6 +134,13 @@ class Controller:
             clock_warn_s=st.clock_warn_s,
         )
         self.schedules.start()
+        # Routes before the link joins the loop: no message arrives with nobody to take it.
+        self.router.on_ack(self.dispatcher.accept)
+        self.router.on_ack(self.schedules.accept)  # cluster clocks, from ack times
+        self.router.on_status(self.dispatcher.accept)
+        self.router.on_status(self.health.accept)
+        self.router.on_heartbeat(self.health.accept)
+        self.router.on_result(self.health.accept)
         self.loop.add(self.link)
         ControllerCard(
             pid=os.getpid(),
@@ -199,14 +213,6 @@ class Controller:
         if self.dispatcher is not None:
             self.dispatcher.on_connected()
 
-    def _on_message(self, topic_name: str, payload: bytes) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.on_message(topic_name, payload)
-        if self.health is not None:
-            self.health.on_message(topic_name, payload)
-        if self.schedules is not None:
-            self.schedules.on_message(topic_name, payload)
-
     def _metrics(self) -> str:
         from loudspeaker.metrics import ControllerStats, collect
 
@@ -218,8 +224,8 @@ class Controller:
             mqtt_reconnects=link.reconnects if link is not None else 0,
             dispatcher_backlog=disp.backlog if disp is not None else 0,
             health_backlog=health.backlog if health is not None else 0,
-            dropped_messages=(disp.dropped_messages if disp is not None else 0)
-            + (health.dropped_messages if health is not None else 0),
+            dropped_messages=self.drops.total(),
+            dropped_by_reason=self.drops.by_reason(),
             heartbeats_received=health.heartbeats_received if health is not None else 0,
         )
         return collect(self._engine, stats)

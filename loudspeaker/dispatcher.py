@@ -1,9 +1,14 @@
-"""The dispatcher: sends queued deliveries, records acknowledgements, enforces deadlines.
+"""The dispatcher: sends queued deliveries, applies acknowledgements, enforces deadlines.
 
-One thread owns all database writes of the controller. MQTT callbacks only parse and
-enqueue (they run on the MQTT loop thread, which must never block); the CLI only inserts
-``queued`` rows and pokes. Every iteration drains the inbound queue, dispatches what is
-queued, and applies deadlines, in one transaction.
+One thread owns every delivery write of the controller. The inbound router hands it typed
+acks and status messages (loudspeaker/inbound.py); the broker's answers to what it
+published come back as events too; the CLI only inserts ``queued`` rows and pokes. Each
+iteration, in order:
+
+1. applies the events (one transaction): acks move deliveries through the state machine
+   (loudspeaker/delivery.py), status messages record who is online (availability.py);
+2. carries out operator stops (recall.py), sends what is queued (sending.py), and applies
+   the deadline rules (deadlines.py), in a second transaction.
 """
 
 from __future__ import annotations
@@ -18,100 +23,72 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
-from firmware_bridge.exceptions import ProtocolError
-from firmware_bridge.mqtt import MqttLink
-from firmware_bridge.protocol import (
-    Ack,
-    AckState,
-    Kind,
-    Priority,
-    Status,
-    Topic,
-    WithdrawCommand,
-    decode_ack,
-    decode_status,
-    encode,
-    new_id,
-    topic,
-)
-from loudspeaker import outbox
+from firmware_bridge.protocol import AckState, Kind, Priority
+from loudspeaker import availability, deadlines, delivery, recall
 from loudspeaker.db import as_utc
 from loudspeaker.exceptions import KeystoreError
+from loudspeaker.inbound import AckIn, DropReason, Drops, StatusIn
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
     Broadcast,
-    ClusterAvailability,
     ClusterRecord,
     ClusterStatus,
     Delivery,
-    DeliveryEvent,
     DeliveryState,
     MediaRecord,
-    StopRequest,
     now,
 )
+from loudspeaker.sending import CommandSender, Publisher
 from loudspeaker.worker import EventWorker
 
 logger = logging.getLogger(__name__)
 
-_ACK_TO_STATE = {
-    AckState.RECEIVED: DeliveryState.RECEIVED,
-    AckState.STAGED: DeliveryState.STAGED,
-    AckState.PLAYING: DeliveryState.PLAYING,
-    AckState.PLAYED: DeliveryState.PLAYED,
-    AckState.FAILED: DeliveryState.FAILED,
-}
 _ACTIVE = [
     DeliveryState.SENT.value,
     DeliveryState.RECEIVED.value,
     DeliveryState.STAGED.value,
     DeliveryState.PLAYING.value,
 ]
-# Time a cluster gets to fetch the audio before playback must have started.
-_FETCH_ALLOWANCE = timedelta(seconds=60)
-_FINAL_MARGIN = timedelta(seconds=30)
+_HELD_BY_CLUSTER = [
+    DeliveryState.RECEIVED.value,
+    DeliveryState.STAGED.value,
+    DeliveryState.PLAYING.value,
+]
 _DEADLINE_EVERY = timedelta(seconds=0.5)
+# The kinds whose drops are the dispatcher's (``dropped_messages``).
+_KINDS = (Kind.ACK, Kind.STATUS)
 
 
 @dataclass(frozen=True)
 class _Sent:
+    """The broker's answer to a play command the dispatcher published."""
+
     delivery_id: int
     ok: bool
     reason: str
     # When the broker acknowledged: applying later must not make "sent" look later
     # than the cluster's own "received" that arrived in the same batch.
-    at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class _AckIn:
-    ack: Ack
     at: datetime
 
 
 @dataclass(frozen=True)
-class _StatusIn:
-    status: Status
-    at: datetime
-
-
-@dataclass(frozen=True)
-class _WithdrawIn:
+class _Withdraw:
     delivery_ids: tuple[int, ...]
     reason: str
 
 
-_Event = _Sent | _AckIn | _StatusIn | _WithdrawIn
+_Event = AckIn | StatusIn | _Sent | _Withdraw
+_Pair = tuple[Broadcast, MediaRecord]
 
 
-class Dispatcher(EventWorker["_Event"]):
+class Dispatcher(EventWorker[_Event]):
     """Owns delivery state. ``start()`` runs the worker thread; ``poke()`` wakes it."""
 
     def __init__(
         self,
         engine: Engine,
-        link: MqttLink,
+        link: Publisher,
         *,
         site: str,
         media_base_url: str,
@@ -120,68 +97,49 @@ class Dispatcher(EventWorker["_Event"]):
         poll_interval_s: float = 0.2,
         emergency_retry_s: float = 3.0,
         keystore: Keystore,
+        drops: Drops | None = None,
     ) -> None:
         super().__init__("dispatcher", poll_interval_s)
         self.engine = engine
         self.link = link
         self.site = site
-        self.media_base_url = media_base_url.rstrip("/")
-        self.ack_timeout = timedelta(seconds=ack_timeout_s)
-        self.command_ttl = timedelta(seconds=command_ttl_s)
-        self._inflight: set[int] = set()
-        self._last_sent: dict[int, datetime] = {}
-        self.emergency_retry = timedelta(seconds=emergency_retry_s)
-        self._known_clusters: set[str] = set()
-        self.dropped_messages = 0
         self.signer = CommandSigner(engine, keystore)
+        self.sender = CommandSender(
+            link,
+            self.signer,
+            site=site,
+            media_base_url=media_base_url,
+            command_ttl=timedelta(seconds=command_ttl_s),
+        )
+        self.rules = deadlines.Rules(
+            ack_timeout=timedelta(seconds=ack_timeout_s),
+            command_ttl=timedelta(seconds=command_ttl_s),
+            emergency_retry=timedelta(seconds=emergency_retry_s),
+        )
+        self.drops = drops if drops is not None else Drops()
+        self.resent = 0
+        self._known_clusters: set[str] = set()
         # Answers can only arrive while we listen: deadlines never count time we were down.
         self._listening_since = now()
         self._resync = False
-        self.resent = 0
         self._by_command: dict[str, Delivery] = {}
         self._deadlines_at = datetime.min.replace(tzinfo=UTC)
 
     # -- any thread -------------------------------------------------------------------------
 
+    @property
+    def dropped_messages(self) -> int:
+        """Acks and status messages dropped (by the router or here)."""
+        return self.drops.total(_KINDS)
+
+    def accept(self, event: AckIn | StatusIn) -> None:
+        """Queue an ack or status message from the inbound router (loop thread)."""
+        self._put(event)
+
     def withdraw(self, delivery_ids: Sequence[int], reason: str) -> None:
-        """Take back deliveries that have not started (a schedule changed).
-
-        Queued ones end ``failed`` at once; sent or staged ones get a ``withdraw`` command
-        and end ``failed`` when the cluster confirms; playing ones are left to finish.
-        """
+        """Take back deliveries that have not started (see :func:`recall.withdraw`)."""
         if delivery_ids:
-            self._put(_WithdrawIn(tuple(delivery_ids), reason))
-
-    def on_message(self, topic_name: str, payload: bytes) -> None:
-        """MQTT handler: parse, validate, enqueue. Malformed input is logged and dropped."""
-        at = now()
-        try:
-            parsed = Topic.parse(topic_name)
-            if parsed.site != self.site:
-                raise ProtocolError(f"message for site {parsed.site!r}, we serve {self.site!r}")
-            if parsed.kind is Kind.ACK:
-                ack = decode_ack(payload)
-                if ack.cluster != parsed.cluster:
-                    raise ProtocolError(
-                        f"ack names cluster {ack.cluster!r} on {parsed.cluster!r}'s topic"
-                    )
-                self._inbound.put(_AckIn(ack, at))
-            elif parsed.kind is Kind.STATUS:
-                if not payload:
-                    return  # a retained message being cleared
-                status = decode_status(payload)
-                if status.cluster != parsed.cluster:
-                    raise ProtocolError(
-                        f"status names cluster {status.cluster!r} on {parsed.cluster!r}'s topic"
-                    )
-                self._inbound.put(_StatusIn(status, at))
-            else:
-                return
-        except ProtocolError as exc:
-            self.dropped_messages += 1
-            logger.warning("dropped message on %s: %s; payload %r", topic_name, exc, payload[:200])
-            return
-        self._wake.set()
+            self._put(_Withdraw(tuple(delivery_ids), reason))
 
     def on_connected(self) -> None:
         """The controller's MQTT session (re)started: ask every unfinished cluster again.
@@ -193,6 +151,9 @@ class Dispatcher(EventWorker["_Event"]):
         self._listening_since = now()
         self._resync = True
         self._wake.set()
+
+    def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
+        self._put(_Sent(delivery_id, ok, reason, now()))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -206,10 +167,10 @@ class Dispatcher(EventWorker["_Event"]):
         with Session(self.engine) as s:
             self._known_clusters = set(s.exec(select(ClusterRecord.id)).all())
 
-    # -- worker thread ---------------------------------------------------------------------
+    # -- one iteration ----------------------------------------------------------------------
 
     def step(self) -> None:
-        """One iteration: apply inbound events, dispatch, apply deadlines."""
+        """One iteration: apply events, then stops, dispatch and deadlines."""
         events = self._take()
         try:
             with Session(self.engine) as s:
@@ -227,39 +188,60 @@ class Dispatcher(EventWorker["_Event"]):
             return
         try:
             with Session(self.engine) as s:
-                self._stop_requests(s)
-                self._dispatch(s)
-                self._deadlines(s)
+                if self.sender.connected:
+                    recall.carry_out_stops(s, self.sender, now())
+                    self._dispatch(s)
+                    self._deadlines(s)
                 s.commit()
         except OperationalError as exc:
-            # Published commands are tracked in _inflight, so nothing goes out twice.
+            # Published commands are tracked as in flight, so nothing goes out twice.
             logger.warning("database busy (%s); dispatch and deadlines retried", exc)
+
+    # -- 1. events --------------------------------------------------------------------------
+
+    def _apply_guarded(self, s: Session, ev: _Event) -> None:
+        try:
+            self._apply(s, ev)
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the event: keep the whole batch for a retry
+        except Exception:
+            # One bad event (a bug, an unexpected value) must not lose the others.
+            logger.exception("event %r could not be applied; dropped", ev)
+            # Counted as the dispatcher's (its own events too, as the ack path they serve).
+            kind = Kind.STATUS if isinstance(ev, StatusIn) else Kind.ACK
+            self.drops.count(kind, DropReason.NOT_APPLIED)
 
     def _apply(self, s: Session, ev: _Event) -> None:
         if isinstance(ev, _Sent):
-            self._inflight.discard(ev.delivery_id)
-            d = s.get(Delivery, ev.delivery_id)
-            if d is None:
-                return
-            at = ev.at or now()
-            if ev.ok:
-                self._advance(s, d, DeliveryState.SENT, at, None, "")
-            else:
-                self._advance(s, d, DeliveryState.FAILED, at, None, f"broker refused: {ev.reason}")
-        elif isinstance(ev, _AckIn):
-            self._apply_ack(s, ev.ack, ev.at)
-        elif isinstance(ev, _WithdrawIn):
-            self._apply_withdraw(s, ev)
+            self._apply_sent(s, ev)
+        elif isinstance(ev, AckIn):
+            self._apply_ack(s, ev)
+        elif isinstance(ev, StatusIn):
+            self._apply_status(s, ev)
         else:
-            self._apply_status(s, ev.status, ev.at)
+            recall.withdraw(s, self.sender, ev.delivery_ids, ev.reason, now())
 
-    def _apply_ack(self, s: Session, ack: Ack, at: datetime) -> None:
-        if ack.cluster not in self._known_clusters:
+    def _apply_sent(self, s: Session, ev: _Sent) -> None:
+        self.sender.inflight.discard(ev.delivery_id)
+        d = s.get(Delivery, ev.delivery_id)
+        if d is None:
+            return
+        if ev.ok:
+            delivery.record(s, d, delivery.sent(ev.at))
+        else:
+            delivery.record(s, d, delivery.broker_refused(ev.at, ev.reason))
+
+    def _known(self, cluster: str) -> bool:
+        if cluster not in self._known_clusters:
             self.reload_clusters()
-            if ack.cluster not in self._known_clusters:
-                logger.warning("ack from unknown cluster %r dropped", ack.cluster)
-                self.dropped_messages += 1
-                return
+        return cluster in self._known_clusters
+
+    def _apply_ack(self, s: Session, ev: AckIn) -> None:
+        ack = ev.ack
+        if not self._known(ack.cluster):
+            logger.warning("ack from unknown cluster %r dropped", ack.cluster)
+            self.drops.count(Kind.ACK, DropReason.UNKNOWN_CLUSTER)
+            return
         d = self._by_command.get(ack.command)
         if d is None:
             d = s.exec(select(Delivery).where(Delivery.command_id == ack.command)).first()
@@ -272,7 +254,7 @@ class Dispatcher(EventWorker["_Event"]):
                 ack.state,
                 f": {ack.reason}" if ack.reason else "",
             )
-            self.dropped_messages += 1
+            self.drops.count(Kind.ACK, DropReason.UNKNOWN_COMMAND)
             return
         if ack.broadcast != d.broadcast_id:
             # The box copies the command's broadcast; anything else is a confused or forged
@@ -284,331 +266,59 @@ class Dispatcher(EventWorker["_Event"]):
                 ack.broadcast,
                 d.broadcast_id,
             )
-            self.dropped_messages += 1
+            self.drops.count(Kind.ACK, DropReason.WRONG_BROADCAST)
             return
-        self._touch(s, ack.cluster, at)
+        availability.touch(s, ack.cluster, ev.at)
         if ack.state is AckState.INTERRUPTED:
-            # Pre-empted by an emergency; the cluster re-queued it and will play it again.
-            s.add(
-                DeliveryEvent(
-                    delivery_id=d.id or 0,
-                    state="interrupted",
-                    at=at,
-                    cluster_ts=ack.ts,
-                    reason=ack.reason or "",
-                )
-            )
-            if not DeliveryState(d.state).final:
-                d.reason = ack.reason or "interrupted"
-                d.updated_at = at
-                s.add(d)
-            return
-        self._advance(s, d, _ACK_TO_STATE[ack.state], at, ack.ts, ack.reason or "")
-
-    def _advance(
-        self,
-        s: Session,
-        d: Delivery,
-        state: DeliveryState,
-        at: datetime,
-        cluster_ts: datetime | None,
-        reason: str,
-    ) -> None:
-        """Move a delivery forward; never backwards; record every report in the trail."""
-        current = DeliveryState(d.state)
-        s.add(
-            DeliveryEvent(
-                delivery_id=d.id or 0,
-                state=state.value,
-                at=at,
-                cluster_ts=cluster_ts,
-                reason=reason,
-            )
-        )
-        if current is DeliveryState.UNREACHABLE and state in (
-            DeliveryState.PLAYED,
-            DeliveryState.FAILED,
-        ):
-            # A cluster we gave up on reports later: the truth wins, and the trail shows it.
-            logger.info("late %s from %s for %s", state.value, d.cluster_id, d.broadcast_id)
-        elif current.final or state.rank < current.rank:
-            return
-        elif state.rank == current.rank:
-            # The same step reported again (a replay after an interruption): still alive.
-            d.updated_at = at
-            if state is DeliveryState.PLAYING:
-                d.reason = ""
+            tr = delivery.interruption(DeliveryState(d.state), ev.at, ack.ts, ack.reason or "")
+            s.add(delivery.apply(d, tr))
             s.add(d)
             return
-        d.state = state.value
-        setattr(d, f"{state.value}_at", at)
-        if state in (DeliveryState.FAILED, DeliveryState.UNREACHABLE) or reason:
-            d.reason = reason
-        elif state is DeliveryState.PLAYED:
-            d.reason = ""
-        d.updated_at = at
-        s.add(d)
+        delivery.record(s, d, delivery.acked(ack.state, ev.at, ack.ts, ack.reason or ""))
 
-    def _touch(self, s: Session, cluster: str, at: datetime) -> None:
-        st = s.get(ClusterStatus, cluster)
-        if st is not None:
-            st.last_seen = at
-            s.add(st)
-
-    def _apply_status(self, s: Session, status: Status, at: datetime) -> None:
-        if status.cluster not in self._known_clusters:
-            self.reload_clusters()
-            if status.cluster not in self._known_clusters:
-                logger.warning("status from unknown cluster %r dropped", status.cluster)
-                self.dropped_messages += 1
-                return
+    def _apply_status(self, s: Session, ev: StatusIn) -> None:
+        status, at = ev.status, ev.at
+        if not self._known(status.cluster):
+            logger.warning("status from unknown cluster %r dropped", status.cluster)
+            self.drops.count(Kind.STATUS, DropReason.UNKNOWN_CLUSTER)
+            return
         # Queries below must see what earlier events of this batch changed.
         s.flush()
+        changed = availability.record_status(s, status, at)
         online = status.state == "online"
-        st = s.get(ClusterStatus, status.cluster) or ClusterStatus(cluster_id=status.cluster)
-        changed = st.online != online or st.since is None
-        st.last_seen = at
-        st.agent = status.agent or st.agent
-        st.reason = status.reason or ""
-        if changed:
-            st.online = online
-            st.since = at
-            self._record_interval(s, status.cluster, online, at, status.reason or "")
-            logger.info(
-                "cluster %s is %s%s",
-                status.cluster,
-                status.state,
-                f" ({status.reason})" if status.reason else "",
-            )
-        s.add(st)
         if online and changed:
-            waiting = s.exec(
-                select(Delivery)
-                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
-                .where(
-                    Delivery.cluster_id == status.cluster,
-                    Delivery.state == DeliveryState.SENT.value,
-                    Broadcast.priority == Priority.EMERGENCY.value,
-                )
-            ).all()
-            for d in waiting:
+            for d in self._of_cluster(s, status.cluster, [DeliveryState.SENT.value], True):
                 self._resend(s, d, at, "cluster came back online")
         if not online:
             # An emergency is not given up when its cluster drops: the box keeps it on disk
             # and the controller sends it again when it returns, until it expires.
-            active = s.exec(
-                select(Delivery)
-                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
-                .where(
-                    Delivery.cluster_id == status.cluster,
-                    col(Delivery.state).in_(
-                        [
-                            DeliveryState.RECEIVED.value,
-                            DeliveryState.STAGED.value,
-                            DeliveryState.PLAYING.value,
-                        ]
-                    ),
-                    Broadcast.priority != Priority.EMERGENCY.value,
-                )
-            ).all()
-            for d in active:
-                if self._staged_ahead(d, at):
+            why = status.reason or "no reason given"
+            for d in self._of_cluster(s, status.cluster, _HELD_BY_CLUSTER, False):
+                if deadlines.staged_ahead(d, at):
                     continue  # stored on the box, which plays it by its own clock
-                self._advance(
-                    s,
-                    d,
-                    DeliveryState.UNREACHABLE,
-                    at,
-                    None,
-                    f"cluster went offline while {d.state} ({status.reason or 'no reason given'})",
-                )
+                event = delivery.unreachable(at, f"cluster went offline while {d.state} ({why})")
+                delivery.record(s, d, event)
 
-    def _record_interval(
-        self, s: Session, cluster: str, online: bool, at: datetime, reason: str
-    ) -> None:
-        open_rows = s.exec(
-            select(ClusterAvailability).where(
-                ClusterAvailability.cluster_id == cluster,
-                col(ClusterAvailability.ended_at).is_(None),
+    @staticmethod
+    def _of_cluster(
+        s: Session, cluster: str, states: list[str], emergency: bool
+    ) -> Sequence[Delivery]:
+        prio = col(Broadcast.priority) == Priority.EMERGENCY.value
+        return s.exec(
+            select(Delivery)
+            .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+            .where(
+                Delivery.cluster_id == cluster,
+                col(Delivery.state).in_(states),
+                prio if emergency else ~prio,
             )
         ).all()
-        for row in open_rows:
-            row.ended_at = at
-            s.add(row)
-        s.add(ClusterAvailability(cluster_id=cluster, online=online, started_at=at, reason=reason))
-
-    def _dispatch(self, s: Session) -> None:
-        if not self.link.connected.is_set():
-            return
-        if self._resync:
-            self._resync = False
-            self._resend_unfinished(s)
-        queued = s.exec(
-            select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(5000)
-        ).all()
-        if not queued:
-            return
-        broadcasts: dict[str, tuple[Broadcast, MediaRecord] | None] = {}
-        t = now()
-        for d in queued:
-            if d.id in self._inflight:
-                continue
-            if d.broadcast_id not in broadcasts:
-                broadcasts[d.broadcast_id] = self._with_media(s, d.broadcast_id)
-            pair = broadcasts[d.broadcast_id]
-            if pair is None:
-                self._advance(
-                    s, d, DeliveryState.FAILED, t, None, "broadcast or its audio is missing"
-                )
-                continue
-            b, m = pair
-            expires = as_utc(d.expires_at)
-            if expires is None:
-                expires = t + self.command_ttl
-                d.expires_at = expires
-                s.add(d)
-            elif expires <= t:
-                self._advance(
-                    s,
-                    d,
-                    DeliveryState.UNREACHABLE,
-                    t,
-                    None,
-                    "not sent before it expired (broker down?)",
-                )
-                continue
-            self._send(s, d, b, m, t, expires)
-
-    def _send(
-        self,
-        s: Session,
-        d: Delivery,
-        b: Broadcast,
-        m: MediaRecord,
-        t: datetime,
-        expires: datetime,
-    ) -> None:
-        try:
-            cmd = self.signer.sign(
-                outbox.play_command(
-                    d, b, m, media_base_url=self.media_base_url, issued_at=t, expires_at=expires
-                )
-            )
-        except KeystoreError as exc:
-            # Unsigned, every box with keys would refuse it: fail it here, with the reason.
-            self._advance(s, d, DeliveryState.FAILED, t, None, str(exc))
-            return
-        assert d.id is not None
-        self._inflight.add(d.id)
-        self._last_sent[d.id] = t
-        self.link.publish(
-            topic(self.site, d.cluster_id, Kind.CMD),
-            encode(cmd),
-            qos=1,
-            on_done=functools.partial(self._sent, d.id),
-        )
-
-    def _resend(self, s: Session, d: Delivery, t: datetime, why: str) -> None:
-        """Send an emergency again (same command id: a cluster that has it plays it once)."""
-        if d.id in self._inflight or not self.link.connected.is_set():
-            return
-        pair = self._with_media(s, d.broadcast_id)
-        expires = as_utc(d.expires_at)
-        if pair is None or expires is None or expires <= t:
-            return
-        s.add(DeliveryEvent(delivery_id=d.id or 0, state="resent", at=t, reason=why))
-        self._send(s, d, *pair, t, expires)
-
-    def _stop_requests(self, s: Session) -> None:
-        if not self.link.connected.is_set():
-            return
-        pending = s.exec(select(StopRequest).where(col(StopRequest.handled_at).is_(None))).all()
-        t = now()
-        for req in pending:
-            deliveries = s.exec(
-                select(Delivery).where(Delivery.broadcast_id == req.broadcast_id)
-            ).all()
-            for d in deliveries:
-                state = DeliveryState(d.state)
-                if state.final:
-                    continue
-                if state is DeliveryState.QUEUED and d.id not in self._inflight:
-                    self._advance(
-                        s,
-                        d,
-                        DeliveryState.FAILED,
-                        t,
-                        None,
-                        "stopped by operator before it was sent",
-                    )
-                    continue
-                # The cluster answers with the item's fate ("stopped by operator...").
-                try:
-                    stop = self.signer.sign(
-                        outbox.stop_command(
-                            d.cluster_id,
-                            req.broadcast_id,
-                            issued_at=t,
-                            expires_at=as_utc(d.expires_at) or t + self.command_ttl,
-                        )
-                    )
-                except KeystoreError as exc:
-                    s.add(
-                        DeliveryEvent(
-                            delivery_id=d.id or 0, state="stop-failed", at=t, reason=str(exc)
-                        )
-                    )
-                    continue
-                self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(stop), qos=1)
-                s.add(
-                    DeliveryEvent(
-                        delivery_id=d.id or 0,
-                        state="stop-sent",
-                        at=t,
-                        reason=f"stop requested by {req.requested_by or 'operator'}",
-                    )
-                )
-            req.handled_at = t
-            s.add(req)
-            logger.info("stop of broadcast %s sent", req.broadcast_id)
-
-    def _resend_unfinished(self, s: Session) -> None:
-        t = now()
-        active = s.exec(select(Delivery).where(col(Delivery.state).in_(_ACTIVE))).all()
-        pairs: dict[str, tuple[Broadcast, MediaRecord] | None] = {}
-        count = 0
-        for d in active:
-            expires = as_utc(d.expires_at) or t + self.command_ttl
-            if expires <= t:
-                continue
-            if d.broadcast_id not in pairs:
-                pairs[d.broadcast_id] = self._with_media(s, d.broadcast_id)
-            pair = pairs[d.broadcast_id]
-            if pair is None:
-                continue
-            cmd = outbox.play_command(
-                d,
-                pair[0],
-                pair[1],
-                media_base_url=self.media_base_url,
-                issued_at=min(t, expires - timedelta(seconds=1)),
-                expires_at=expires,
-            )
-            try:
-                signed = self.signer.sign(cmd)
-            except KeystoreError:
-                continue  # logged by the signer; the delivery expires as unreachable
-            self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(signed), qos=1)
-            count += 1
-        self.resent += count
-        if count:
-            logger.info("asked %d unfinished deliveries for their state again", count)
 
     def _prefetch(self, s: Session, events: list[_Event]) -> list[object]:
         """Load what a batch of events touches with a few IN queries, not one per event."""
-        commands = sorted({ev.ack.command for ev in events if isinstance(ev, _AckIn)})
+        commands = sorted({ev.ack.command for ev in events if isinstance(ev, AckIn)})
         sent = sorted({ev.delivery_id for ev in events if isinstance(ev, _Sent)})
-        clusters = sorted({ev.ack.cluster for ev in events if isinstance(ev, _AckIn)})
+        clusters = sorted({ev.ack.cluster for ev in events if isinstance(ev, AckIn)})
         self._by_command = {}
         held: list[object] = []
         for i in range(0, len(commands), 500):
@@ -624,184 +334,130 @@ class Dispatcher(EventWorker["_Event"]):
             ).all()
         return held
 
-    def _apply_guarded(self, s: Session, ev: _Event) -> None:
-        try:
-            self._apply(s, ev)
-        except (OperationalError, InterfaceError):
-            raise  # the database, not the event: keep the whole batch for a retry
-        except Exception:
-            # One bad event (a bug, an unexpected value) must not lose the others.
-            logger.exception("event %r could not be applied; dropped", ev)
-            self.dropped_messages += 1
+    # -- 2. sending -------------------------------------------------------------------------
 
-    def _sent(self, delivery_id: int, ok: bool, reason: str) -> None:
-        self._put(_Sent(delivery_id, ok, reason, now()))
+    def _dispatch(self, s: Session) -> None:
+        if self._resync:
+            self._resync = False
+            self._ask_unfinished_again(s)
+        queued = s.exec(
+            select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(5000)
+        ).all()
+        pairs: dict[str, _Pair | None] = {}
+        t = now()
+        for d in queued:
+            if d.id in self.sender.inflight:
+                continue
+            if d.broadcast_id not in pairs:
+                pairs[d.broadcast_id] = _with_media(s, d.broadcast_id)
+            pair = pairs[d.broadcast_id]
+            if pair is None:
+                delivery.record(s, d, delivery.failed(t, "broadcast or its audio is missing"))
+                continue
+            expires = as_utc(d.expires_at)
+            if expires is None:
+                expires = t + self.rules.command_ttl
+                d.expires_at = expires
+                s.add(d)
+            elif expires <= t:
+                why = "not sent before it expired (broker down?)"
+                delivery.record(s, d, delivery.unreachable(t, why))
+                continue
+            self._send(s, d, *pair, t, expires)
+
+    def _send(
+        self, s: Session, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
+    ) -> None:
+        assert d.id is not None
+        try:
+            self.sender.play(d, b, m, t, expires, functools.partial(self._sent, d.id))
+        except KeystoreError as exc:
+            # Unsigned, every box with keys would refuse it: fail it here, with the reason.
+            delivery.record(s, d, delivery.failed(t, str(exc)))
+
+    def _resend(self, s: Session, d: Delivery, t: datetime, why: str) -> None:
+        """Send an emergency again (same command id: a cluster that has it plays it once)."""
+        if d.id in self.sender.inflight or not self.sender.connected:
+            return
+        pair = _with_media(s, d.broadcast_id)
+        expires = as_utc(d.expires_at)
+        if pair is None or expires is None or expires <= t:
+            return
+        s.add(delivery.note(d, "resent", t, why))
+        self._send(s, d, *pair, t, expires)
+
+    def _ask_unfinished_again(self, s: Session) -> None:
+        t = now()
+        active = s.exec(select(Delivery).where(col(Delivery.state).in_(_ACTIVE))).all()
+        pairs: dict[str, _Pair | None] = {}
+        count = 0
+        for d in active:
+            expires = as_utc(d.expires_at) or t + self.rules.command_ttl
+            if expires <= t:
+                continue
+            if d.broadcast_id not in pairs:
+                pairs[d.broadcast_id] = _with_media(s, d.broadcast_id)
+            pair = pairs[d.broadcast_id]
+            if pair is None:
+                continue
+            try:
+                self.sender.ask_again(d, *pair, t, expires)
+            except KeystoreError:
+                continue  # logged by the signer; the delivery expires as unreachable
+            count += 1
+        self.resent += count
+        if count:
+            logger.info("asked %d unfinished deliveries for their state again", count)
+
+    # -- 3. deadlines -----------------------------------------------------------------------
 
     def _deadlines(self, s: Session) -> None:
-        if not self.link.connected.is_set():
-            # Deaf while the broker is away: silence proves nothing about the clusters.
-            return
         t = now()
         # Loading every active delivery is O(active): at 10,000 clusters doing it on every
         # wake-up cost more than the acks themselves. Deadlines are seconds long anyway.
         if t - self._deadlines_at < _DEADLINE_EVERY:
             return
         self._deadlines_at = t
-        active: Sequence[Delivery] = s.exec(
-            select(Delivery).where(col(Delivery.state).in_(_ACTIVE))
-        ).all()
+        active = s.exec(select(Delivery).where(col(Delivery.state).in_(_ACTIVE))).all()
         if not active:
             return
-        lengths: dict[str, timedelta] = {}
-        priorities = self._priorities(s, {d.broadcast_id for d in active})
+        priorities = _priorities(s, {d.broadcast_id for d in active})
+        airs: dict[str, timedelta] = {}
         for d in active:
-            if priorities.get(d.broadcast_id) == Priority.EMERGENCY.value:
-                self._emergency_deadline(s, d, t)
-                continue
-            start_at = as_utc(d.start_at)
-            if start_at is not None:
-                # A timed item waits on the cluster until its air time (and may be pushed
-                # up to its expiry by an overrun): the deadlines count from there.
-                self._timed_deadline(s, d, t, start_at)
-                continue
-            if d.state == DeliveryState.SENT.value:
-                sent = max(as_utc(d.sent_at) or t, self._listening_since)
-                if t - sent > self.ack_timeout:
-                    secs = self.ack_timeout.total_seconds()
-                    self._advance(
-                        s, d, DeliveryState.UNREACHABLE, t, None, f"no answer within {secs:.0f} s"
-                    )
-                continue
-            if d.broadcast_id not in lengths:
-                lengths[d.broadcast_id] = self._air_time(s, d.broadcast_id)
-            # Counted from the last sign of progress; an item interrupted by an emergency
-            # waits for the emergency to end, up to the command's lifetime.
-            start = max(as_utc(d.updated_at) or t, self._listening_since)
-            allowance = _FETCH_ALLOWANCE + lengths[d.broadcast_id] + _FINAL_MARGIN
-            if d.reason.startswith("interrupted"):
-                allowance = max(allowance, self.command_ttl)
-            if t - start > allowance:
-                self._advance(
-                    s,
-                    d,
-                    DeliveryState.UNREACHABLE,
-                    t,
-                    None,
-                    f"no final acknowledgement (last state {d.state})",
-                )
-
-    def _priorities(self, s: Session, ids: set[str]) -> dict[str, str]:
-        if not ids:
-            return {}
-        rows = s.exec(
-            select(Broadcast.id, Broadcast.priority).where(col(Broadcast.id).in_(list(ids)))
-        ).all()
-        return {bid: prio for bid, prio in rows}
-
-    def _emergency_deadline(self, s: Session, d: Delivery, t: datetime) -> None:
-        """Emergencies are retried until they expire, not given up after one timeout."""
-        expires = as_utc(d.expires_at)
-        if expires is not None and t >= expires:
-            if d.state == DeliveryState.SENT.value:
-                why = "no answer before the emergency expired (cluster offline?)"
-            else:
-                why = f"emergency expired before a final answer (last state {d.state})"
-            self._advance(s, d, DeliveryState.UNREACHABLE, t, None, why)
-            return
-        if d.state != DeliveryState.SENT.value or d.id is None:
-            return
-        last = self._last_sent.get(d.id) or as_utc(d.sent_at) or t
-        if t - last >= self.emergency_retry:
-            self._resend(s, d, t, "no answer yet; sent again")
-
-    def _with_media(self, s: Session, broadcast_id: str) -> tuple[Broadcast, MediaRecord] | None:
-        """A broadcast and its audio record, or None if either is missing."""
-        b = s.get(Broadcast, broadcast_id)
-        m = s.get(MediaRecord, b.media_sha256) if b else None
-        return (b, m) if b is not None and m is not None else None
-
-    def _air_time(self, s: Session, broadcast_id: str) -> timedelta:
-        pair = self._with_media(s, broadcast_id)
-        if pair is None:
-            return timedelta(0)
-        b, m = pair
-        return timedelta(seconds=m.duration_s * b.repeat + b.gap_s * (b.repeat - 1))
-
-    # -- timed (scheduled) deliveries --------------------------------------------------------
-
-    def _timed_deadline(self, s: Session, d: Delivery, t: datetime, start_at: datetime) -> None:
-        latest_start = max(as_utc(d.expires_at) or start_at, start_at)
-        if d.state in (DeliveryState.SENT.value, DeliveryState.RECEIVED.value):
-            # The broker keeps the command for a cluster that is offline now; it is only
-            # lost once it can no longer start.
-            if t > latest_start + self.ack_timeout:
-                self._advance(
-                    s,
-                    d,
-                    DeliveryState.UNREACHABLE,
-                    t,
-                    None,
-                    f"not staged on the cluster before its air time (last state {d.state})",
-                )
-            return
-        air = self._air_time(s, d.broadcast_id)
-        if t - latest_start > air + _FINAL_MARGIN:
-            self._advance(
-                s,
+            if d.broadcast_id not in airs:
+                airs[d.broadcast_id] = _air_time(s, d.broadcast_id)
+            verdict = deadlines.judge(
                 d,
-                DeliveryState.UNREACHABLE,
                 t,
-                None,
-                f"no final acknowledgement (last state {d.state})",
+                self.rules,
+                emergency=priorities.get(d.broadcast_id) == Priority.EMERGENCY.value,
+                air=airs[d.broadcast_id],
+                listening_since=self._listening_since,
+                last_sent=self.sender.last_sent.get(d.id) if d.id is not None else None,
             )
+            if verdict.action is deadlines.Action.GIVE_UP:
+                delivery.record(s, d, delivery.unreachable(t, verdict.reason))
+            elif verdict.action is deadlines.Action.RESEND:
+                self._resend(s, d, t, verdict.reason)
 
-    @staticmethod
-    def _staged_ahead(d: Delivery, at: datetime) -> bool:
-        start_at = as_utc(d.start_at)
-        if start_at is None or d.state != DeliveryState.STAGED.value:
-            return False
-        return max(as_utc(d.expires_at) or start_at, start_at) > at
 
-    def _apply_withdraw(self, s: Session, ev: _WithdrawIn) -> None:
-        t = now()
-        for delivery_id in ev.delivery_ids:
-            d = s.get(Delivery, delivery_id)
-            if d is None or DeliveryState(d.state).final:
-                continue
-            if d.state == DeliveryState.QUEUED.value and delivery_id not in self._inflight:
-                self._advance(s, d, DeliveryState.FAILED, t, None, f"withdrawn: {ev.reason}")
-                continue
-            if d.state == DeliveryState.PLAYING.value:
-                logger.info("%s on %s is playing; not withdrawn", d.broadcast_id, d.cluster_id)
-                continue
-            expires = as_utc(d.expires_at) or t + self.command_ttl
-            try:
-                cmd = self.signer.sign(
-                    WithdrawCommand(
-                        id=new_id(),
-                        cluster=d.cluster_id,
-                        broadcast=d.broadcast_id,
-                        command=d.command_id,
-                        issued_at=t,
-                        expires_at=max(expires, t + self.command_ttl),
-                    )
-                )
-            except KeystoreError as exc:
-                s.add(
-                    DeliveryEvent(
-                        delivery_id=delivery_id,
-                        state=d.state,
-                        at=t,
-                        reason=f"withdraw not sent: {exc}",
-                    )
-                )
-                continue
-            self.link.publish(topic(self.site, d.cluster_id, Kind.CMD), encode(cmd), qos=1)
-            s.add(
-                DeliveryEvent(
-                    delivery_id=delivery_id,
-                    state=d.state,
-                    at=t,
-                    reason=f"withdraw sent: {ev.reason}",
-                )
-            )
+def _priorities(s: Session, ids: set[str]) -> dict[str, str]:
+    rows = s.exec(
+        select(Broadcast.id, Broadcast.priority).where(col(Broadcast.id).in_(list(ids)))
+    ).all()
+    return {bid: prio for bid, prio in rows}
+
+
+def _with_media(s: Session, broadcast_id: str) -> _Pair | None:
+    """A broadcast and its audio record, or None if either is missing."""
+    b = s.get(Broadcast, broadcast_id)
+    m = s.get(MediaRecord, b.media_sha256) if b else None
+    return (b, m) if b is not None and m is not None else None
+
+
+def _air_time(s: Session, broadcast_id: str) -> timedelta:
+    pair = _with_media(s, broadcast_id)
+    if pair is None:
+        return timedelta(0)
+    b, m = pair
+    return deadlines.air_time(m.duration_s, b.repeat, b.gap_s)

@@ -27,18 +27,16 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from firmware_bridge.exceptions import ProtocolError
 from firmware_bridge.mqtt import BrokerEndpoint, MqttLink, MqttLoop
 from firmware_bridge.protocol import (
     Kind,
     PlayCommand,
     Priority,
-    decode_ack,
     encode,
     new_id,
     topic,
 )
-from loudspeaker import outbox
+from loudspeaker import cluster_commands, delivery
 from loudspeaker.audio_source import SourceRequest, resolve_source
 from loudspeaker.broadcasts import (
     BroadcastView,
@@ -52,11 +50,11 @@ from loudspeaker.exceptions import (
     LoudspeakerError,
     NotFoundError,
 )
+from loudspeaker.inbound import AckIn, InboundRouter
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
     Delivery,
-    DeliveryEvent,
     DeliveryState,
     MediaRecord,
     StopRequest,
@@ -292,18 +290,15 @@ def send_direct(
         server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
         server.start()
     base = public_url or f"http://{http_host}:{server.port}"
-    result = DirectResult(media_url=outbox.media_url(base, m))
+    result = DirectResult(media_url=cluster_commands.media_url(base, m))
     by_command = {d.command_id: d for d in deliveries}
     acked = threading.Event()
     lock = threading.Lock()
 
-    def on_ack(topic_name: str, payload: bytes) -> None:
-        try:
-            ack = decode_ack(payload)
-        except ProtocolError:
-            return
+    def on_ack(event: AckIn) -> None:
+        ack = event.ack
         d = by_command.get(ack.command)
-        if d is None:
+        if d is None or d.cluster_id != ack.cluster:
             return
         with lock:
             result.acks[d.cluster_id] = ack.state.value
@@ -315,6 +310,9 @@ def send_direct(
         ):
             acked.set()
 
+    # The controller's own router: the same checks on what the boxes answer.
+    inbound = InboundRouter(site)
+    inbound.on_ack(on_ack)
     loop = MqttLoop("emergency-direct")
     loop.start()
     # The operators' account (_operator), never the controller's: the broker binds the
@@ -325,7 +323,7 @@ def send_direct(
     link = MqttLink(
         f"cli-emergency-{new_id()[:8]}",
         endpoint,
-        on_message=on_ack,
+        on_message=inbound.on_message,
         subscriptions=tuple(topic(site, d.cluster_id, Kind.ACK) for d in deliveries),
         session_expiry_s=0,
     )
@@ -357,7 +355,7 @@ def send_direct(
             d.expires_at = d.expires_at or expires
             try:
                 cmd = sign(
-                    outbox.play_command(
+                    cluster_commands.play_command(
                         d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
                     )
                 )
@@ -366,13 +364,7 @@ def send_direct(
                 result.unsigned[d.cluster_id] = str(exc)
                 with lock:
                     by_command.pop(d.command_id, None)
-                d.state = DeliveryState.FAILED.value
-                d.reason = str(exc)
-                d.updated_at = t
-                session.add(d)
-                session.add(
-                    DeliveryEvent(delivery_id=d.id or 0, state="failed", at=t, reason=str(exc))
-                )
+                delivery.record(session, d, delivery.failed(t, str(exc)))
                 continue
             link.publish(
                 topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(len(signed))
@@ -386,18 +378,14 @@ def send_direct(
             with lock:
                 ok, why = answers.get(i, (False, "the broker did not confirm it"))
             if ok:
-                d.state, d.sent_at = DeliveryState.SENT.value, t
-                reason = "sent directly by the CLI (controller not running)"
+                delivery.record(session, d, delivery.sent(t, note=delivery.SENT_DIRECTLY))
                 result.sent.append(d.cluster_id)
             else:
-                reason = f"broker refused: {why}"
-                d.state, d.failed_at, d.reason = DeliveryState.FAILED.value, t, reason
+                refused = delivery.broker_refused(t, why)
+                delivery.record(session, d, refused)
                 with lock:
                     by_command.pop(d.command_id, None)  # no answer to wait for
-                result.failed[d.cluster_id] = reason
-            d.updated_at = t
-            session.add(d)
-            session.add(DeliveryEvent(delivery_id=d.id or 0, state=d.state, at=t, reason=reason))
+                result.failed[d.cluster_id] = refused.reason
         session.commit()
         with lock:
             check_all_answered()  # the refused and unsigned ones need no answer

@@ -2,7 +2,7 @@
 
 :class:`HealthMonitor` owns the ``cluster_health``, ``health_sample``, ``alarm`` and
 ``control_request`` tables and is their only writer in the controller. Like the
-dispatcher, MQTT callbacks only parse and enqueue (they run on the MQTT loop thread);
+dispatcher, it is handed typed events by the inbound router (loudspeaker/inbound.py);
 the monitor's own thread applies heartbeats, status changes and control results, sends
 queued control requests, applies their deadlines and re-evaluates every alarm rule, in
 one transaction per iteration. Time-based alarms (missed heartbeats, flapping) are
@@ -22,8 +22,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, delete, select
 
-from firmware_bridge.exceptions import ProtocolError
-from firmware_bridge.mqtt import MqttLink
 from firmware_bridge.protocol import (
     ControlCommand,
     ControlResult,
@@ -33,11 +31,7 @@ from firmware_bridge.protocol import (
     PowerCommand,
     RebootCommand,
     Status,
-    Topic,
     VolumeCommand,
-    decode_heartbeat,
-    decode_result,
-    decode_status,
     encode,
     topic,
 )
@@ -45,6 +39,7 @@ from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluat
 from loudspeaker.db import as_utc
 from loudspeaker.diagnosis import judge, unreachable
 from loudspeaker.exceptions import KeystoreError, LoudspeakerError
+from loudspeaker.inbound import DropReason, Drops, HeartbeatIn, ResultIn, StatusIn
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
@@ -57,6 +52,7 @@ from loudspeaker.models import (
     HealthSample,
     now,
 )
+from loudspeaker.sending import Publisher
 from loudspeaker.site import HealthConfig, current_site
 from loudspeaker.worker import EventWorker
 
@@ -72,31 +68,17 @@ _OPEN_STATES = [ControlState.QUEUED.value, ControlState.SENT.value, ControlState
 
 
 @dataclass(frozen=True)
-class _HeartbeatIn:
-    hb: Heartbeat
-    at: datetime
-
-
-@dataclass(frozen=True)
-class _StatusIn:
-    status: Status
-    at: datetime
-
-
-@dataclass(frozen=True)
-class _ResultIn:
-    result: ControlResult
-    at: datetime
-
-
-@dataclass(frozen=True)
 class _SentIn:
+    """The broker's answer to a control command the monitor published."""
+
     request_id: str
     ok: bool
     reason: str
 
 
-_Event = _HeartbeatIn | _StatusIn | _ResultIn | _SentIn
+_Event = HeartbeatIn | StatusIn | ResultIn | _SentIn
+# The kinds whose drops are the monitor's (``dropped_messages``).
+_KINDS = (Kind.HEALTH, Kind.RESULT)
 
 
 @dataclass
@@ -149,11 +131,12 @@ class HealthMonitor(EventWorker["_Event"]):
     def __init__(
         self,
         engine: Engine,
-        link: MqttLink,
+        link: Publisher,
         *,
         site: str,
         poll_interval_s: float = 0.5,
         keystore: Keystore,
+        drops: Drops | None = None,
     ) -> None:
         super().__init__("health", poll_interval_s)
         self.engine = engine
@@ -169,63 +152,33 @@ class HealthMonitor(EventWorker["_Event"]):
         self._pruned_at = self._started_at
         self.heartbeats_received = 0
         self.results_received = 0
-        self.dropped_messages = 0
+        self.drops = drops if drops is not None else Drops()
         self.alarms_raised = 0
 
     # -- any thread -------------------------------------------------------------------------
 
-    def on_message(self, topic_name: str, payload: bytes) -> None:
-        """MQTT handler: parse heartbeats, results and status; enqueue. Never raises."""
-        at = now()
-        try:
-            parsed = Topic.parse(topic_name)
-            if parsed.site != self.site:
-                return  # the dispatcher reports foreign sites
-            if parsed.kind is Kind.HEALTH:
-                hb = decode_heartbeat(payload)
-                if hb.cluster != parsed.cluster:
-                    raise ProtocolError(
-                        f"heartbeat names {hb.cluster!r} on {parsed.cluster!r}'s topic"
-                    )
-                self._inbound.put(_HeartbeatIn(hb, at))
-            elif parsed.kind is Kind.RESULT:
-                res = decode_result(payload)
-                if res.cluster != parsed.cluster:
-                    raise ProtocolError(
-                        f"result names {res.cluster!r} on {parsed.cluster!r}'s topic"
-                    )
-                self._inbound.put(_ResultIn(res, at))
-            elif parsed.kind is Kind.STATUS:
-                if not payload:
-                    return
-                st = decode_status(payload)
-                if st.cluster != parsed.cluster:
-                    return  # the dispatcher logs this one
-                self._inbound.put(_StatusIn(st, at))
-            else:
-                return
-        except ProtocolError as exc:
-            if topic_name.endswith(("/health", "/result")):
-                self.dropped_messages += 1
-                logger.warning(
-                    "dropped message on %s: %s; payload %r", topic_name, exc, payload[:200]
-                )
-            return
-        except Exception:
-            self.dropped_messages += 1
-            logger.exception("health: message on %s not understood; dropped", topic_name)
-            return
-        self._wake.set()
+    @property
+    def dropped_messages(self) -> int:
+        """Heartbeats and control results dropped (by the router or here)."""
+        return self.drops.total(_KINDS)
+
+    def accept(self, event: HeartbeatIn | StatusIn | ResultIn) -> None:
+        """Queue a heartbeat, status or control result from the inbound router."""
+        self._put(event)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load thresholds and what is known of each cluster, then start the thread."""
+        self.load()
+        self._start_thread()
+
+    def load(self) -> None:
+        """Load thresholds and what is known of each cluster (``start()`` does it first)."""
         self._started_at = now()
         with Session(self.engine) as s:
             self._reload(s)
             self._seed(s)
-        self._start_thread()
 
     def _reload(self, s: Session) -> None:
         try:
@@ -297,11 +250,11 @@ class HealthMonitor(EventWorker["_Event"]):
                     c2.alarms[AlarmKind(a.kind)] = a
 
     def _apply(self, s: Session, ev: _Event) -> None:
-        if isinstance(ev, _HeartbeatIn):
-            self._apply_heartbeat(s, ev.hb, ev.at)
-        elif isinstance(ev, _StatusIn):
+        if isinstance(ev, HeartbeatIn):
+            self._apply_heartbeat(s, ev.heartbeat, ev.at)
+        elif isinstance(ev, StatusIn):
             self._apply_status(ev.status, ev.at)
-        elif isinstance(ev, _ResultIn):
+        elif isinstance(ev, ResultIn):
             self._apply_result(s, ev.result, ev.at)
         else:
             self._inflight.discard(ev.request_id)
@@ -313,7 +266,7 @@ class HealthMonitor(EventWorker["_Event"]):
     def _apply_heartbeat(self, s: Session, hb: Heartbeat, at: datetime) -> None:
         c = self._clusters.get(hb.cluster)
         if c is None:
-            self.dropped_messages += 1
+            self.drops.count(Kind.HEALTH, DropReason.UNKNOWN_CLUSTER)
             logger.warning("heartbeat from unknown cluster %r dropped", hb.cluster)
             return
         self.heartbeats_received += 1
@@ -402,7 +355,7 @@ class HealthMonitor(EventWorker["_Event"]):
         self.results_received += 1
         req = s.get(ControlRequest, res.command)
         if req is None or req.cluster_id != res.cluster:
-            self.dropped_messages += 1
+            self.drops.count(Kind.RESULT, DropReason.UNKNOWN_COMMAND)
             logger.warning(
                 "result for unknown command %s from %s dropped", res.command, res.cluster
             )

@@ -77,6 +77,8 @@ class ControllerStats:
     dispatcher_backlog: int = 0
     health_backlog: int = 0
     dropped_messages: int = 0
+    # (kind, reason) -> count; kind "" when not even the topic was understood.
+    dropped_by_reason: dict[tuple[str, str], int] = field(default_factory=dict)
     heartbeats_received: int = 0
 
 
@@ -199,6 +201,13 @@ def collect(engine: Engine, stats: ControllerStats) -> str:
         "loudspeaker_dropped_messages_total", "counter", "Malformed or unknown messages dropped"
     )
     dropped.add(stats.dropped_messages)
+    why = _Family(
+        "loudspeaker_dropped_messages_by_reason_total",
+        "counter",
+        "Inbound messages dropped, by message kind and reason",
+    )
+    for (message_kind, reason), n in stats.dropped_by_reason.items():
+        why.add(n, kind=message_kind, reason=reason)
     received = _Family(
         "loudspeaker_heartbeats_received_total", "counter", "Heartbeats since controller start"
     )
@@ -228,6 +237,7 @@ def collect(engine: Engine, stats: ControllerStats) -> str:
             connected,
             reconnects,
             dropped,
+            why,
             received,
         ]
     )

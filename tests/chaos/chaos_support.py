@@ -202,11 +202,12 @@ def queue_broadcast(
                 s, media=media, title=f"chaos {freq}", target=target, clusters=clusters
             )
             return b.id, media.sha256
-        # What the schedule runner writes when it stages a slot (schedules/runner.py): the
-        # air time on the broadcast, start_at and expiry on each delivery, all in the same
-        # transaction. (Written in two, a running dispatcher could send the deliveries
-        # before they had a start_at, and the clusters would play them at once.) The
-        # runner's own SIGKILL test is tests/schedules/test_sched_live.py.
+        # What the schedule runner writes when it stages a slot
+        # (loudspeaker/schedule_runner.py): the air time on the broadcast, start_at and
+        # expiry on each delivery, all in the same transaction. (Written in two, a running
+        # dispatcher could send the deliveries before they had a start_at, and the
+        # clusters would play them at once.) The runner's own SIGKILL test is
+        # tests/schedules/test_sched_live.py.
         t = now()
         air = t + timedelta(seconds=air_in_s)
         b = Broadcast(

@@ -1,13 +1,21 @@
-"""Building the commands the controller (or, with it down, the CLI) sends to clusters.
+"""The commands the controller (or, with it down, the CLI) sends to clusters, built here.
 
 One place, so the dispatcher and the CLI's direct emergency path send the same bytes.
+(Formerly ``loudspeaker/outbox.py``: it builds commands, it is not a transactional outbox.)
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from firmware_bridge.protocol import MediaRef, PlayCommand, Priority, StopCommand, new_id
+from firmware_bridge.protocol import (
+    MediaRef,
+    PlayCommand,
+    Priority,
+    StopCommand,
+    WithdrawCommand,
+    new_id,
+)
 from loudspeaker.db import as_utc
 from loudspeaker.models import Broadcast, Delivery, MediaRecord
 
@@ -57,6 +65,20 @@ def stop_command(
         id=new_id(),
         cluster=cluster,
         broadcast=broadcast,
+        issued_at=issued_at,
+        expires_at=expires_at,
+    )
+
+
+def withdraw_command(
+    delivery: Delivery, *, issued_at: datetime, expires_at: datetime
+) -> WithdrawCommand:
+    """A WithdrawCommand taking back ``delivery``'s play command (a schedule changed)."""
+    return WithdrawCommand(
+        id=new_id(),
+        cluster=delivery.cluster_id,
+        broadcast=delivery.broadcast_id,
+        command=delivery.command_id,
         issued_at=issued_at,
         expires_at=expires_at,
     )

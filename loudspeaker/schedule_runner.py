@@ -40,9 +40,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from firmware_bridge.exceptions import ProtocolError
-from firmware_bridge.protocol import Kind, Topic, decode_ack, new_id, utcnow
+from firmware_bridge.protocol import new_id, utcnow
 from loudspeaker.db import as_utc
+from loudspeaker.inbound import AckIn
 from loudspeaker.models import (
     Announcement,
     Broadcast,
@@ -163,16 +163,9 @@ class ScheduleRunner:
         """Rebuild now (the CLI changed a schedule)."""
         self._wake.set()
 
-    def on_message(self, topic_name: str, payload: bytes) -> None:
-        """MQTT handler (loop thread): note cluster clocks from acknowledgement times."""
-        at = utcnow()
-        try:
-            if Topic.parse(topic_name).kind is not Kind.ACK:
-                return
-            ack = decode_ack(payload)
-        except ProtocolError:
-            return  # the dispatcher logs and counts malformed messages
-        self.clocks.observe(ack.cluster, ack.ts, at)
+    def accept(self, event: AckIn) -> None:
+        """An acknowledgement from the inbound router: note the cluster's clock by it."""
+        self.clocks.observe(event.ack.cluster, event.ack.ts, event.at)
         self._clock_dirty = True
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
