@@ -40,12 +40,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from firmware_bridge.protocol import new_id, utcnow
+from firmware_bridge.protocol import utcnow
+from loudspeaker.broadcasts import create_broadcast
 from loudspeaker.db import as_utc
 from loudspeaker.inbound import AckIn
 from loudspeaker.models import (
     Announcement,
-    Broadcast,
     ClusterClock,
     Delivery,
     DeliveryState,
@@ -393,38 +393,29 @@ class ScheduleRunner:
             logger.error("schedule %s: announcement %s or its audio is gone", rec.id,
                          p.announcement_id)  # fmt: skip
             return None
-        b = Broadcast(
-            id=new_id()[:12],
-            title=ann.title[:200],
-            priority=p.priority.value,
+        # In the caller's transaction, with the slot that makes staging idempotent.
+        b = create_broadcast(
+            s,
+            media=media,
+            title=ann.title,
             target=rec.target,
-            media_sha256=media.sha256,
-            announcement_id=ann.id,
+            clusters=sorted(plan.clusters),
+            priority=p.priority,
             source_kind=ann.kind,
             source=ann.source,
             engine=ann.engine,
             repeat=rec.repeat,
             gap_s=rec.gap_s,
             created_by=f"schedule {rec.id}",
+            announcement_id=ann.id,
             created_at=t,
             scheduled_for=p.start,
+            state=state,
+            reason=reason,
+            start_at=start_at,
+            expires_at=max(p.start + self.grace, start_at + timedelta(seconds=1)),
+            commit=False,
         )
-        s.add(b)
-        expires = p.start + self.grace
-        for cluster in sorted(plan.clusters):
-            s.add(
-                Delivery(
-                    broadcast_id=b.id,
-                    cluster_id=cluster,
-                    command_id=new_id(),
-                    state=state.value,
-                    reason=reason,
-                    queued_at=t,
-                    updated_at=t,
-                    start_at=start_at,
-                    expires_at=max(expires, start_at + timedelta(seconds=1)),
-                )
-            )
         return b.id
 
     def _slot(
