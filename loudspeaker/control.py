@@ -77,7 +77,7 @@ def send_and_wait(
     deadline = time.monotonic() + timeout_s
     while True:
         with session_factory() as s:
-            current = s.get(ControlRequest, req_id)
+            current: ControlRequest | None = s.get(ControlRequest, req_id)
             assert current is not None
             if ControlState(current.state).final or time.monotonic() >= deadline:
                 s.expunge(current)
