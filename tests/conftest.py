@@ -135,8 +135,8 @@ def controller(tmp_path: Path, db_url: str, mosquitto: EmbeddedBroker) -> Iterat
 def fleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
     """The site's ten clusters as simulated agents (audio plays 4x faster than real time)."""
     ids = [f"lb-{i:02d}" for i in range(1, 11)]
-    with running_fleet(ids, mosquitto.endpoint, tmp_path / "fleet") as f:
-        yield f
+    with running_fleet(ids, mosquitto.endpoint, tmp_path / "fleet") as agents:
+        yield agents
 
 
 def pytest_configure(config: pytest.Config) -> None:
