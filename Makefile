@@ -10,12 +10,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: demo test lint typecheck unit bench system-deps test-deps clean
+.PHONY: demo test lint typecheck unit hooks bench system-deps test-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[controller,dev]'
 	touch $(STAMP)
 
 system-deps:
@@ -53,6 +53,12 @@ test: $(STAMP) system-deps test-deps lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/pytest -m "not integration"
+
+# A git pre-commit hook running lint and typecheck (.pre-commit-config.yaml); optional:
+# nothing else needs pre-commit.
+hooks: $(STAMP)
+	$(BIN)/pip install --quiet pre-commit
+	$(BIN)/pre-commit install
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/fanout.py

@@ -86,7 +86,7 @@ def master_to_mp3(
         input_data=pcm.data,
         timeout_s=pcm_timeout(pcm.duration_s),
     )
-    m = loudnorm_json(measure.stderr)
+    measured = loudnorm_json(measure.stderr)
     report(0.7)
     tmp = out_path.with_name(f".{out_path.name}.part")
     target = lufs
@@ -94,7 +94,9 @@ def master_to_mp3(
     output = Loudness(float("nan"), float("nan"))
     try:
         for attempt in range(2):
-            stats = _encode(pcm, af, measured=m, target_lufs=target, settings=settings, out=tmp)
+            stats = _encode(
+                pcm, af, measured=measured, target_lufs=target, settings=settings, out=tmp
+            )
             kind = str(stats.get("normalization_type", "unknown"))
             output = measure_file_loudness(tmp)
             miss = lufs - output.integrated_lufs
@@ -118,8 +120,8 @@ def master_to_mp3(
             "loudnorm fell back to %s normalization (input %s LUFS, %s dBTP); "
             "loudness may miss the target",
             kind,
-            m["input_i"],
-            m["input_tp"],
+            measured["input_i"],
+            measured["input_tp"],
         )
     report(1.0)
     return MasterResult(

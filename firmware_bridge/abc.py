@@ -37,7 +37,7 @@ class AudioSink(ABC):
         """Play ``path`` to the end, or until ``stop`` is set; raise ``SinkError`` on failure."""
 
 
-# -- hardware of the receiver box (issue #6) ------------------------------------------------
+# -- hardware of the receiver box -----------------------------------------------------------
 # Plain dataclasses so the MCU-backed implementation maps its serial replies onto them.
 
 

@@ -101,20 +101,20 @@ def parse_gateway_site(
     mine: list[SerialCluster] = []
     gateways: set[str] = set()
     seen: dict[tuple[str, int], str] = {}
-    for i, c in enumerate(raw):
-        if not isinstance(c, Mapping) or c.get("transport") != "serial":
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping) or entry.get("transport") != "serial":
             continue
         where = f"{source}: clusters[{i}]"
-        cid = _id(c.get("id"), f"{where}.id")
-        gw = c.get("gateway")
+        cid = _id(entry.get("id"), f"{where}.id")
+        gw = entry.get("gateway")
         if isinstance(gw, str):
             gateways.add(gw)
         if gw != gateway:
             continue
-        address = c.get("address")
+        address = entry.get("address")
         if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 247:
             raise GatewayError(f"{where} ({cid}).address: {address!r} is not a bus address 1-247")
-        cport = port or c.get("port")
+        cport = port or entry.get("port")
         if not isinstance(cport, str) or not cport:
             raise GatewayError(
                 f'{where} ({cid}): no serial port; add port = "/dev/serial/by-id/..." '
@@ -132,8 +132,8 @@ def parse_gateway_site(
                 id=cid,
                 address=address,
                 port=cport,
-                hamlet=str(c.get("hamlet", "")),
-                name=str(c.get("name", "")),
+                hamlet=str(entry.get("hamlet", "")),
+                name=str(entry.get("name", "")),
             )
         )
     if not mine:

@@ -112,8 +112,8 @@ class HallOutput:
             self._closing = True
             waiting, self._waiting = self._waiting, []
             self._cond.notify_all()
-        for r in waiting:
-            self._finish(r, error="the gateway is shutting down")
+        for request in waiting:
+            self._finish(request, error="the gateway is shutting down")
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
@@ -146,55 +146,60 @@ class HallOutput:
             except Exception as exc:
                 # A bug here must not leave clusters waiting for ever nor stop the hall.
                 logger.exception("hall output failed on %s", members[0].key)
-                for r in members:
-                    if not r.done.is_set():
-                        self._finish(r, error=f"gateway error: {exc}")
+                for request in members:
+                    if not request.done.is_set():
+                        self._finish(request, error=f"gateway error: {exc}")
 
     def _gather(self) -> list[HallRequest] | None:
         with self._cond:
             while not self._closing:
-                for r in [r for r in self._waiting if r.stop.is_set()]:
-                    self._waiting.remove(r)
-                    self._finish(r, PlayResult.STOPPED)
+                for request in [request for request in self._waiting if request.stop.is_set()]:
+                    self._waiting.remove(request)
+                    self._finish(request, PlayResult.STOPPED)
                 if not self._waiting:
                     self._cond.wait(0.2)
                     continue
-                lead = min(self._waiting, key=lambda r: (r.rank, r.seq))
+                lead = min(self._waiting, key=lambda request: (request.rank, request.seq))
                 left = lead.arrived + self.gather_s - time.monotonic()
                 if left > 0:
                     # Re-evaluated on every arrival: an emergency may take the lead.
                     self._cond.wait(min(left, 0.05))
                     continue
-                members = [r for r in self._waiting if r.key == lead.key]
-                self._waiting = [r for r in self._waiting if r.key != lead.key]
+                members = [request for request in self._waiting if request.key == lead.key]
+                self._waiting = [request for request in self._waiting if request.key != lead.key]
                 return members
             return None
 
     def _emergency_waiting(self, key: tuple[str, str]) -> HallRequest | None:
         with self._cond:
-            return next((r for r in self._waiting if r.rank == 0 and r.key != key), None)
+            return next(
+                (request for request in self._waiting if request.rank == 0 and request.key != key),
+                None,
+            )
 
     def _on_air(self, members: list[HallRequest]) -> None:
         lead = members[0]
         live: list[HallRequest] = []
-        for r in members:
-            if r.stop.is_set():
-                self._finish(r, PlayResult.STOPPED)
+        for request in members:
+            if request.stop.is_set():
+                self._finish(request, PlayResult.STOPPED)
                 continue
             try:
-                r.was_on = r.switch_on()
+                request.was_on = request.switch_on()
             except HardwareError as exc:
-                logger.warning("%s: receiver not switched on: %s", r.cluster, exc)
-                self._finish(r, error=f"receiver did not switch on: {exc}")
+                logger.warning("%s: receiver not switched on: %s", request.cluster, exc)
+                self._finish(request, error=f"receiver did not switch on: {exc}")
                 continue
-            live.append(r)
+            live.append(request)
         if not live:
             return
         started = time.monotonic()
         logger.info(
-            "on air: %s for %s", lead.title or lead.key[0], ", ".join(r.cluster for r in live)
+            "on air: %s for %s",
+            lead.title or lead.key[0],
+            ", ".join(request.cluster for request in live),
         )
-        clusters = tuple(r.cluster for r in live)
+        clusters = tuple(request.cluster for request in live)
         stop = threading.Event()
         outcome: dict[str, PlayResult | str] = {}
 
@@ -212,11 +217,11 @@ class HallOutput:
         preempted = False
         while player.is_alive():
             player.join(self.poll_s)
-            for r in [r for r in live if r.stop.is_set()]:
+            for request in [request for request in live if request.stop.is_set()]:
                 # This cluster stopped or was pre-empted: off air now, the others go on.
-                live.remove(r)
-                self._release(r)
-                self._finish(r, PlayResult.STOPPED)
+                live.remove(request)
+                self._release(request)
+                self._finish(request, PlayResult.STOPPED)
             if not live or self._closing:
                 stop.set()
             elif not preempted and lead.rank > 0:
@@ -224,19 +229,21 @@ class HallOutput:
                 if urgent is not None:
                     preempted = True
                     why = f"interrupted by emergency: {urgent.title or urgent.key[0]}"
-                    for r in live:
-                        if not r.preempt(why):
-                            logger.warning("%s: could not pre-empt its item", r.cluster)
+                    for request in live:
+                        if not request.preempt(why):
+                            logger.warning("%s: could not pre-empt its item", request.cluster)
         error = outcome.get("error")
         result = outcome.get("result")
         if error is None and self._closing and result is not PlayResult.COMPLETED:
             error = "the gateway shut down during playback"
-        for r in live:
-            self._release(r)
+        for request in live:
+            self._release(request)
             if isinstance(error, str):
-                self._finish(r, error=error)
+                self._finish(request, error=error)
             else:
-                self._finish(r, result if isinstance(result, PlayResult) else PlayResult.STOPPED)
+                self._finish(
+                    request, result if isinstance(result, PlayResult) else PlayResult.STOPPED
+                )
         self.history.append(
             OnAir(
                 lead.key,
@@ -247,21 +254,21 @@ class HallOutput:
             )
         )
 
-    def _release(self, r: HallRequest) -> None:
-        if r.was_on:
+    def _release(self, request: HallRequest) -> None:
+        if request.was_on:
             return
         try:
-            r.switch_off()
+            request.switch_off()
         except HardwareError as exc:
             # Left on it hums, but the item itself played: report it in the cluster's health.
-            logger.warning("%s: receiver not switched off after playback: %s", r.cluster, exc)
+            logger.warning("%s: receiver not switched off after playback: %s", request.cluster, exc)
 
     @staticmethod
     def _finish(
-        r: HallRequest, result: PlayResult | None = None, *, error: str | None = None
+        request: HallRequest, result: PlayResult | None = None, *, error: str | None = None
     ) -> None:
-        r.result, r.error = result, error
-        r.done.set()
+        request.result, request.error = result, error
+        request.done.set()
 
 
 class ReceiverSink(AudioSink):

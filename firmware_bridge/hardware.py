@@ -156,9 +156,11 @@ class SimulatedHardware(Hardware):
         f = self.faults
         with self._lock:
             if f.link_errors:
-                c = self._counters
+                counters = self._counters
                 self._counters = replace(
-                    c, rx_errors=c.rx_errors + f.link_errors, retransmissions=c.retransmissions + 1
+                    counters,
+                    rx_errors=counters.rx_errors + f.link_errors,
+                    retransmissions=counters.retransmissions + 1,
                 )
             self._counters = replace(self._counters, rx_frames=self._counters.rx_frames + 1)
             power, volume, playing = self._amp_power, self._volume, self._playing

@@ -210,11 +210,11 @@ class HeartbeatReporter:
                     self._wake.clear()
                     readings = SensorReadings()
                 now = time.monotonic()
-                hb = self.build(readings)
-                if requested or now >= next_due or _changed(last_sent, hb):
-                    self._publish(encode(hb))
+                heartbeat = self.build(readings)
+                if requested or now >= next_due or _changed(last_sent, heartbeat):
+                    self._publish(encode(heartbeat))
                     self.sent += 1
-                    last_sent = hb
+                    last_sent = heartbeat
                     next_due = now + self.interval_s
             except Exception:
                 # The heartbeat is how a broken box is noticed: never let it die quietly.
@@ -251,8 +251,10 @@ def _changed(old: Heartbeat | None, new: Heartbeat) -> bool:
         if getattr(old, name) != getattr(new, name):
             return True
     for name, jump in (("amp_temp_c", _TEMP_JUMP_C), ("supply_v", _SUPPLY_JUMP_V)):
-        a, b = getattr(old, name), getattr(new, name)
-        if (a is None) != (b is None) or (a is not None and abs(a - b) >= jump):
+        before, after = getattr(old, name), getattr(new, name)
+        if (before is None) != (after is None) or (
+            before is not None and abs(before - after) >= jump
+        ):
             return True
     return False
 
@@ -456,23 +458,25 @@ class ControlHandler:
         return detail.model_dump(mode="json")
 
     def _self_test(self) -> SelfTestReport:
-        r = self.hardware.self_test()
-        if not r.present:
-            return SelfTestReport(status="not_present", reason=r.detail or "no microcontroller")
-        if r.ok:
-            return SelfTestReport(status="passed", checks=r.checks)
-        failed = [k for k, v in r.checks.items() if not v]
-        why = r.detail or ", ".join(failed) or "self-test failed"
-        return SelfTestReport(status="failed", reason=why[:300], checks=r.checks)
+        result = self.hardware.self_test()
+        if not result.present:
+            return SelfTestReport(
+                status="not_present", reason=result.detail or "no microcontroller"
+            )
+        if result.ok:
+            return SelfTestReport(status="passed", checks=result.checks)
+        failed = [name for name, passed in result.checks.items() if not passed]
+        why = result.detail or ", ".join(failed) or "self-test failed"
+        return SelfTestReport(status="failed", reason=why[:300], checks=result.checks)
 
     def _link_test(self) -> LinkReport:
-        c = self.hardware.link_counters()
+        counters = self.hardware.link_counters()
         return LinkReport(
             status="passed",
-            rx_frames=c.rx_frames,
-            rx_errors=c.rx_errors,
-            timeouts=c.timeouts,
-            retransmissions=c.retransmissions,
+            rx_frames=counters.rx_frames,
+            rx_errors=counters.rx_errors,
+            timeouts=counters.timeouts,
+            retransmissions=counters.retransmissions,
             mqtt_reconnects=self._mqtt_reconnects(),
             rssi_dbm=self.hardware.read_sensors().rssi_dbm,
         )
@@ -513,10 +517,10 @@ class ControlHandler:
         bound = time.monotonic() + seconds * 3 + 5
         while player.is_alive() and time.monotonic() < bound:
             if self.output.active:
-                r = self.hardware.read_sensors()
-                if r.amp_current_a is not None:
-                    samples.append(r.amp_current_a)
-                lines.add(_line(r.line))
+                readings = self.hardware.read_sensors()
+                if readings.amp_current_a is not None:
+                    samples.append(readings.amp_current_a)
+                lines.add(_line(readings.line))
             player.join(0.03)
         if player.is_alive():
             stop.set()

@@ -537,12 +537,16 @@ class McuEmulator:
             self.dropped_frames += 1
             return
         if frame.type is FrameType.ACK:
-            pending = self._events.get(frame.address)
-            if pending is not None and pending.frame.seq == frame.seq:
-                del self._events[frame.address]
-            return
-        if self.faults.no_answer:
-            return
+            self._on_ack(frame)
+        elif not self.faults.no_answer:
+            self._on_request(frame)
+
+    def _on_ack(self, frame: Frame) -> None:
+        pending = self._events.get(frame.address)
+        if pending is not None and pending.frame.seq == frame.seq:
+            del self._events[frame.address]
+
+    def _on_request(self, frame: Frame) -> None:
         if frame.address == BROADCAST_ADDRESS:
             for unit in self.units.values():
                 unit.handle(frame, self._record)
@@ -551,14 +555,16 @@ class McuEmulator:
         if target is None:
             return  # someone else's address: stay off the bus
         answer = target.handle(frame, self._record)
-        if answer is None:
-            return
+        if answer is not None:
+            self._answer(target, answer)
+
+    def _answer(self, unit: EmulatedAmplifier, answer: Frame) -> None:
         if self.faults.answer_delay and self._stop.wait(self.faults.answer_delay):
             return
         if self._rng.random() < self.faults.drop_response_probability:
             self.dropped_frames += 1
             return
-        target.tx_frames += 1
+        unit.tx_frames += 1
         self._write_frame(answer)
 
     def _send_due_events(self) -> None:

@@ -1,4 +1,4 @@
-"""The box's hardware through its microcontroller over the serial link (issue #7, point 2).
+"""The box's hardware through its microcontroller over the serial link.
 
 :class:`McuHardware` maps the MCU commands of ``docs/serial-protocol.md`` onto the
 :class:`~firmware_bridge.abc.Hardware` interface that heartbeats, diagnosis and remote
@@ -148,16 +148,16 @@ class McuHardware(Hardware):
         def poll(mcu: McuClient) -> SensorReadings:
             relays = mcu.relays()
             volume = mcu.volume()
-            s = mcu.read_sensors()
+            sensors = mcu.read_sensors()
             if not self.firmware:
                 self.firmware = str(mcu.firmware_version())
             return SensorReadings(
                 amp_power=relays.relay1,
                 volume=volume,
-                amp_temp_c=round(s.temperature_c, 1),
-                supply_v=round(s.supply_voltage_v, 2),
-                amp_current_a=round(s.amplifier_current_a, 3),
-                line=_LINE.get(s.line_state, "unknown"),
+                amp_temp_c=round(sensors.temperature_c, 1),
+                supply_v=round(sensors.supply_voltage_v, 2),
+                amp_current_a=round(sensors.amplifier_current_a, 3),
+                line=_LINE.get(sensors.line_state, "unknown"),
             )
 
         readings = self._do("read the sensors", poll)

@@ -192,7 +192,7 @@ class MqttLink:
         return client
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
         props.SessionExpiryInterval = self._session_expiry_s
         return props
 

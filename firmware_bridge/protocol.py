@@ -597,7 +597,7 @@ RESUMED_AFTER_RESTART = "resumed after restart"
 WITHDRAWN = "withdrawn: schedule changed"
 
 
-# -- health and remote control (issue #6) -------------------------------------------------
+# -- health and remote control (docs/health.md) -------------------------------------------
 
 LineState = Literal["ok", "open", "short", "unknown"]
 

@@ -131,7 +131,7 @@ class Fleet:
         for loop in self._loops:
             loop.stop()
 
-    # -- fault injection (issue #6) ---------------------------------------------------------
+    # -- fault injection --------------------------------------------------------------------
 
     def inject(self, cluster: str, fault: str, value: float | None = None) -> None:
         """Inject a fault into one cluster: a hardware fault by name, or ``flapping_link``."""

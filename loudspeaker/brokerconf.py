@@ -52,6 +52,33 @@ from loudspeaker.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Explicit, because OPERATOR_USER is re-exported (mypy --strict exports no imported name).
+__all__ = [
+    "BOX_READS",
+    "BOX_WRITES",
+    "CONTROLLER_USER",
+    "GLOBAL_OPTIONS",
+    "LISTENER_OPTIONS",
+    "MAX_PACKET_SIZE",
+    "MESSAGE_SIZE_LIMIT",
+    "OPERATOR_READS",
+    "OPERATOR_USER",
+    "OPERATOR_WRITES",
+    "PBKDF2_ITERATIONS",
+    "TLS_OPTIONS",
+    "BrokerFiles",
+    "Listener",
+    "TlsFiles",
+    "check_tls_files",
+    "default_max_connections",
+    "existing_tls",
+    "make_self_signed",
+    "password_hash",
+    "render_acl",
+    "render_conf",
+    "write_broker_config",
+]
+
 CONTROLLER_USER = "_controller"
 # The operators' tools use OPERATOR_USER (from firmware_bridge.credentials, which lets only
 # that account's file be group-readable): a separate account, so they neither need the

@@ -59,7 +59,7 @@ def wait_final(
     deadline = time.monotonic() + timeout_s
     while True:
         with session_factory() as s:
-            current = s.get(ControlRequest, request_id)
+            current: ControlRequest | None = s.get(ControlRequest, request_id)
             if current is None:
                 raise NotFoundError(f"no control request {request_id!r}")
             if ControlState(current.state).final or time.monotonic() >= deadline:

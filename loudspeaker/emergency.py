@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -250,6 +249,61 @@ class DirectResult:
     media_url: str = ""
 
 
+class _Answers:
+    """What the broker and the boxes answered during a direct send (shared across threads)."""
+
+    def __init__(self, deliveries: list[Delivery], result: DirectResult) -> None:
+        self.result = result
+        self.lock = threading.Lock()
+        self.all_answered = threading.Event()
+        self.pubacks = threading.Semaphore(0)
+        # The broker's answer per published delivery: (ok, reason). A refused publish (no
+        # ACL line for _operator, e.g. a cluster added after `broker config`) reached no box.
+        self.broker: dict[int, tuple[bool, str]] = {}
+        self._waiting = {d.command_id: d for d in deliveries}
+
+    def on_ack(self, event: AckIn) -> None:
+        ack = event.ack
+        d = self._waiting.get(ack.command)
+        if d is None or d.cluster_id != ack.cluster:
+            return
+        with self.lock:
+            self.result.acks[d.cluster_id] = ack.state.value
+            self._check()
+
+    def on_broker_answer(self, index: int) -> Callable[[bool, str], None]:
+        def record(ok: bool, reason: str) -> None:
+            with self.lock:
+                self.broker[index] = (ok, reason)
+            self.pubacks.release()
+
+        return record
+
+    def expect_none_from(self, d: Delivery) -> None:
+        """``d`` never reached its box (unsigned, refused by the broker): wait for no answer."""
+        with self.lock:
+            self._waiting.pop(d.command_id, None)
+            self._check()
+
+    def _check(self) -> None:  # under lock
+        acks = self.result.acks
+        if len(acks) >= len(self._waiting) and all(
+            state in ("playing", "played", "failed") for state in acks.values()
+        ):
+            self.all_answered.set()
+
+
+def _serve_media(media_dir: Path, http_host: str, http_port: int) -> MediaServer:
+    """The audio server on the controller's usual port, or any free one when that is taken."""
+    server = MediaServer(MediaStore(media_dir), http_host, http_port, on_poke=lambda: None)
+    try:
+        server.start()
+    except LoudspeakerError:
+        server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
+        server.start()
+    return server
+
+
 def send_direct(
     session: Session,
     broadcast_id: str,
@@ -283,36 +337,13 @@ def send_direct(
             )
         ).all()
     )
-    server = MediaServer(MediaStore(media_dir), http_host, http_port, on_poke=lambda: None)
-    try:
-        server.start()
-    except LoudspeakerError:
-        server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
-        server.start()
+    server = _serve_media(media_dir, http_host, http_port)
     base = public_url or f"http://{http_host}:{server.port}"
     result = DirectResult(media_url=cluster_commands.media_url(base, m))
-    by_command = {d.command_id: d for d in deliveries}
-    acked = threading.Event()
-    lock = threading.Lock()
-
-    def on_ack(event: AckIn) -> None:
-        ack = event.ack
-        d = by_command.get(ack.command)
-        if d is None or d.cluster_id != ack.cluster:
-            return
-        with lock:
-            result.acks[d.cluster_id] = ack.state.value
-            check_all_answered()
-
-    def check_all_answered() -> None:  # under lock
-        if len(result.acks) >= len(by_command) and all(
-            s in ("playing", "played", "failed") for s in result.acks.values()
-        ):
-            acked.set()
-
+    answers = _Answers(deliveries, result)
     # The controller's own router: the same checks on what the boxes answer.
     inbound = InboundRouter(site)
-    inbound.on_ack(on_ack)
+    inbound.on_ack(answers.on_ack)
     loop = MqttLoop("emergency-direct")
     loop.start()
     # The operators' account (_operator), never the controller's: the broker binds the
@@ -329,69 +360,74 @@ def send_direct(
     )
     loop.add(link)
     try:
+        # `connected` is set on the SUBACK: no box's answer can come before we listen.
         if not link.connected.wait(5):
             raise LoudspeakerError(
                 f"cannot reach the broker at {endpoint.url} either: the emergency is recorded "
                 "but could not be sent; start `loudspeaker serve`"
             )
-        time.sleep(0.1)  # let the SUBSCRIBE reach the broker before the first answer
-        t = now()
-        expires = t + timedelta(seconds=b.validity_s or DEFAULT_VALIDITY_S)
-        puback = threading.Semaphore(0)
-        # The broker's answer per delivery: (ok, reason). A refused publish (no ACL line for
-        # _operator, e.g. a cluster added after `broker config`) reached no box.
-        answers: dict[int, tuple[bool, str]] = {}
-
-        def done(index: int) -> Callable[[bool, str], None]:
-            def record(ok: bool, reason: str) -> None:
-                with lock:
-                    answers[index] = (ok, reason)
-                puback.release()
-
-            return record
-
-        signed: list[Delivery] = []
-        for d in deliveries:
-            d.expires_at = d.expires_at or expires
-            try:
-                cmd = sign(
-                    cluster_commands.play_command(
-                        d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
-                    )
-                )
-            except KeystoreError as exc:
-                # Unsigned it would be refused by the box: not sent, and said so.
-                result.unsigned[d.cluster_id] = str(exc)
-                with lock:
-                    by_command.pop(d.command_id, None)
-                delivery.record(session, d, delivery.failed(t, str(exc)))
-                continue
-            link.publish(
-                topic(site, d.cluster_id, Kind.CMD), encode(cmd), on_done=done(len(signed))
-            )
-            signed.append(d)
-        deliveries = signed
-        for _ in deliveries:
-            puback.acquire(timeout=5)
-        t = now()
-        for i, d in enumerate(deliveries):
-            with lock:
-                ok, why = answers.get(i, (False, "the broker did not confirm it"))
-            if ok:
-                delivery.record(session, d, delivery.sent(t, note=delivery.SENT_DIRECTLY))
-                result.sent.append(d.cluster_id)
-            else:
-                refused = delivery.broker_refused(t, why)
-                delivery.record(session, d, refused)
-                with lock:
-                    by_command.pop(d.command_id, None)  # no answer to wait for
-                result.failed[d.cluster_id] = refused.reason
+        published = _publish(session, link, deliveries, b, m, base, site, sign, answers)
+        _record_broker_answers(session, published, answers)
         session.commit()
-        with lock:
-            check_all_answered()  # the refused and unsigned ones need no answer
-        acked.wait(wait_s)
+        answers.all_answered.wait(wait_s)
     finally:
         loop.close_link(link)
         loop.stop()
         server.stop()
     return result
+
+
+def _publish(
+    session: Session,
+    link: MqttLink,
+    deliveries: list[Delivery],
+    b: Broadcast,
+    m: MediaRecord,
+    base: str,
+    site: str,
+    sign: Callable[[PlayCommand], PlayCommand],
+    answers: _Answers,
+) -> list[Delivery]:
+    """Sign and publish each delivery's command; the ones published, in publishing order."""
+    t = now()
+    expires = t + timedelta(seconds=b.validity_s or DEFAULT_VALIDITY_S)
+    published: list[Delivery] = []
+    for d in deliveries:
+        d.expires_at = d.expires_at or expires
+        try:
+            cmd = sign(
+                cluster_commands.play_command(
+                    d, b, m, media_base_url=base, issued_at=t, expires_at=d.expires_at
+                )
+            )
+        except KeystoreError as exc:
+            # Unsigned it would be refused by the box: not sent, and said so.
+            answers.result.unsigned[d.cluster_id] = str(exc)
+            answers.expect_none_from(d)
+            delivery.record(session, d, delivery.failed(t, str(exc)))
+            continue
+        link.publish(
+            topic(site, d.cluster_id, Kind.CMD),
+            encode(cmd),
+            on_done=answers.on_broker_answer(len(published)),
+        )
+        published.append(d)
+    return published
+
+
+def _record_broker_answers(session: Session, published: list[Delivery], answers: _Answers) -> None:
+    """Mark each published delivery ``sent`` on its PUBACK, ``failed`` on a refusal or none."""
+    for _ in published:
+        answers.pubacks.acquire(timeout=5)
+    t = now()
+    for i, d in enumerate(published):
+        with answers.lock:
+            ok, why = answers.broker.get(i, (False, "the broker did not confirm it"))
+        if ok:
+            delivery.record(session, d, delivery.sent(t, note=delivery.SENT_DIRECTLY))
+            answers.result.sent.append(d.cluster_id)
+        else:
+            refused = delivery.broker_refused(t, why)
+            delivery.record(session, d, refused)
+            answers.expect_none_from(d)  # no answer to wait for
+            answers.result.failed[d.cluster_id] = refused.reason

@@ -371,7 +371,7 @@ class AuditHead(SQLModel, table=True):
     hash: str
 
 
-# -- cluster health, alarms, remote control (issue #6) --------------------------------------
+# -- cluster health, alarms, remote control (docs/health.md) --------------------------------
 
 
 class ClusterHealth(SQLModel, table=True):

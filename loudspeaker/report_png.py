@@ -73,7 +73,7 @@ def _nice_step(raw: float) -> float:
     """The smallest of 1, 2, 2.5, 5 x 10^k at least ``raw`` (axis ticks people can read)."""
     if raw <= 0:
         return 0.25
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = 10.0 ** math.floor(math.log10(raw))
     for m in (1.0, 2.0, 2.5, 5.0, 10.0):
         if m * mag >= raw * (1 - 1e-9):
             return m * mag

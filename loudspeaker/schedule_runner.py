@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -216,18 +216,11 @@ class ScheduleRunner:
         """One pass: stage, withdraw, record missed; returns what it did."""
         t = self.clock()
         result = SyncResult()
-        withdraw: list[int] = []
         with Session(self.engine, expire_on_commit=False) as s:
             ctx = site_context(s)
             self._zone = ctx.zone
             records = {r.id: r for r in active_records(s)}
-            plans: dict[int, Plan] = {}
-            for rec in records.values():
-                if rec.paused:
-                    continue
-                plan = plan_of(s, rec)
-                if plan is not None and rec.id is not None:
-                    plans[rec.id] = plan
+            plans = _plans_of(s, records.values())
             lo, hi = t - self.lookback, t + self.horizon + LEAD
             timeline = build_timeline(list(plans.values()), lo, hi + timedelta(seconds=1), ctx.zone)
             # A programme is staged whole, so its later items are on the box in time too.
@@ -240,41 +233,8 @@ class ScheduleRunner:
                     select(ScheduleSlot).where(col(ScheduleSlot.slot_at) >= lo - timedelta(days=1))
                 ).all()
             }
-            # 1. staged items that no longer belong where they are
-            for key, slot in slots.items():
-                if slot.state != "staged":
-                    continue
-                planned = as_utc(slot.planned_start)
-                assert planned is not None
-                if planned <= t + _NO_WITHDRAW:
-                    continue
-                want = desired.get(key)  # type: ignore[arg-type]
-                current = records.get(slot.schedule_id)
-                why = ""
-                if current is None:
-                    why = "schedule removed"
-                elif current.paused:
-                    why = "schedule paused"
-                elif want is None:
-                    why = "no longer on the timeline"
-                elif want.start != planned or current.version != slot.schedule_version:
-                    why = "schedule changed"
-                if not why:
-                    continue
-                if slot.broadcast_id:
-                    withdraw.extend(
-                        d.id
-                        for d in s.exec(
-                            select(Delivery).where(Delivery.broadcast_id == slot.broadcast_id)
-                        ).all()
-                        if d.id is not None
-                    )
-                slot.state = "withdrawn"
-                slot.reason = why
-                slot.updated_at = t
-                s.add(slot)
-                result.withdrawn.append(key)  # type: ignore[arg-type]
-            # 2. items on the timeline without a live slot
+            withdraw = _withdraw_stale(s, t, records, desired, slots, result)
+            # Items on the timeline without a live slot.
             for key, p in desired.items():
                 have = slots.get(key)
                 if have is not None and have.state != "withdrawn":
@@ -286,15 +246,7 @@ class ScheduleRunner:
                     continue  # before the schedule existed, or withdrawn and now past
                 self._act(s, t, ctx, owner, plans[p.schedule_id], p, have, result)
             self._note_late_starts(s, t, lo)
-            if self._clock_dirty:
-                self._clock_dirty = False
-                for off in self.clocks.offsets():
-                    row = s.get(ClusterClock, off.cluster) or ClusterClock(
-                        cluster_id=off.cluster, offset_s=off.offset_s, measured_at=off.measured_at
-                    )
-                    row.offset_s = off.offset_s
-                    row.measured_at = off.measured_at
-                    s.add(row)
+            self._save_clock_offsets(s)
             s.commit()
         if withdraw:
             self.dispatcher.withdraw(withdraw, "schedule changed")
@@ -313,6 +265,19 @@ class ScheduleRunner:
                 len(result.refused),
             )
         return result
+
+    def _save_clock_offsets(self, s: Session) -> None:
+        """Store the boxes' measured clock offsets, when new ones came in."""
+        if not self._clock_dirty:
+            return
+        self._clock_dirty = False
+        for off in self.clocks.offsets():
+            row = s.get(ClusterClock, off.cluster) or ClusterClock(
+                cluster_id=off.cluster, offset_s=off.offset_s, measured_at=off.measured_at
+            )
+            row.offset_s = off.offset_s
+            row.measured_at = off.measured_at
+            s.add(row)
 
     def _act(
         self,
@@ -499,3 +464,66 @@ class ScheduleRunner:
 def _duration(d: timedelta) -> str:
     secs = d.total_seconds()
     return f"{secs / 60:.0f} min" if secs >= 120 else f"{secs:.0f} s"
+
+
+def _plans_of(s: Session, records: Iterable[ScheduleRecord]) -> dict[int, Plan]:
+    """The plan of every schedule that is not paused, by schedule id."""
+    plans: dict[int, Plan] = {}
+    for rec in records:
+        if rec.paused:
+            continue
+        plan = plan_of(s, rec)
+        if plan is not None and rec.id is not None:
+            plans[rec.id] = plan
+    return plans
+
+
+def _why_withdraw(
+    slot: ScheduleSlot, planned: datetime, want: Placed | None, current: ScheduleRecord | None
+) -> str:
+    """Why a staged item no longer belongs where it is, or "" when it still does."""
+    if current is None:
+        return "schedule removed"
+    if current.paused:
+        return "schedule paused"
+    if want is None:
+        return "no longer on the timeline"
+    if want.start != planned or current.version != slot.schedule_version:
+        return "schedule changed"
+    return ""
+
+
+def _withdraw_stale(
+    s: Session,
+    t: datetime,
+    records: dict[int | None, ScheduleRecord],
+    desired: dict[Any, Placed],
+    slots: dict[Any, ScheduleSlot],
+    result: SyncResult,
+) -> list[int]:
+    """Mark staged items that no longer belong where they are withdrawn; their deliveries."""
+    withdraw: list[int] = []
+    for key, slot in slots.items():
+        if slot.state != "staged":
+            continue
+        planned = as_utc(slot.planned_start)
+        assert planned is not None
+        if planned <= t + _NO_WITHDRAW:
+            continue
+        why = _why_withdraw(slot, planned, desired.get(key), records.get(slot.schedule_id))
+        if not why:
+            continue
+        if slot.broadcast_id:
+            withdraw.extend(
+                d.id
+                for d in s.exec(
+                    select(Delivery).where(Delivery.broadcast_id == slot.broadcast_id)
+                ).all()
+                if d.id is not None
+            )
+        slot.state = "withdrawn"
+        slot.reason = why
+        slot.updated_at = t
+        s.add(slot)
+        result.withdrawn.append(key)
+    return withdraw

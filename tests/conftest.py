@@ -1,4 +1,9 @@
-"""Fixtures: a real mosquitto per test, SQLite or a throwaway PostgreSQL, real agents."""
+"""Fixtures: a real mosquitto per test, SQLite or a throwaway PostgreSQL, real agents.
+
+Every fixture here that starts a process is for integration tests only: the process guard
+(tests/process_guard.py) fails an unmarked test that starts one, so ``make unit`` runs
+without mosquitto or PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from loudspeaker.site import load_site_file, store_site
 from tests import leaks
 from tests.helpers import running_fleet, scaled
 from tests.pg import PgCluster
+from tests.process_guard import GUARD, is_integration, require_integration
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_FILE = ROOT / "sites" / "luc-binh.toml"
@@ -31,7 +37,12 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     Set up before and torn down after every other function-scoped fixture, so what a
     fixture stops in its teardown does not count. A leaked controller or agent holds
     database connections, ports and CPU, and makes a later, unrelated test fail.
+    Only integration tests are looked at: the process guard lets no other test start one
+    (and reading /proc three times a test adds seconds to the unit suite).
     """
+    if not is_integration(request.node):
+        yield
+        return
     before = leaks.children_keys()
     yield
     tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
@@ -51,8 +62,9 @@ def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+def mosquitto(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmbeddedBroker]:
     """A real mosquitto on a free loopback port, private to the test."""
+    require_integration(request, "a real mosquitto broker")
     broker = EmbeddedBroker(tmp_path / "mosquitto", supervise=False)
     broker.start()
     yield broker
@@ -68,11 +80,18 @@ def pg_cluster() -> Iterator[PgCluster]:
     cluster.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        # The PostgreSQL variant starts a server: an integration test wherever it is used.
+        pytest.param("postgres", marks=[pytest.mark.integration, pytest.mark.postgres]),
+    ]
+)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The integration suite runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
+    require_integration(request, "a PostgreSQL server")
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     return cluster.new_database()
 
@@ -116,10 +135,24 @@ def controller(tmp_path: Path, db_url: str, mosquitto: EmbeddedBroker) -> Iterat
 def fleet(tmp_path: Path, mosquitto: EmbeddedBroker) -> Iterator[Fleet]:
     """The site's ten clusters as simulated agents (audio plays 4x faster than real time)."""
     ids = [f"lb-{i:02d}" for i in range(1, 11)]
-    with running_fleet(ids, mosquitto.endpoint, tmp_path / "fleet") as f:
-        yield f
+    with running_fleet(ids, mosquitto.endpoint, tmp_path / "fleet") as agents:
+        yield agents
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Subprocesses started by tests (serve, simulate, agent) import the checkout.
     os.environ.setdefault("PYTHONPATH", str(ROOT))
+    GUARD.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    # Setup included: a session-wide server is started by the first test that needs it.
+    with GUARD.checking(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with GUARD.checking(item):
+        return (yield)

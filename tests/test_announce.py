@@ -23,6 +23,7 @@ def _cli(data: Path, *args: str) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
+@pytest.mark.integration
 def test_tts_announcement_lifecycle(tmp_path: Path) -> None:
     code, out, err = _cli(
         tmp_path,
@@ -68,6 +69,7 @@ def test_dry_run_prints_the_spoken_text_and_stores_nothing(tmp_path: Path) -> No
     assert json.loads(out) == []
 
 
+@pytest.mark.integration
 def test_recording_announcement_and_refusals(tmp_path: Path) -> None:
     wav = tmp_path / "phone.wav"
     subprocess.run(

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import leaks
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_child_left_running_is_found_and_killed(tmp_path: Path) -> None:

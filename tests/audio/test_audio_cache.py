@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from audio import AudioSettings, render_text
 from audio.cache import MediaCache
 
@@ -71,6 +73,7 @@ def test_other_files_are_ignored(tmp_path: Path) -> None:
     assert (tmp_path / "notes.txt").exists()
 
 
+@pytest.mark.integration
 def test_render_cache_recovers_after_prune(tmp_path: Path) -> None:
     settings = AudioSettings(chime=False)
     first = render_text("Xin chào bà con.", cache_dir=tmp_path, engine="offline", settings=settings)

@@ -11,6 +11,7 @@ from audio import AudioError, AudioSettings, FfmpegNotFound, find_ffmpeg
 from audio.exceptions import InvalidAudioSettings
 
 
+@pytest.mark.integration
 def test_default_lookup_finds_a_working_ffmpeg() -> None:
     assert os.access(find_ffmpeg(), os.X_OK)
 
@@ -21,6 +22,7 @@ def test_nothing_to_find_raises_with_a_fix(tmp_path: Path) -> None:
     assert isinstance(info.value, AudioError)
 
 
+@pytest.mark.integration
 def test_broken_ffmpeg_on_path_is_skipped(tmp_path: Path) -> None:
     fake = tmp_path / "ffmpeg"
     fake.write_text("#!/bin/sh\nexit 1\n")
@@ -29,6 +31,7 @@ def test_broken_ffmpeg_on_path_is_skipped(tmp_path: Path) -> None:
         find_ffmpeg(use_wheel=False, search_path=str(tmp_path))
 
 
+@pytest.mark.integration
 def test_ffmpeg_on_path_is_used_without_the_wheel(tmp_path: Path) -> None:
     (tmp_path / "ffmpeg").symlink_to(find_ffmpeg())
     assert find_ffmpeg(use_wheel=False, search_path=str(tmp_path)) == str(tmp_path / "ffmpeg")

@@ -22,6 +22,7 @@ def engine(fake: FakeGoogleTts, **kwargs: object) -> tuple[GttsEngine, list[floa
     return GttsEngine(endpoint=fake.url, sleep=slept.append, **options), slept  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 def test_renders_sentence_by_sentence_in_vietnamese(fake_google: FakeGoogleTts) -> None:
     tts, _ = engine(fake_google, sentence_pause_s=0.5)
     pcm = tts.synthesize("Xin chào bà con. Hôm nay họp dân! Ai vắng? Báo lại.")
@@ -32,6 +33,7 @@ def test_renders_sentence_by_sentence_in_vietnamese(fake_google: FakeGoogleTts) 
     assert pcm.duration_s > 1.5 + 3 * 0.5
 
 
+@pytest.mark.integration
 def test_retries_429_and_5xx_with_exponential_backoff(fake_google: FakeGoogleTts) -> None:
     fake_google.script = ["429", "500", "500", "audio"]
     tts, slept = engine(fake_google, retries=3, backoff_s=0.01)
@@ -41,6 +43,7 @@ def test_retries_429_and_5xx_with_exponential_backoff(fake_google: FakeGoogleTts
     assert slept == [0.01, 0.02, 0.04]
 
 
+@pytest.mark.integration
 def test_gives_up_after_retries_with_clear_message(fake_google: FakeGoogleTts) -> None:
     fake_google.script = ["500"] * 10
     tts, slept = engine(fake_google, retries=2)
@@ -50,6 +53,7 @@ def test_gives_up_after_retries_with_clear_message(fake_google: FakeGoogleTts) -
     assert len(slept) == 2
 
 
+@pytest.mark.integration
 def test_rate_limit_exhausted_is_unavailable(fake_google: FakeGoogleTts) -> None:
     fake_google.script = ["429"] * 10
     tts, _ = engine(fake_google, retries=1)
@@ -57,6 +61,7 @@ def test_rate_limit_exhausted_is_unavailable(fake_google: FakeGoogleTts) -> None
         tts.synthesize("Xin chào.")
 
 
+@pytest.mark.integration
 def test_hang_times_out_without_retrying(fake_google: FakeGoogleTts) -> None:
     fake_google.script = ["hang"]
     tts, slept = engine(fake_google, timeout_s=0.5, retries=3)
@@ -66,6 +71,7 @@ def test_hang_times_out_without_retrying(fake_google: FakeGoogleTts) -> None:
     assert slept == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["garbage", "bad_audio"])
 def test_garbage_is_an_error_not_audio(fake_google: FakeGoogleTts, mode: str) -> None:
     fake_google.script = [mode]
@@ -97,6 +103,7 @@ def engines_for(fake: FakeGoogleTts, *, timeout_s: float = 2.0) -> EngineSet:
 TEXT = "UBND xã thông báo: ngày 30/11 họp lúc 8h30."
 
 
+@pytest.mark.integration
 def test_render_with_gtts_reports_engine_and_spoken_text(
     fake_google: FakeGoogleTts, tmp_path: Path
 ) -> None:
@@ -111,6 +118,7 @@ def test_render_with_gtts_reports_engine_and_spoken_text(
     assert abs(loudness.integrated_lufs - settings.target_lufs) <= 1.0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["hang", "500", "garbage"])
 def test_auto_falls_back_to_offline(fake_google: FakeGoogleTts, tmp_path: Path, mode: str) -> None:
     fake_google.script = [mode] * 5
@@ -125,6 +133,7 @@ def test_auto_falls_back_to_offline(fake_google: FakeGoogleTts, tmp_path: Path, 
     assert len(fake_google.texts) >= 1
 
 
+@pytest.mark.integration
 def test_auto_uses_gtts_when_it_answers(fake_google: FakeGoogleTts, tmp_path: Path) -> None:
     out = render_text(
         TEXT,
@@ -136,6 +145,7 @@ def test_auto_uses_gtts_when_it_answers(fake_google: FakeGoogleTts, tmp_path: Pa
     assert out.engine == "gtts"
 
 
+@pytest.mark.integration
 def test_explicit_gtts_does_not_fall_back(fake_google: FakeGoogleTts, tmp_path: Path) -> None:
     fake_google.script = ["500"] * 5
     with pytest.raises(TtsUnavailable):

@@ -54,6 +54,7 @@ def encode(ffmpeg: str, src: Path, dst: Path, encoder: str, args: list[str]) -> 
     return dst
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
 def test_accepts_common_formats(
     ffmpeg: str, encoders: str, speech_wav: Path, tmp_path: Path, fmt: tuple[str, str, list[str]]
@@ -71,6 +72,7 @@ def test_accepts_common_formats(
     assert abs(loud.integrated_lufs - NO_CHIME.target_lufs) <= 1.0
 
 
+@pytest.mark.integration
 def test_leading_and_trailing_silence_trimmed(tmp_path: Path) -> None:
     speech = speech_pcm("Xin chào bà con.")
     padded = concat([Pcm.silence(2.0, speech.rate), speech, Pcm.silence(3.0, speech.rate)])
@@ -97,6 +99,7 @@ def test_empty(tmp_path: Path) -> None:
     assert info.value.reason == "empty"
 
 
+@pytest.mark.integration
 def test_text_file_is_not_audio(tmp_path: Path) -> None:
     path = tmp_path / "bulletin.mp3"
     path.write_text("Đây là văn bản, không phải âm thanh.\n" * 20, "utf-8")
@@ -105,6 +108,7 @@ def test_text_file_is_not_audio(tmp_path: Path) -> None:
     assert info.value.reason == "not_audio"
 
 
+@pytest.mark.integration
 def test_image_is_not_audio(ffmpeg: str, tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     subprocess.run(
@@ -128,6 +132,7 @@ def test_image_is_not_audio(ffmpeg: str, tmp_path: Path) -> None:
     assert info.value.reason == "not_audio"
 
 
+@pytest.mark.integration
 def test_truncated_m4a_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path) -> None:
     good = encode(ffmpeg, speech_wav, tmp_path / "good.m4a", "aac", [])
     cut = tmp_path / "cut.m4a"
@@ -137,6 +142,7 @@ def test_truncated_m4a_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path)
     assert info.value.reason == "corrupt"
 
 
+@pytest.mark.integration
 def test_truncated_mp3_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path) -> None:
     good = encode(ffmpeg, speech_wav, tmp_path / "good.mp3", "libmp3lame", [])
     cut = tmp_path / "cut.mp3"
@@ -146,6 +152,7 @@ def test_truncated_mp3_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path)
     assert info.value.reason == "corrupt"
 
 
+@pytest.mark.integration
 def test_garbled_mp3_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path) -> None:
     data = bytearray(encode(ffmpeg, speech_wav, tmp_path / "g.mp3", "libmp3lame", []).read_bytes())
     rng = random.Random(7)
@@ -158,6 +165,7 @@ def test_garbled_mp3_is_corrupt(ffmpeg: str, speech_wav: Path, tmp_path: Path) -
     assert info.value.reason == "corrupt"
 
 
+@pytest.mark.integration
 def test_digital_silence(tmp_path: Path) -> None:
     src = write_wav(tmp_path / "silence.wav", Pcm.silence(3.0, 16000))
     with pytest.raises(RecordingRejected, match="silent") as info:
@@ -165,6 +173,7 @@ def test_digital_silence(tmp_path: Path) -> None:
     assert info.value.reason == "silent"
 
 
+@pytest.mark.integration
 def test_faint_hiss_counts_as_silent(ffmpeg: str, tmp_path: Path) -> None:
     path = tmp_path / "hiss.wav"
     subprocess.run(
@@ -188,6 +197,7 @@ def test_faint_hiss_counts_as_silent(ffmpeg: str, tmp_path: Path) -> None:
     assert info.value.reason == "silent"
 
 
+@pytest.mark.integration
 def test_too_long(ffmpeg: str, tmp_path: Path) -> None:
     path = tmp_path / "long.mp3"
     subprocess.run(

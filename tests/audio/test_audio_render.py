@@ -50,6 +50,7 @@ def offline(tmp_path: Path, **kwargs: object) -> RenderedAudio:
     return render_text(TEXT, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "settings",
     [
@@ -67,6 +68,7 @@ def test_text_loudness_within_1_lu_of_target(tmp_path: Path, settings: AudioSett
     assert loud.true_peak_dbtp <= settings.true_peak_dbtp + 0.5
 
 
+@pytest.mark.integration
 def test_rendered_audio_fields(tmp_path: Path) -> None:
     out = offline(tmp_path)
     data = out.path.read_bytes()
@@ -80,6 +82,7 @@ def test_rendered_audio_fields(tmp_path: Path) -> None:
     assert data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")  # an MPEG audio frame, no ID3
 
 
+@pytest.mark.integration
 def test_output_is_mono_at_the_configured_rate(ffmpeg: str, tmp_path: Path) -> None:
     out = offline(tmp_path, settings=AudioSettings(chime=False, sample_rate=22050, bitrate_kbps=24))
     info = subprocess.run(
@@ -93,6 +96,7 @@ def test_output_is_mono_at_the_configured_rate(ffmpeg: str, tmp_path: Path) -> N
     assert "24 kb/s" in info
 
 
+@pytest.mark.integration
 def test_same_input_renders_once(tmp_path: Path) -> None:
     first = offline(tmp_path)
     engines = EngineSet(online=None, offline=ExplodingEngine(EspeakEngine().identity))
@@ -101,6 +105,7 @@ def test_same_input_renders_once(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.mp3"))) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "change",
     [
@@ -117,12 +122,14 @@ def test_changed_settings_render_again(tmp_path: Path, change: dict[str, object]
     assert second.path.exists() and first.path.exists()
 
 
+@pytest.mark.integration
 def test_slower_speech_is_longer(tmp_path: Path) -> None:
     normal = offline(tmp_path)
     slow = offline(tmp_path, speed=0.7)
     assert slow.duration_s > normal.duration_s * 1.2
 
 
+@pytest.mark.integration
 def test_chime_wraps_speech(tmp_path: Path) -> None:
     plain = offline(tmp_path)
     chimed = offline(tmp_path, settings=AudioSettings(chime=True))
@@ -130,6 +137,7 @@ def test_chime_wraps_speech(tmp_path: Path) -> None:
     assert chimed.duration_s == pytest.approx(plain.duration_s + 2 * 2.3, abs=0.1)
 
 
+@pytest.mark.integration
 def test_custom_chime_file(ffmpeg: str, tmp_path: Path) -> None:
     bell = tmp_path / "bell.wav"
     subprocess.run(
@@ -162,6 +170,7 @@ def test_custom_chime_file(ffmpeg: str, tmp_path: Path) -> None:
     assert again.duration_s == pytest.approx(plain.duration_s + 2 * 1.4, abs=0.1)
 
 
+@pytest.mark.integration
 def test_progress_reports_monotonically_to_one(tmp_path: Path) -> None:
     seen: list[float] = []
     offline(tmp_path, progress=seen.append)
@@ -171,6 +180,7 @@ def test_progress_reports_monotonically_to_one(tmp_path: Path) -> None:
     assert all(0.0 <= f <= 1.0 for f in seen)
 
 
+@pytest.mark.integration
 def test_evicted_media_is_rendered_again(tmp_path: Path) -> None:
     first = offline(tmp_path)
     first.path.unlink()
@@ -182,12 +192,14 @@ def test_evicted_media_is_rendered_again(tmp_path: Path) -> None:
     assert again.duration_s == pytest.approx(first.duration_s, abs=0.05)
 
 
+@pytest.mark.integration
 def test_tones_are_byte_identical_when_re_rendered(tmp_path: Path) -> None:
     first = render_tone("siren", cache_dir=tmp_path / "a", seconds=2.0)
     second = render_tone("siren", cache_dir=tmp_path / "b", seconds=2.0)
     assert first.sha256 == second.sha256
 
 
+@pytest.mark.integration
 def test_siren(tmp_path: Path) -> None:
     out = render_tone("siren", cache_dir=tmp_path, seconds=3.0)
     assert out.engine == "tone"
@@ -197,6 +209,7 @@ def test_siren(tmp_path: Path) -> None:
     assert abs(loud.integrated_lufs - AudioSettings().target_lufs) <= 1.0
 
 
+@pytest.mark.integration
 def test_siren_length_and_chime(tmp_path: Path) -> None:
     long = render_tone("siren", cache_dir=tmp_path, seconds=12.5)
     assert long.duration_s == pytest.approx(12.5, abs=0.01)

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import audio
 from audio.ffmpeg import measure_file_loudness
+
+pytestmark = pytest.mark.integration
 
 
 def test_render_text_offline_produces_mp3_at_target(tmp_path: Path) -> None:

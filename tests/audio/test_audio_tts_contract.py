@@ -13,6 +13,8 @@ from audio.tts.abc import TtsEngine
 from audio.tts.espeak import EspeakEngine
 from audio.tts.gtts import GttsEngine
 
+pytestmark = pytest.mark.integration
+
 SENTENCE = "Xin chào bà con thôn Đông, hôm nay xã tổ chức họp dân."
 
 

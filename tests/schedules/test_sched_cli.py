@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
 
@@ -18,6 +19,8 @@ from loudspeaker.media import MediaStore
 from loudspeaker.models import Announcement
 from tests.conftest import SITE_FILE, load_site
 from tests.helpers import make_tone_mp3
+
+pytestmark = pytest.mark.integration
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 

@@ -35,6 +35,8 @@ from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.media import MediaServer, MediaStore
 from tests.helpers import make_tone_mp3, wait_until
 
+pytestmark = pytest.mark.integration
+
 SITE, CLUSTER = "luc-binh", "lb-01"
 K1 = KeyEntry("k1", new_secret(), "2026-11-30T00:00:00Z")
 K2 = KeyEntry("k2", new_secret(), "2026-11-30T01:00:00Z")

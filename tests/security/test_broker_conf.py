@@ -224,6 +224,7 @@ def test_same_port_for_both_listeners_is_refused(env: CliEnv, tmp_path: Path) ->
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_the_operators_account_is_written_beside_the_controllers(
     env: CliEnv, tmp_path: Path
 ) -> None:

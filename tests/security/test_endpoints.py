@@ -188,6 +188,7 @@ def _emergency(env: dict[str, str]) -> str:
     return res.output
 
 
+@pytest.mark.integration
 def test_the_controller_down_path_says_what_to_do_when_it_may_not_read_the_credentials(
     tmp_path: Path,
 ) -> None:
@@ -201,6 +202,7 @@ def test_the_controller_down_path_says_what_to_do_when_it_may_not_read_the_crede
     assert "LOUDSPEAKER_OPERATOR_CREDENTIALS" in output
 
 
+@pytest.mark.integration
 def test_the_controller_down_path_never_falls_back_to_the_controllers_account(
     tmp_path: Path,
 ) -> None:

@@ -143,6 +143,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliEnv]:
     yield e
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize(("name", "args", "allowed", "perm"), MATRIX, ids=[m[0] for m in MATRIX])
 def test_role_matrix(
@@ -176,6 +177,7 @@ def test_role_matrix(
         assert last is not None and last.outcome == "denied" and last.role == role
 
 
+@pytest.mark.integration
 def test_broadcasts_carry_their_author(env: CliEnv) -> None:
     ok(
         env.run(

@@ -31,6 +31,8 @@ from loudspeaker.models import (
 )
 from tests.helpers import make_tone_mp3, wait_until
 
+pytestmark = pytest.mark.integration
+
 ADMIN = Actor("admin1", "admin")
 
 

@@ -9,10 +9,12 @@ from serial_support import FAST_RECONNECT, FAST_RETRANSMIT, StateLog
 
 from firmware_bridge.mcu_emulator import McuEmulator
 from firmware_bridge.seriallink import LinkState, SerialLink
+from tests.process_guard import require_integration
 
 
 @pytest.fixture
-def emulator() -> Iterator[McuEmulator]:
+def emulator(request: pytest.FixtureRequest) -> Iterator[McuEmulator]:
+    require_integration(request, "a pty pair (the MCU emulator)")
     with McuEmulator(seed=20240607) as emu:
         yield emu
 
