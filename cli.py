@@ -11,29 +11,40 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-import typer
+try:
+    import typer
 
-from loudspeaker.commands import (
-    announce,
-    broadcast,
-    clusters,
-    conformance,
-    demo,
-    emergency,
-    health,
-    reports,
-    scale,
-    schedule,
-    serve,
-    simulate,
-    site,
-)
-from loudspeaker.commands import audit as audit_cmd
-from loudspeaker.commands import broker as broker_cmd
-from loudspeaker.commands import keys as keys_cmd
-from loudspeaker.commands import users as users_cmd
-from loudspeaker.commands.common import State
-from loudspeaker.config import Settings
+    from loudspeaker.commands import (
+        announce,
+        broadcast,
+        clusters,
+        conformance,
+        demo,
+        emergency,
+        health,
+        reports,
+        scale,
+        schedule,
+        serve,
+        simulate,
+        site,
+    )
+    from loudspeaker.commands import audit as audit_cmd
+    from loudspeaker.commands import broker as broker_cmd
+    from loudspeaker.commands import keys as keys_cmd
+    from loudspeaker.commands import users as users_cmd
+    from loudspeaker.commands.common import State
+    from loudspeaker.config import Settings
+except ModuleNotFoundError as exc:
+    # A receiver box installs only the agent's packages (`pip install .`); this command is
+    # the controller's and needs the `controller` extra. A module of ours missing is a bug.
+    if (exc.name or "").partition(".")[0] in ("loudspeaker", "schedules", "audio"):
+        raise
+    raise SystemExit(
+        f"loudspeaker: the Python package {exc.name!r} is missing. This is the controller's "
+        "command: install the controller with `pip install '.[controller]'`; on a receiver "
+        "box use `loudspeaker-agent` or `loudspeaker-gateway`."
+    ) from None
 
 app = typer.Typer(
     name="loudspeaker",

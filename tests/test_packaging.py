@@ -145,3 +145,40 @@ def test_the_agent_runs_without_the_controllers_packages() -> None:
         report["imported"]
     )
     assert not {m.partition(".")[0] for m in report["loaded"]} & set(blocked)
+
+
+# Run by a child Python without the controller's third-party packages: import the
+# controller's command as its console script does.
+CONTROLLER_CLI = """
+import json, sys
+
+blocked = set(json.loads(sys.argv[1]))
+
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+from cli import main
+"""
+
+
+@pytest.mark.integration
+def test_the_controllers_command_on_a_receiver_box_says_what_to_install() -> None:
+    blocked = sorted(import_names(controller_distributions()))
+    child = subprocess.run(
+        [sys.executable, "-c", CONTROLLER_CLI, json.dumps(blocked)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=False,
+    )
+    assert child.returncode == 1
+    assert "Traceback" not in child.stderr
+    assert "pip install '.[controller]'" in child.stderr
+    assert "loudspeaker-agent" in child.stderr
