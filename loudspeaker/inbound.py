@@ -11,20 +11,28 @@ nothing raised here can reach the loop.
 Workers count the drops they decide themselves (an ack for a command nobody sent, a
 heartbeat from a cluster not in the site) in the same :class:`Drops`, so the metrics
 endpoint has one count per reason.
+
+Overload (docs/protocol.md, "Limits"): every message takes a token from its cluster's
+bucket (loudspeaker/flooding.py). Past the limit the router still hands on status and
+heartbeats (the workers keep only the latest per cluster, so nothing more reaches the
+database) and acks of commands the dispatcher waits on (``awaits``); other acks and
+control results are dropped as ``rate-limited``. Each worker's inbox coalesces by
+:func:`coalesce_key` and is bounded; :func:`must_keep` says what it never refuses.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.exceptions import PayloadTooDeep, PayloadTooLarge, ProtocolError
 from firmware_bridge.protocol import (
     Ack,
     ControlResult,
@@ -37,6 +45,7 @@ from firmware_bridge.protocol import (
     decode_result,
     decode_status,
 )
+from loudspeaker.flooding import FloodGuard
 from loudspeaker.models import now
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ class AckIn:
 
     ack: Ack
     at: datetime
+    # The dispatcher waits on this command (an unfinished delivery): never dropped.
+    awaited: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,10 @@ class DropReason(StrEnum):
     BAD_TOPIC = "bad-topic"
     FOREIGN_SITE = "foreign-site"
     MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    TOO_DEEP = "too-deep"
+    RATE_LIMITED = "rate-limited"  # its box is over its rate limit (flooding)
+    QUEUE_FULL = "queue-full"  # a worker's inbox was full
     CLUSTER_MISMATCH = "cluster-mismatch"
     UNKNOWN_CLUSTER = "unknown-cluster"
     UNKNOWN_COMMAND = "unknown-command"
@@ -125,11 +140,20 @@ class InboundRouter:
     """Validates and decodes each message once; hands typed events to workers by kind."""
 
     def __init__(
-        self, site: str, *, drops: Drops | None = None, clock: Callable[[], datetime] = now
+        self,
+        site: str,
+        *,
+        drops: Drops | None = None,
+        clock: Callable[[], datetime] = now,
+        flood: FloodGuard | None = None,
     ) -> None:
         self.site = site
         self.drops = drops if drops is not None else Drops()
         self.clock = clock
+        self.flood = flood if flood is not None else FloodGuard()
+        # Whether the dispatcher waits on (cluster, command): set by the controller.
+        self.awaits: Callable[[str, str], bool] = lambda _cluster, _command: False
+        self._log = _DropLog()
         # Handlers by kind; each takes the event type of its kind (see the on_* methods).
         self._routes: dict[Kind, list[Callable[[Any], None]]] = {kind: [] for kind in Kind}
 
@@ -159,9 +183,7 @@ class InboundRouter:
             event = self._decode(topic_name, payload, at)
         except _Dropped as drop:
             self.drops.count(kind, drop.reason)
-            logger.warning(
-                "dropped message on %s: %s; payload %r", topic_name, drop.detail, payload[:200]
-            )
+            self._log.dropped(topic_name, kind, drop, payload)
             return
         except Exception:
             # A decoder bug must not end the MQTT loop: the message is lost, loudly.
@@ -185,8 +207,14 @@ class InboundRouter:
             raise _Dropped(
                 DropReason.FOREIGN_SITE, f"message for site {parsed.site!r}, we serve {self.site!r}"
             )
+        # Every message counts against its box, even one that fails to decode.
+        within = self.flood.admit(parsed.cluster)
         try:
             event, named = self._payload(parsed.kind, payload, at)
+        except PayloadTooLarge as exc:
+            raise _Dropped(DropReason.TOO_LARGE, str(exc)) from None
+        except PayloadTooDeep as exc:
+            raise _Dropped(DropReason.TOO_DEEP, str(exc)) from None
         except ProtocolError as exc:
             raise _Dropped(DropReason.MALFORMED, str(exc)) from None
         if event is None:
@@ -195,6 +223,12 @@ class InboundRouter:
             raise _Dropped(
                 DropReason.CLUSTER_MISMATCH,
                 f"{parsed.kind.value} names cluster {named!r} on {parsed.cluster!r}'s topic",
+            )
+        if isinstance(event, AckIn) and self.awaits(event.ack.cluster, event.ack.command):
+            event = AckIn(event.ack, event.at, awaited=True)
+        if not within and isinstance(event, AckIn | ResultIn) and not must_keep(event):
+            raise _Dropped(
+                DropReason.RATE_LIMITED, f"{parsed.cluster} is over its rate limit (flooding)"
             )
         return event
 
@@ -229,3 +263,74 @@ def _kind_of(topic_name: str) -> Kind | None:
         return Kind(topic_name.rsplit("/", 1)[-1])
     except ValueError:
         return None
+
+
+def event_kind(event: object) -> Kind | None:
+    """The wire kind an inbound event came as (None: one of a worker's own events)."""
+    if isinstance(event, AckIn):
+        return Kind.ACK
+    if isinstance(event, StatusIn):
+        return Kind.STATUS
+    if isinstance(event, HeartbeatIn):
+        return Kind.HEALTH
+    if isinstance(event, ResultIn):
+        return Kind.RESULT
+    return None
+
+
+def coalesce_key(event: object) -> Hashable | None:
+    """What an inbound event is about: a worker's inbox keeps only the latest of each.
+
+    The latest status and heartbeat of a cluster win; repeats of one ack state for one
+    command, and of one control result, collapse into one. A worker's own events (None)
+    are never coalesced.
+    """
+    if isinstance(event, StatusIn):
+        return (Kind.STATUS, event.status.cluster)
+    if isinstance(event, HeartbeatIn):
+        return (Kind.HEALTH, event.heartbeat.cluster)
+    if isinstance(event, AckIn):
+        ack = event.ack
+        return (Kind.ACK, ack.cluster, ack.command, ack.state)
+    if isinstance(event, ResultIn):
+        return (Kind.RESULT, event.result.cluster, event.result.command)
+    return None
+
+
+def must_keep(event: object) -> bool:
+    """Events a full inbox still takes: a worker's own, and acks the dispatcher waits on.
+
+    Status and heartbeats are bounded by coalescing (one per cluster) instead.
+    """
+    if isinstance(event, AckIn):
+        return event.awaited
+    return event_kind(event) is None
+
+
+class _DropLog:
+    """One WARNING per kind and reason every ``every_s``, with how many were dropped since.
+
+    A flood of bad messages must not become a flood of log lines.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[tuple[Kind | None, DropReason], float] = {}
+        self._since: Counter[tuple[Kind | None, DropReason]] = Counter()
+
+    def dropped(self, topic_name: str, kind: Kind | None, drop: _Dropped, payload: bytes) -> None:
+        key = (kind, drop.reason)
+        self._since[key] += 1
+        t = time.monotonic()
+        if t - self._last.get(key, -self.every_s) < self.every_s:
+            return
+        self._last[key] = t
+        n = self._since.pop(key)
+        more = f" ({n - 1} more like it since the last report)" if n > 1 else ""
+        logger.warning(
+            "dropped message on %s: %s; payload %r%s",
+            topic_name,
+            drop.detail,
+            payload[:200],
+            more,
+        )
