@@ -35,11 +35,11 @@ from firmware_bridge.protocol import (
     encode,
     topic,
 )
-from loudspeaker.flooding import FloodGuard
 from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluate
 from loudspeaker.db import as_utc
 from loudspeaker.diagnosis import judge, unreachable
 from loudspeaker.exceptions import KeystoreError, LoudspeakerError
+from loudspeaker.flooding import FloodGuard
 from loudspeaker.inbound import DropReason, Drops, HeartbeatIn, ResultIn, StatusIn
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
