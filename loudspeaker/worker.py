@@ -124,7 +124,8 @@ class EventWorker(Generic[E]):
             inbox if inbox is not None else Inbox(key=coalesce_key, keep=must_keep)
         )
         self._retry: list[E] = []
-        self._in_hand = 0  # taken off the inbox, not yet applied
+        self._in_hand = 0  # taken off the inbox by the running iteration, not yet applied
+        self._busy = False  # an iteration of the thread is running
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,7 +137,7 @@ class EventWorker(Generic[E]):
     @property
     def backlog(self) -> int:
         """Events not yet applied, counting those being applied now (for the metrics)."""
-        return len(self._inbound) + len(self._retry) + self._in_hand
+        return len(self._inbound) + len(self._retry) + (self._in_hand if self._busy else 0)
 
     def _put(self, event: E) -> bool:
         """Queue ``event`` and wake the thread; False when the inbox refused it."""
@@ -177,6 +178,7 @@ class EventWorker(Generic[E]):
         while not self._stop.is_set():
             self._wake.wait(self.poll_interval_s)
             self._wake.clear()
+            self._busy = True
             try:
                 self.step()
             except Exception:
@@ -185,6 +187,7 @@ class EventWorker(Generic[E]):
                 logger.exception("%s iteration failed", self.name)
                 self._stop.wait(0.5)
             finally:
+                self._busy = False
                 self._in_hand = 0
 
     def step(self) -> None:
