@@ -23,6 +23,7 @@ control results are dropped as ``rate-limited``. Each worker's inbox coalesces b
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from typing import Any
 
 from firmware_bridge.exceptions import PayloadTooDeep, PayloadTooLarge, ProtocolError
 from firmware_bridge.protocol import (
+    MAX_PAYLOAD_BYTES,
     Ack,
     ControlResult,
     Heartbeat,
@@ -49,6 +51,9 @@ from loudspeaker.flooding import FloodGuard
 from loudspeaker.models import now
 
 logger = logging.getLogger(__name__)
+
+# The command id of an ack, found without decoding it (a flooding box's acks).
+_COMMAND_FIELD = re.compile(rb'"command"\s*:\s*"([A-Za-z0-9-]{1,64})"')
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,10 @@ class InboundRouter:
         # Whether the dispatcher waits on (cluster, command): set by the controller.
         self.awaits: Callable[[str, str], bool] = lambda _cluster, _command: False
         self._log = _DropLog()
+        # The latest undecoded status/heartbeat of flooding boxes, by (kind, cluster).
+        self._stash: dict[tuple[Kind, str], tuple[str, bytes, datetime]] = {}
+        # on_message runs on the loop thread, flush_stash on a worker's.
+        self._lock = threading.RLock()
         # Handlers by kind; each takes the event type of its kind (see the on_* methods).
         self._routes: dict[Kind, list[Callable[[Any], None]]] = {kind: [] for kind in Kind}
 
@@ -177,10 +186,24 @@ class InboundRouter:
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: decode, check, route. Never raises."""
-        at = self.clock()
+        with self._lock:
+            self._handle(topic_name, payload, self.clock(), admit=True)
+
+    def flush_stash(self) -> None:
+        """Decode and route the latest status/heartbeat held back from flooding boxes.
+
+        Called every iteration of a worker (any thread), so the last word of a box that
+        stopped flooding is applied even if it sends nothing more.
+        """
+        with self._lock:
+            stash, self._stash = self._stash, {}
+            for topic_name, payload, at in stash.values():
+                self._handle(topic_name, payload, at, admit=False)
+
+    def _handle(self, topic_name: str, payload: bytes, at: datetime, *, admit: bool) -> None:
         kind = _kind_of(topic_name)
         try:
-            event = self._decode(topic_name, payload, at)
+            event = self._decode(topic_name, payload, at, admit=admit)
         except _Dropped as drop:
             self.drops.count(kind, drop.reason)
             self._log.dropped(topic_name, kind, drop, payload)
@@ -198,7 +221,9 @@ class InboundRouter:
             except Exception:
                 logger.exception("handler %r failed on a message on %s", handler, topic_name)
 
-    def _decode(self, topic_name: str, payload: bytes, at: datetime) -> InboundEvent | None:
+    def _decode(
+        self, topic_name: str, payload: bytes, at: datetime, *, admit: bool
+    ) -> InboundEvent | None:
         try:
             parsed = Topic.parse(topic_name)
         except ProtocolError as exc:
@@ -207,8 +232,14 @@ class InboundRouter:
             raise _Dropped(
                 DropReason.FOREIGN_SITE, f"message for site {parsed.site!r}, we serve {self.site!r}"
             )
-        # Every message counts against its box, even one that fails to decode.
-        within = self.flood.admit(parsed.cluster)
+        within = True
+        if admit:
+            # Every message counts against its box, even one that fails to decode.
+            within = self.flood.admit(parsed.cluster)
+            if within:
+                self._unstash(parsed.cluster)  # what it said before this comes first
+            elif self._held_back(parsed, topic_name, payload, at):
+                return None
         try:
             event, named = self._payload(parsed.kind, payload, at)
         except PayloadTooLarge as exc:
@@ -231,6 +262,32 @@ class InboundRouter:
                 DropReason.RATE_LIMITED, f"{parsed.cluster} is over its rate limit (flooding)"
             )
         return event
+
+    def _held_back(self, parsed: Topic, topic_name: str, payload: bytes, at: datetime) -> bool:
+        """A message past its box's rate limit, dealt with before the costly decoding.
+
+        Only the latest status and heartbeat are kept, undecoded; acks are decoded only
+        when they name a command the dispatcher waits on; control results are dropped.
+        True: nothing more to do with it now.
+        """
+        if parsed.kind in (Kind.STATUS, Kind.HEALTH):
+            self._stash[(parsed.kind, parsed.cluster)] = (topic_name, payload, at)
+            return True
+        flooding = f"{parsed.cluster} is over its rate limit (flooding)"
+        if parsed.kind is Kind.ACK:
+            # A cheap look at the command id; a payload that lies here is decoded in full
+            # (and checked) or dropped, either way no harm.
+            m = _COMMAND_FIELD.search(payload[:MAX_PAYLOAD_BYTES])
+            if m is not None and self.awaits(parsed.cluster, m.group(1).decode()):
+                return False
+            raise _Dropped(DropReason.RATE_LIMITED, flooding)
+        raise _Dropped(DropReason.RATE_LIMITED, flooding)
+
+    def _unstash(self, cluster: str) -> None:
+        for kind in (Kind.STATUS, Kind.HEALTH):
+            held = self._stash.pop((kind, cluster), None)
+            if held is not None:
+                self._handle(*held, admit=False)
 
     @staticmethod
     def _payload(kind: Kind, payload: bytes, at: datetime) -> tuple[InboundEvent | None, str]:

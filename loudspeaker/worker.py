@@ -129,6 +129,8 @@ class EventWorker(Generic[E]):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Run at the start of every iteration of the thread (the router's stash flush).
+        self.each_iteration: list[Callable[[], None]] = []
 
     def poke(self) -> None:
         """Run an iteration now instead of at the next poll."""
@@ -180,6 +182,8 @@ class EventWorker(Generic[E]):
             self._wake.clear()
             self._busy = True
             try:
+                for fn in self.each_iteration:
+                    fn()
                 self.step()
             except Exception:
                 # Keep going: a bug in one iteration must not silence the commune or blind

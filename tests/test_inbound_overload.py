@@ -281,13 +281,26 @@ def test_past_the_limit_only_what_cannot_be_lost_is_routed() -> None:
     # Over the limit now.
     router.on_message(topic(SITE, "lb-01", Kind.ACK), ack("u" * 12))
     router.on_message(topic(SITE, "lb-01", Kind.ACK), ack("a" * 12))
-    status = encode(Status(cluster="lb-01", state="online", agent="sim"))
-    router.on_message(topic(SITE, "lb-01", Kind.STATUS), status)
+    for state in ("offline", "online", "offline"):
+        status = encode(Status(cluster="lb-01", state=state, agent="sim"))
+        router.on_message(topic(SITE, "lb-01", Kind.STATUS), status)
     assert router.drops.by_reason() == {("ack", "rate-limited"): 1}
     assert [a.ack.command for a in acks[3:]] == ["a" * 12]
     assert acks[3].awaited
-    assert len(statuses) == 1  # coalesced by the workers, never dropped
     assert guard.flooding_clusters() == ["lb-01"]
+    # Statuses past the limit are held back undecoded, the latest only, never dropped:
+    # a worker's iteration flushes them.
+    assert statuses == []
+    router.flush_stash()
+    assert [e.status.state for e in statuses] == ["offline"]
+    router.flush_stash()
+    assert len(statuses) == 1
+    # Or the box's next message within the limit does, before itself.
+    router.on_message(topic(SITE, "lb-01", Kind.STATUS), status)
+    clock.t += 1.0
+    online = encode(Status(cluster="lb-01", state="online", agent="sim"))
+    router.on_message(topic(SITE, "lb-01", Kind.STATUS), online)
+    assert [e.status.state for e in statuses] == ["offline", "offline", "online"]
 
 
 def test_a_flooding_box_raises_the_flooding_alarm_and_it_clears_when_calm(
