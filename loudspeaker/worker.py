@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 E = TypeVar("E")
 
-# Distinct events an inbox holds before it refuses new ones that may be refused.
-INBOX_CAPACITY = 10_000
+# Distinct events an inbox holds before it refuses new ones that may be refused: room
+# for a restart of a 10,000-cluster site (a retained status each, their acks).
+INBOX_CAPACITY = 50_000
 # Events applied in one iteration (one transaction).
 BATCH_MAX = 500
 
