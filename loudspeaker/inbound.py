@@ -273,15 +273,15 @@ class InboundRouter:
         if parsed.kind in (Kind.STATUS, Kind.HEALTH):
             self._stash[(parsed.kind, parsed.cluster)] = (topic_name, payload, at)
             return True
-        flooding = f"{parsed.cluster} is over its rate limit (flooding)"
         if parsed.kind is Kind.ACK:
             # A cheap look at the command id; a payload that lies here is decoded in full
             # (and checked) or dropped, either way no harm.
             m = _COMMAND_FIELD.search(payload[:MAX_PAYLOAD_BYTES])
             if m is not None and self.awaits(parsed.cluster, m.group(1).decode()):
                 return False
-            raise _Dropped(DropReason.RATE_LIMITED, flooding)
-        raise _Dropped(DropReason.RATE_LIMITED, flooding)
+        raise _Dropped(
+            DropReason.RATE_LIMITED, f"{parsed.cluster} is over its rate limit (flooding)"
+        )
 
     def _unstash(self, cluster: str) -> None:
         for kind in (Kind.STATUS, Kind.HEALTH):
