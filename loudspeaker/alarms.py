@@ -30,6 +30,13 @@ class AlarmKind(StrEnum):
     PLAYBACK_FAILURES = "playback_failures"
     LINK_FLAPPING = "link_flapping"
     CONTROL_LINK = "control_link"
+    # The controller's own: a worker thread died and the supervisor restarted it
+    # (``cluster_id`` is CONTROLLER, loudspeaker/supervisor.py).
+    WORKER_RESTARTED = "worker_restarted"
+
+
+# The ``cluster_id`` of alarms about the controller itself, not a box.
+CONTROLLER = "controller"
 
 
 SEVERITY: dict[AlarmKind, str] = {
@@ -46,6 +53,7 @@ SEVERITY: dict[AlarmKind, str] = {
     # EN 54-16 counts a failed transmission path as a fault to report: without it the
     # box cannot switch its amplifier (a serial cluster cannot play at all).
     AlarmKind.CONTROL_LINK: "critical",
+    AlarmKind.WORKER_RESTARTED: "major",
 }
 
 # What a technician should do first, shown with each alarm.
@@ -62,6 +70,9 @@ ACTION: dict[AlarmKind, str] = {
     AlarmKind.LINK_FLAPPING: "check the 4G antenna and signal; move or replace the modem",
     AlarmKind.CONTROL_LINK: (
         "check the serial cable/USB adapter or RS-485 bus, the receiver's power and address"
+    ),
+    AlarmKind.WORKER_RESTARTED: (
+        "read the controller's log for the error that killed the worker and report it"
     ),
 }
 
