@@ -139,12 +139,12 @@ def _record_within_budget(ctx: ServiceContext, actor: Actor, request: EmergencyR
                     s.commit()
                     return b.id
             except (OperationalError, SATimeoutError) as exc:
+                why = str(exc.orig if isinstance(exc, OperationalError) else exc)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    why = str(exc.orig if isinstance(exc, OperationalError) else exc)
                     break
                 delay = min(retrier.next_delay(), left)
-                logger.warning("emergency not recorded yet (%s); retrying in %.2f s", exc, delay)
+                logger.warning("emergency not recorded yet (%s); retrying in %.2f s", why, delay)
                 time.sleep(delay)
     finally:
         engine.dispose()
