@@ -1,0 +1,115 @@
+"""Every worker thread of a running controller dies while an emergency is given.
+
+The fault is injected by a test-only wrapper of ``loudspeaker serve``
+(tests/chaos/faulty_serve.py). The supervisor restarts each worker and raises a
+``worker_restarted`` alarm; the emergency ends on air on every target; every worker
+works afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from firmware_bridge.protocol import Priority
+from loudspeaker.alarms import CONTROLLER, AlarmKind
+from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.db import make_engine
+from loudspeaker.models import AlarmRecord, Broadcast, now
+from loudspeaker.runtime import ControllerCard
+from tests.chaos.chaos_support import ROOT, ServeProcess, count_in
+from tests.chaos.faulty_serve import ENV_FAULT_DIR
+from tests.chaos.workers_alive import assert_workers_work
+from tests.conftest import load_site
+from tests.helpers import running_fleet, scaled, wait_until
+
+pytestmark = pytest.mark.integration
+
+WORKERS = ("dispatcher", "health", "schedule-runner")
+
+
+class FaultyServe(ServeProcess):
+    """``loudspeaker serve`` whose worker threads can be killed (tests only)."""
+
+    MODULE = "tests.chaos.faulty_serve"
+
+
+@contextmanager
+def workers_killed(
+    fault_dir: Path, card: ControllerCard, workers: tuple[str, ...]
+) -> Iterator[None]:
+    """Kill the named worker threads of a ``FaultyServe`` (the fault injector).
+
+    Entered once each has been told to die and woken; left once each has died.
+    """
+    for name in workers:
+        (fault_dir / f"die-{name}").touch()
+    card.poke()  # wakes all three now, rather than at their next poll
+    yield
+    assert wait_until(lambda: not any(fault_dir.glob("die-*")), 20), "a worker never died"
+
+
+def _cli(data: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "--data-dir", str(data), "--db-url", db_url, *args],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=scaled(30),
+    )  # fmt: skip
+
+
+def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
+    tmp_path: Path, sqlite_url: str, mosquitto: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_site(sqlite_url)
+    engine = make_engine(sqlite_url)
+    data = tmp_path / "data"
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    monkeypatch.setenv(ENV_FAULT_DIR, str(fault_dir))
+    serve = FaultyServe(data, sqlite_url, mosquitto.endpoint.url)
+    clusters = [f"lb-{i:02d}" for i in range(1, 11)]
+    with running_fleet(clusters, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=1.0):
+        card = serve.start()
+        try:
+            with workers_killed(fault_dir, card, WORKERS):
+                given = _cli(data, sqlite_url, "emergency", "Cháy rừng", "--hamlet", "coc-xa")
+            restarted = now()
+            assert given.returncode == 0, given.stdout + given.stderr
+
+            def emergency() -> str | None:
+                with Session(engine) as s:
+                    b = s.exec(
+                        select(Broadcast).where(Broadcast.priority == Priority.EMERGENCY.value)
+                    ).first()
+                    return b.id if b is not None else None
+
+            bid = emergency()
+            assert bid is not None
+            on_air = ["playing", "played"]
+            assert wait_until(lambda: count_in(engine, bid, on_air) == 2, 20), serve.log_tail()
+
+            def alarms() -> set[str]:
+                with Session(engine) as s:
+                    rows = s.exec(
+                        select(AlarmRecord).where(
+                            AlarmRecord.cluster_id == CONTROLLER,
+                            AlarmRecord.kind == AlarmKind.WORKER_RESTARTED.value,
+                        )
+                    ).all()
+                    return {a.message.split(" ", 1)[0] for a in rows}
+
+            assert wait_until(lambda: alarms() == set(WORKERS), 20), alarms()
+            shown = _cli(data, sqlite_url, "alarms", "--cluster", CONTROLLER, "--json")
+            assert shown.returncode == 0, shown.stderr
+            kinds = [a["kind"] for a in json.loads(shown.stdout)]
+            assert kinds == [AlarmKind.WORKER_RESTARTED.value] * len(WORKERS), kinds
+            assert_workers_work(engine, card, data, tmp_path, restarted)
+        finally:
+            serve.stop()
+            engine.dispose()
