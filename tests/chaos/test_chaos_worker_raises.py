@@ -8,9 +8,6 @@ works afterwards.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,19 +17,26 @@ from sqlmodel import Session, select
 
 from firmware_bridge.protocol import Priority
 from loudspeaker.alarms import CONTROLLER, AlarmKind
+from loudspeaker.auth import Actor, Role
 from loudspeaker.broker import EmbeddedBroker
+from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
+from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.models import AlarmRecord, Broadcast, now
 from loudspeaker.runtime import ControllerCard
-from tests.chaos.chaos_support import ROOT, ServeProcess, count_in
+from loudspeaker.services import clusters as clusters_service
+from loudspeaker.services import emergencies
+from loudspeaker.services.context import ServiceContext
+from tests.chaos.chaos_support import ServeProcess, count_in
 from tests.chaos.faulty_serve import ENV_FAULT_DIR
 from tests.chaos.workers_alive import assert_workers_work
 from tests.conftest import load_site
-from tests.helpers import running_fleet, scaled, wait_until
+from tests.helpers import running_fleet, wait_until
 
 pytestmark = pytest.mark.integration
 
 WORKERS = ("dispatcher", "health", "schedule-runner")
+OFFICER = Actor("oanh", Role.OFFICER.value)
 
 
 class FaultyServe(ServeProcess):
@@ -56,13 +60,6 @@ def workers_killed(
     assert wait_until(lambda: not any(fault_dir.glob("die-*")), 20), "a worker never died"
 
 
-def _cli(data: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", "--data-dir", str(data), "--db-url", db_url, *args],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=scaled(30),
-    )  # fmt: skip
-
-
 def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
     tmp_path: Path, sqlite_url: str, mosquitto: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,14 +70,17 @@ def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
     fault_dir.mkdir()
     monkeypatch.setenv(ENV_FAULT_DIR, str(fault_dir))
     serve = FaultyServe(data, sqlite_url, mosquitto.endpoint.url)
+    ctx = ServiceContext(Settings(data_dir=data, db_url=sqlite_url))
     clusters = [f"lb-{i:02d}" for i in range(1, 11)]
     with running_fleet(clusters, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=1.0):
         card = serve.start()
         try:
             with workers_killed(fault_dir, card, WORKERS):
-                given = _cli(data, sqlite_url, "emergency", "Cháy rừng", "--hamlet", "coc-xa")
+                given = emergencies.trigger(
+                    ctx, OFFICER, EmergencyRequest(text="Cháy rừng", hamlets=("coc-xa",))
+                )
             restarted = now()
-            assert given.returncode == 0, given.stdout + given.stderr
+            assert given.controller_notified
 
             def emergency() -> str | None:
                 with Session(engine) as s:
@@ -105,9 +105,8 @@ def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
                     return {a.message.split(" ", 1)[0] for a in rows}
 
             assert wait_until(lambda: alarms() == set(WORKERS), 20), alarms()
-            shown = _cli(data, sqlite_url, "alarms", "--cluster", CONTROLLER, "--json")
-            assert shown.returncode == 0, shown.stderr
-            kinds = [a["kind"] for a in json.loads(shown.stdout)]
+            # What `loudspeaker alarms` shows.
+            kinds = [a["kind"] for a in clusters_service.alarms(ctx, OFFICER, cluster=CONTROLLER)]
             assert kinds == [AlarmKind.WORKER_RESTARTED.value] * len(WORKERS), kinds
             assert_workers_work(engine, card, data, tmp_path, restarted)
         finally:
