@@ -37,6 +37,8 @@ class AlarmKind(StrEnum):
 
 # The ``cluster_id`` of alarms about the controller itself, not a box.
 CONTROLLER = "controller"
+# The kinds raised on CONTROLLER (not by the cluster rules of ``evaluate``).
+CONTROLLER_KINDS = (AlarmKind.WORKER_RESTARTED,)
 
 
 SEVERITY: dict[AlarmKind, str] = {

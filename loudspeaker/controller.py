@@ -240,6 +240,7 @@ class Controller:
             dropped_messages=self.drops.total(),
             dropped_by_reason=self.drops.by_reason(),
             heartbeats_received=health.heartbeats_received if health is not None else 0,
+            worker_restarts=dict(self.supervisor.restarts) if self.supervisor else {},
         )
         return collect(self._engine, stats)
 

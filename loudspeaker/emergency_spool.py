@@ -98,7 +98,7 @@ class EmergencySpool:
         item = SpooledEmergency(
             text=request.text,
             hamlets=request.hamlets,
-            recording=str(request.recording) if request.recording else None,
+            recording=str(request.recording.resolve()) if request.recording else None,
             siren=request.siren,
             announcement=request.announcement,
             repeat=request.repeat,

@@ -34,6 +34,7 @@ from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.health import HealthMonitor
 from loudspeaker.keystore import Keystore
+from loudspeaker.metrics import ControllerStats, collect
 from loudspeaker.models import AlarmRecord, Broadcast, ClusterHealth, Delivery, ScheduleSlot
 from loudspeaker.schedule_runner import ScheduleRunner
 from loudspeaker.services import emergencies, site
@@ -333,6 +334,9 @@ def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
         ).one()
     assert alarm.cluster_id == CONTROLLER and alarm.cleared_at is None
     assert alarm.message.startswith("dispatcher thread died")
+    text = collect(engine, ControllerStats(worker_restarts=sup.restarts))
+    assert 'loudspeaker_controller_alarm_active{kind="worker_restarted"} 1' in text
+    assert 'loudspeaker_worker_restarts_total{worker="dispatcher"} 1' in text
 
 
 def test_the_supervisor_leaves_stopped_workers_alone(
