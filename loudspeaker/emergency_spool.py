@@ -21,6 +21,7 @@ from sqlmodel import Session
 from firmware_bridge.protocol import new_id
 from loudspeaker import audit
 from loudspeaker import emergency as em
+from loudspeaker.db_faults import DB_ERRORS
 from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.models import Broadcast, now
@@ -155,8 +156,15 @@ class EmergencySpool:
                     )
                     s.commit()
                     ids.append(b.id)
+            except DB_ERRORS:
+                raise  # the database, not the request: the file stays for the next try
             except LoudspeakerError as exc:
                 logger.error("spooled emergency %s cannot be recorded: %s; set aside", path, exc)
+                path.rename(path.with_suffix(".refused"))
+                continue
+            except Exception:
+                # A bug must not block the emergency lane for every later emergency.
+                logger.exception("spooled emergency %s could not be recorded; set aside", path)
                 path.rename(path.with_suffix(".refused"))
                 continue
             path.unlink()

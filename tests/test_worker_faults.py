@@ -374,8 +374,12 @@ def test_an_emergency_on_a_locked_database_is_spooled_said_and_recorded_later(
     with Session(ctx.engine) as s:
         assert s.exec(select(Broadcast)).all() == []
 
+    # A request that can no longer be carried out is set aside, not blocking the lane.
+    gone = EmergencyRequest(text="Bão", siren=True, hamlets=("no-such-hamlet",))
+    bad = spool.put(gone, actor="oanh", role=Role.OFFICER.value)
     ids = spool.record_all(ctx.engine)  # what the controller's emergency lane does
     assert len(ids) == 1 and spool.pending() == []
+    assert bad.with_suffix(".refused").exists()
     with Session(ctx.engine) as s:
         b = s.get(Broadcast, ids[0])
         assert b is not None and b.priority == "emergency" and b.created_by == "oanh"
