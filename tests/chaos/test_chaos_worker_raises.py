@@ -1,20 +1,19 @@
 """Every worker thread of a running controller dies while an emergency is given.
 
 The fault is injected by a test-only wrapper of ``loudspeaker serve``
-(tests/chaos/faulty_serve.py). The supervisor restarts each worker and raises a
+(bench/faulty_serve.py). The supervisor restarts each worker and raises a
 ``worker_restarted`` alarm; the emergency ends on air on every target; every worker
 works afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
+from bench.faulty_serve import ENV_FAULT_DIR, WORKERS, workers_killed
 from firmware_bridge.protocol import Priority
 from loudspeaker.alarms import CONTROLLER, AlarmKind
 from loudspeaker.auth import Actor, Role
@@ -23,41 +22,23 @@ from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
 from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.models import AlarmRecord, Broadcast, now
-from loudspeaker.runtime import ControllerCard
 from loudspeaker.services import clusters as clusters_service
 from loudspeaker.services import emergencies
 from loudspeaker.services.context import ServiceContext
 from tests.chaos.chaos_support import ServeProcess, count_in
-from tests.chaos.faulty_serve import ENV_FAULT_DIR
 from tests.chaos.workers_alive import assert_workers_work
 from tests.conftest import load_site
-from tests.helpers import running_fleet, wait_until
+from tests.helpers import running_fleet, scaled, wait_until
 
 pytestmark = pytest.mark.integration
 
-WORKERS = ("dispatcher", "health", "schedule-runner")
 OFFICER = Actor("oanh", Role.OFFICER.value)
 
 
 class FaultyServe(ServeProcess):
     """``loudspeaker serve`` whose worker threads can be killed (tests only)."""
 
-    MODULE = "tests.chaos.faulty_serve"
-
-
-@contextmanager
-def workers_killed(
-    fault_dir: Path, card: ControllerCard, workers: tuple[str, ...]
-) -> Iterator[None]:
-    """Kill the named worker threads of a ``FaultyServe`` (the fault injector).
-
-    Entered once each has been told to die and woken; left once each has died.
-    """
-    for name in workers:
-        (fault_dir / f"die-{name}").touch()
-    card.poke()  # wakes all three now, rather than at their next poll
-    yield
-    assert wait_until(lambda: not any(fault_dir.glob("die-*")), 20), "a worker never died"
+    MODULE = "bench.faulty_serve"
 
 
 def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
@@ -75,7 +56,7 @@ def test_workers_that_die_are_restarted_and_an_emergency_still_plays_everywhere(
     with running_fleet(clusters, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=1.0):
         card = serve.start()
         try:
-            with workers_killed(fault_dir, card, WORKERS):
+            with workers_killed(fault_dir, card.poke, WORKERS, scaled(20)):
                 given = emergencies.trigger(
                     ctx, OFFICER, EmergencyRequest(text="Cháy rừng", hamlets=("coc-xa",))
                 )
