@@ -5,10 +5,18 @@ acks and status messages (loudspeaker/inbound.py); the broker's answers to what 
 published come back as events too; the CLI only inserts ``queued`` rows and pokes. Each
 iteration, in order:
 
-1. applies the events (one transaction): acks move deliveries through the state machine
+0. the emergency lane: records spooled emergencies (emergency_spool.py) and sends every
+   queued emergency delivery, in its own short transaction, before any bulk work;
+1. applies the events in slices of ``_SLICE``, one short transaction each, serving the
+   lane again between slices when poked: acks move deliveries through the state machine
    (loudspeaker/delivery.py), status messages record who is online (availability.py);
 2. carries out operator stops (recall.py), sends what is queued (sending.py), and applies
-   the deadline rules (deadlines.py), in a second transaction.
+   the deadline rules (deadlines.py), in a last transaction.
+
+Any database error rolls back the transaction it hit; the events not yet applied are
+kept and the iteration is retried after the backoff of db_faults.py (a poke cuts the
+wait short). Nothing is lost and nothing is published twice (in-flight commands are
+tracked).
 """
 
 from __future__ import annotations
