@@ -189,14 +189,8 @@ class Dispatcher(EventWorker[_Event]):
         """One iteration: the emergency lane, then events, stops, dispatch and deadlines."""
         if not self._lane_guarded():
             return
-        events = self._take()
-        try:
-            if not self._apply_events(events):
-                return
-        except BaseException:
-            # Dying (the supervisor restarts us): the restarted thread applies them.
-            self._retry = events + self._retry
-            raise
+        if not self._apply_events(self._take()):
+            return
         try:
             with Session(self.engine) as s:
                 if self.sender.connected:
@@ -259,25 +253,31 @@ class Dispatcher(EventWorker[_Event]):
         the database failed: the events not yet applied are kept for the next iteration.
         """
         for i in range(0, max(len(events), 1), _SLICE):
-            chunk = events[i : i + _SLICE]
-            if i and self._wake.is_set() and not self._lane_guarded():
-                self._retry = events[i:]
-                return False
             try:
-                with Session(self.engine) as s:
-                    held = self._prefetch(s, chunk)  # the identity map only holds weak refs
-                    # One flush at commit instead of one per event (docs/scaling.md).
-                    with s.no_autoflush:
-                        for ev in chunk:
-                            self._apply_guarded(s, ev)
-                    s.commit()
-                    del held
+                if i and self._wake.is_set() and not self._lane_guarded():
+                    self._retry = events[i:]
+                    return False
+                self._apply_slice(events[i : i + _SLICE])
             except DB_ERRORS as exc:
                 # Rolled back with the session: keep this slice and the rest, try again.
                 self._retry = events[i:]
                 self._backoff(self.faults.failed(exc, len(events) - i))
                 return False
+            except BaseException:
+                # Dying (the supervisor restarts the thread): the new one applies them.
+                self._retry = events[i:]
+                raise
         return True
+
+    def _apply_slice(self, chunk: list[_Event]) -> None:
+        with Session(self.engine) as s:
+            held = self._prefetch(s, chunk)  # the identity map only holds weak refs
+            # One flush at commit instead of one per event (docs/scaling.md).
+            with s.no_autoflush:
+                for ev in chunk:
+                    self._apply_guarded(s, ev)
+            s.commit()
+            del held
 
     # -- 1. events --------------------------------------------------------------------------
 
