@@ -27,6 +27,8 @@ from loudspeaker.models import (
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A box's alarm kinds (the controller's own have their family of their own).
+CLUSTER_KINDS = tuple(k for k in AlarmKind if k not in CONTROLLER_KINDS)
 
 
 @dataclass
@@ -159,7 +161,7 @@ def collect(engine: Engine, stats: ControllerStats) -> str:
         up.add(int(st.online) if st is not None else 0, **lab)
         last = as_utc(st.last_seen) if st is not None else None
         seen.add(last.timestamp() if last else None, **lab)
-        for kind in AlarmKind:
+        for kind in CLUSTER_KINDS:
             alarm.add(int((c.id, kind.value) in active), **lab, kind=kind.value)
         for state in final:
             deliveries.add(counts.get((c.id, state), 0), **lab, state=state)
