@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -133,7 +134,8 @@ class EmergencySpool:
 
         A database error propagates (the file stays for the next try); a request that can
         no longer be carried out (a hamlet removed meanwhile) is logged and set aside as
-        ``.refused`` so it does not block the others.
+        ``.refused`` so it does not block the others; one older than its validity is set
+        aside as ``.expired``, never played.
         """
         ids: list[str] = []
         for path in self.pending():
@@ -143,6 +145,12 @@ class EmergencySpool:
             except (OSError, ValueError, TypeError) as exc:
                 logger.error("spooled emergency %s unreadable (%s); set aside", path, exc)
                 path.rename(path.with_suffix(".refused"))
+                continue
+            age = now() - datetime.fromisoformat(item.spooled_at)
+            if age > timedelta(seconds=item.validity_s):
+                # Past its validity it would warn of something long over: never play it.
+                logger.error("spooled emergency %s expired unrecorded (%s old)", path, age)
+                path.rename(path.with_suffix(".expired"))
                 continue
             try:
                 with Session(engine) as s:

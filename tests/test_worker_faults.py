@@ -8,6 +8,7 @@ failing database raises, before the statement reaches SQLite).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -377,9 +378,13 @@ def test_an_emergency_on_a_locked_database_is_spooled_said_and_recorded_later(
     # A request that can no longer be carried out is set aside, not blocking the lane.
     gone = EmergencyRequest(text="Bão", siren=True, hamlets=("no-such-hamlet",))
     bad = spool.put(gone, actor="oanh", role=Role.OFFICER.value)
+    stale = spool.put(request, actor="oanh", role=Role.OFFICER.value)
+    old = json.loads(stale.read_text())
+    old["spooled_at"] = "2020-01-01T00:00:00+00:00"  # long past its validity
+    stale.write_text(json.dumps(old))
     ids = spool.record_all(ctx.engine)  # what the controller's emergency lane does
     assert len(ids) == 1 and spool.pending() == []
-    assert bad.with_suffix(".refused").exists()
+    assert bad.with_suffix(".refused").exists() and stale.with_suffix(".expired").exists()
     with Session(ctx.engine) as s:
         b = s.get(Broadcast, ids[0])
         assert b is not None and b.priority == "emergency" and b.created_by == "oanh"
