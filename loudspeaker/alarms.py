@@ -31,6 +31,15 @@ class AlarmKind(StrEnum):
     LINK_FLAPPING = "link_flapping"
     CONTROL_LINK = "control_link"
     FLOODING = "flooding"
+    # The controller's own: a worker thread died and the supervisor restarted it
+    # (``cluster_id`` is CONTROLLER, loudspeaker/supervisor.py).
+    WORKER_RESTARTED = "worker_restarted"
+
+
+# The ``cluster_id`` of alarms about the controller itself, not a box.
+CONTROLLER = "controller"
+# The kinds raised on CONTROLLER (not by the cluster rules of ``evaluate``).
+CONTROLLER_KINDS = (AlarmKind.WORKER_RESTARTED,)
 
 
 SEVERITY: dict[AlarmKind, str] = {
@@ -50,6 +59,7 @@ SEVERITY: dict[AlarmKind, str] = {
     # The controller protects itself (docs/protocol.md, Limits), but a box that floods is
     # broken or its credentials are in other hands.
     AlarmKind.FLOODING: "major",
+    AlarmKind.WORKER_RESTARTED: "major",
 }
 
 # What a technician should do first, shown with each alarm.
@@ -70,6 +80,9 @@ ACTION: dict[AlarmKind, str] = {
     AlarmKind.FLOODING: (
         "the box sends far more than allowed: restart its agent; if it persists, revoke "
         "its broker credentials (stolen?)"
+    ),
+    AlarmKind.WORKER_RESTARTED: (
+        "read the controller's log for the error that killed the worker and report it"
     ),
 }
 

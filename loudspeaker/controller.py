@@ -19,6 +19,7 @@ from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
+from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import BrokerStartError, KeystoreError, LoudspeakerError
 from loudspeaker.filemodes import secure_data_dir
 from loudspeaker.health import HealthMonitor
@@ -36,6 +37,7 @@ from loudspeaker.runtime import (
 )
 from loudspeaker.schedule_runner import ScheduleRunner
 from loudspeaker.site import current_site
+from loudspeaker.supervisor import Supervised, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Controller:
         self.health: HealthMonitor | None = None
         self.schedules: ScheduleRunner | None = None
         self.router: InboundRouter | None = None
+        self.supervisor: Supervisor | None = None
         # Every dropped inbound message, by kind and reason (router and workers alike).
         self.drops = Drops()
         self.site_id = ""
@@ -114,6 +117,7 @@ class Controller:
             poll_interval_s=st.poll_interval_s,
             keystore=keystore,
             drops=self.drops,
+            spool=EmergencySpool(st.data_dir),
         )
         self.dispatcher.start()
         self.health = HealthMonitor(
@@ -134,6 +138,8 @@ class Controller:
             clock_warn_s=st.clock_warn_s,
         )
         self.schedules.start()
+        self.supervisor = Supervisor(engine, self._workers)
+        self.supervisor.start()
         # Routes before the link joins the loop: no message arrives with nobody to take it.
         self.router.awaits = self.dispatcher.sender.awaits
         self.health.flood = self.router.flood  # the flooding alarm
@@ -204,6 +210,13 @@ class Controller:
         remember_port(st.run_dir, "media", media.port)
         return media
 
+    def _workers(self) -> dict[str, Supervised | None]:
+        return {
+            "dispatcher": self.dispatcher,
+            "health": self.health,
+            "schedule-runner": self.schedules,
+        }
+
     def _poke(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.poke()
@@ -230,6 +243,7 @@ class Controller:
             dropped_messages=self.drops.total(),
             dropped_by_reason=self.drops.by_reason(),
             heartbeats_received=health.heartbeats_received if health is not None else 0,
+            worker_restarts=dict(self.supervisor.restarts) if self.supervisor else {},
         )
         return collect(self._engine, stats)
 
@@ -238,6 +252,8 @@ class Controller:
         card = ControllerCard.read(self.settings.run_dir)
         if card is not None and card.pid == os.getpid():
             ControllerCard.path(self.settings.run_dir).unlink(missing_ok=True)
+        if self.supervisor is not None:
+            self.supervisor.stop()  # first: workers stopping are not workers dying
         if self.schedules is not None:
             self.schedules.stop()
         if self.dispatcher is not None:

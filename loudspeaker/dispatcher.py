@@ -5,10 +5,18 @@ acks and status messages (loudspeaker/inbound.py); the broker's answers to what 
 published come back as events too; the CLI only inserts ``queued`` rows and pokes. Each
 iteration, in order:
 
-1. applies the events (one transaction): acks move deliveries through the state machine
+0. the emergency lane: records spooled emergencies (emergency_spool.py) and sends every
+   queued emergency delivery, in its own short transaction, before any bulk work;
+1. applies the events in slices of ``_SLICE``, one short transaction each, serving the
+   lane again between slices when poked: acks move deliveries through the state machine
    (loudspeaker/delivery.py), status messages record who is online (availability.py);
 2. carries out operator stops (recall.py), sends what is queued (sending.py), and applies
-   the deadline rules (deadlines.py), in a second transaction.
+   the deadline rules (deadlines.py), in a last transaction.
+
+Any database error rolls back the transaction it hit; the events not yet applied are
+kept and the iteration is retried after the backoff of db_faults.py (a poke cuts the
+wait short). Nothing is lost and nothing is published twice (in-flight commands are
+tracked).
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from firmware_bridge.protocol import AckState, Kind, Priority
 from loudspeaker import availability, deadlines, delivery, recall
 from loudspeaker.db import as_utc
+from loudspeaker.db_faults import DB_ERRORS, DbFaults
+from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import KeystoreError
 from loudspeaker.inbound import AckIn, DropReason, Drops, StatusIn
 from loudspeaker.keys import CommandSigner
@@ -56,6 +65,9 @@ _HELD_BY_CLUSTER = [
     DeliveryState.PLAYING.value,
 ]
 _DEADLINE_EVERY = timedelta(seconds=0.5)
+# Events applied, or queued deliveries sent, per transaction: short enough that the
+# emergency lane is never more than one slice away, big enough to keep up with a fleet.
+_SLICE = 500
 # The kinds whose drops are the dispatcher's (``dropped_messages``).
 _KINDS = (Kind.ACK, Kind.STATUS)
 
@@ -98,8 +110,12 @@ class Dispatcher(EventWorker[_Event]):
         emergency_retry_s: float = 3.0,
         keystore: Keystore,
         drops: Drops | None = None,
+        spool: EmergencySpool | None = None,
     ) -> None:
         super().__init__("dispatcher", poll_interval_s)
+        self.spool = spool
+        self.faults = DbFaults("dispatcher")
+        self.emergencies_sent = 0
         self.engine = engine
         self.link = link
         self.site = site
@@ -170,21 +186,10 @@ class Dispatcher(EventWorker[_Event]):
     # -- one iteration ----------------------------------------------------------------------
 
     def step(self) -> None:
-        """One iteration: apply events, then stops, dispatch and deadlines."""
-        events = self._take()
-        try:
-            with Session(self.engine) as s:
-                held = self._prefetch(s, events)  # the identity map only holds weak refs
-                # One flush at commit instead of one per event (docs/scaling.md).
-                with s.no_autoflush:
-                    for ev in events:
-                        self._apply_guarded(s, ev)
-                s.commit()
-                del held
-        except OperationalError as exc:
-            # Locked or briefly unavailable database: keep the events, try again.
-            logger.warning("database busy (%s); %d events kept for retry", exc, len(events))
-            self._retry = events
+        """One iteration: the emergency lane, then events, stops, dispatch and deadlines."""
+        if not self._lane_guarded():
+            return
+        if not self._apply_events(self._take()):
             return
         try:
             with Session(self.engine) as s:
@@ -193,17 +198,94 @@ class Dispatcher(EventWorker[_Event]):
                     self._dispatch(s)
                     self._deadlines(s)
                 s.commit()
-        except OperationalError as exc:
+        except DB_ERRORS as exc:
             # Published commands are tracked as in flight, so nothing goes out twice.
-            logger.warning("database busy (%s); dispatch and deadlines retried", exc)
+            self._backoff(self.faults.failed(exc, 0, "events (dispatch and deadlines retried)"))
+            return
+        self.faults.ok()
+
+    def _backoff(self, delay: float) -> None:
+        # A poke (an emergency queued) ends the wait: the lane tries again at once.
+        self._wake.wait(delay)
+
+    # -- 0. the emergency lane ------------------------------------------------------------
+
+    def _lane_guarded(self) -> bool:
+        """Serve the emergency lane; False (after backing off) if the database failed."""
+        try:
+            self._emergency_lane()
+        except DB_ERRORS as exc:
+            self._backoff(self.faults.failed(exc, 0, "emergencies (lane retried)"))
+            return False
+        return True
+
+    def _emergency_lane(self) -> None:
+        """Record spooled emergencies, then send every queued emergency delivery.
+
+        Runs before any bulk work of an iteration and between slices of a long batch, in
+        its own short transactions, so an emergency never waits behind a backlog.
+        """
+        if self.spool is not None:
+            self.spool.record_all(self.engine)
+        if not self.sender.connected:
+            return
+        with Session(self.engine) as s:
+            queued = s.exec(
+                select(Delivery)
+                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+                .where(
+                    Delivery.state == DeliveryState.QUEUED.value,
+                    Broadcast.priority == Priority.EMERGENCY.value,
+                )
+                .limit(_SLICE)
+            ).all()
+            fresh = [d for d in queued if d.id not in self.sender.inflight]
+            if not fresh:
+                return
+            self._send_queued(s, fresh)
+            s.commit()
+        self.emergencies_sent += len(fresh)
+
+    def _apply_events(self, events: list[_Event]) -> bool:
+        """Apply events in bounded slices, one short transaction each.
+
+        Between slices a poke (an emergency queued meanwhile) is served first. False when
+        the database failed: the events not yet applied are kept for the next iteration.
+        """
+        for i in range(0, max(len(events), 1), _SLICE):
+            try:
+                if i and self._wake.is_set() and not self._lane_guarded():
+                    self._retry = events[i:]
+                    return False
+                self._apply_slice(events[i : i + _SLICE])
+            except DB_ERRORS as exc:
+                # Rolled back with the session: keep this slice and the rest, try again.
+                self._retry = events[i:]
+                self._backoff(self.faults.failed(exc, len(events) - i))
+                return False
+            except BaseException:
+                # Dying (the supervisor restarts the thread): the new one applies them.
+                self._retry = events[i:]
+                raise
+        return True
+
+    def _apply_slice(self, chunk: list[_Event]) -> None:
+        with Session(self.engine) as s:
+            held = self._prefetch(s, chunk)  # the identity map only holds weak refs
+            # One flush at commit instead of one per event (docs/scaling.md).
+            with s.no_autoflush:
+                for ev in chunk:
+                    self._apply_guarded(s, ev)
+            s.commit()
+            del held
 
     # -- 1. events --------------------------------------------------------------------------
 
     def _apply_guarded(self, s: Session, ev: _Event) -> None:
         try:
             self._apply(s, ev)
-        except (OperationalError, InterfaceError):
-            raise  # the database, not the event: keep the whole batch for a retry
+        except DB_ERRORS:
+            raise  # the database, not the event: keep the whole slice for a retry
         except Exception:
             # One bad event (a bug, an unexpected value) must not lose the others.
             logger.exception("event %r could not be applied; dropped", ev)
@@ -341,8 +423,13 @@ class Dispatcher(EventWorker[_Event]):
             self._resync = False
             self._ask_unfinished_again(s)
         queued = s.exec(
-            select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(5000)
+            select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(_SLICE)
         ).all()
+        self._send_queued(s, queued)
+        if len(queued) >= _SLICE:
+            self._wake.set()  # more queued: the next iteration (lane first) takes them
+
+    def _send_queued(self, s: Session, queued: Sequence[Delivery]) -> None:
         pairs: dict[str, _Pair | None] = {}
         t = now()
         for d in queued:

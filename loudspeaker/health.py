@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, col, delete, select
 
 from firmware_bridge.protocol import (
@@ -37,6 +36,7 @@ from firmware_bridge.protocol import (
 )
 from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluate
 from loudspeaker.db import as_utc
+from loudspeaker.db_faults import DB_ERRORS, DbFaults
 from loudspeaker.diagnosis import judge, unreachable
 from loudspeaker.exceptions import KeystoreError, LoudspeakerError
 from loudspeaker.flooding import FloodGuard
@@ -157,6 +157,8 @@ class HealthMonitor(EventWorker["_Event"]):
         self.alarms_raised = 0
         # Which boxes exceed their rate limit (the router's), for the flooding alarm.
         self.flood: FloodGuard | None = None
+        self.faults = DbFaults("health")
+        self._cache_stale = False
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class HealthMonitor(EventWorker["_Event"]):
 
     def step(self) -> None:
         """One iteration: apply inbound events, send/expire control, evaluate alarms."""
+        if self._cache_stale and not self._reset_alarm_cache():
+            return
         events = self._take()
         t = now()
         try:
@@ -237,20 +241,38 @@ class HealthMonitor(EventWorker["_Event"]):
                 if t - self._pruned_at >= _PRUNE_EVERY:
                     self._prune(s, t)
                 s.commit()
-        except OperationalError as exc:
-            logger.warning("database busy (%s); %d health events kept for retry", exc, len(events))
-            self._retry = events
-            self._reset_alarm_cache()
+        except DB_ERRORS as exc:
+            # Any database error, not only a lock: a poisoned session or detached alarm
+            # rows must not blind the technicians until a restart.
+            self._retry = events + self._retry
+            self._cache_stale = True
+            self._stop.wait(self.faults.failed(exc, len(events)))
+            return
+        except BaseException:
+            self._retry = events + self._retry  # for the restarted thread
+            self._cache_stale = True
+            raise
+        self.faults.ok()
 
-    def _reset_alarm_cache(self) -> None:
-        # A rolled-back transaction may have lost alarm rows we added: read them again.
-        with Session(self.engine, expire_on_commit=False) as s:
-            for c in self._clusters.values():
-                c.alarms.clear()
-            for a in s.exec(select(AlarmRecord).where(col(AlarmRecord.cleared_at).is_(None))).all():
-                c2 = self._clusters.get(a.cluster_id)
-                if c2 is not None and a.kind in AlarmKind.__members__.values():
-                    c2.alarms[AlarmKind(a.kind)] = a
+    def _reset_alarm_cache(self) -> bool:
+        """Read the open alarms again; False (after backing off) if the database failed."""
+        # A rolled-back transaction may have lost alarm rows we added, and left the ones we
+        # hold expired and detached: read them all again in a new session.
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                rows = s.exec(select(AlarmRecord).where(col(AlarmRecord.cleared_at).is_(None)))
+                fresh = list(rows.all())
+        except DB_ERRORS as exc:
+            self._stop.wait(self.faults.failed(exc, len(self._retry)))
+            return False
+        for c in self._clusters.values():
+            c.alarms.clear()
+        for a in fresh:
+            c2 = self._clusters.get(a.cluster_id)
+            if c2 is not None and a.kind in AlarmKind.__members__.values():
+                c2.alarms[AlarmKind(a.kind)] = a
+        self._cache_stale = False
+        return True
 
     def _apply(self, s: Session, ev: _Event) -> None:
         if isinstance(ev, HeartbeatIn):
@@ -548,22 +570,21 @@ class HealthMonitor(EventWorker["_Event"]):
                         s.add(current)
 
     def _prune(self, s: Session, t: datetime) -> None:
+        # No try/except here: an error inside the transaction leaves the session to be rolled
+        # back (PendingRollbackError at commit); step() recovers from it as a whole.
         cfg = self.config
-        try:
-            for res, keep in (
-                (cfg.history_fine_s, cfg.history_fine_keep),
-                (cfg.history_coarse_s, cfg.history_coarse_keep),
-            ):
-                cutoff = t - timedelta(seconds=res * keep)
-                s.exec(
-                    delete(HealthSample).where(
-                        col(HealthSample.resolution_s) == res,
-                        col(HealthSample.bucket_start) < cutoff,
-                    )
+        for res, keep in (
+            (cfg.history_fine_s, cfg.history_fine_keep),
+            (cfg.history_coarse_s, cfg.history_coarse_keep),
+        ):
+            cutoff = t - timedelta(seconds=res * keep)
+            s.exec(
+                delete(HealthSample).where(
+                    col(HealthSample.resolution_s) == res,
+                    col(HealthSample.bucket_start) < cutoff,
                 )
-            s.exec(delete(AlarmRecord).where(col(AlarmRecord.cleared_at) < t - _ALARM_KEEP))
-        except SQLAlchemyError as exc:
-            logger.warning("could not prune health history: %s", exc)
+            )
+        s.exec(delete(AlarmRecord).where(col(AlarmRecord.cleared_at) < t - _ALARM_KEEP))
         self._pruned_at = t
 
 

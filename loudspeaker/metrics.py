@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from loudspeaker.alarms import AlarmKind
+from loudspeaker.alarms import CONTROLLER, CONTROLLER_KINDS, AlarmKind
 from loudspeaker.db import as_utc
 from loudspeaker.models import (
     AlarmRecord,
@@ -27,6 +27,8 @@ from loudspeaker.models import (
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A box's alarm kinds (the controller's own have their family of their own).
+CLUSTER_KINDS = tuple(k for k in AlarmKind if k not in CONTROLLER_KINDS)
 
 
 @dataclass
@@ -80,6 +82,8 @@ class ControllerStats:
     # (kind, reason) -> count; kind "" when not even the topic was understood.
     dropped_by_reason: dict[tuple[str, str], int] = field(default_factory=dict)
     heartbeats_received: int = 0
+    # worker name -> times the supervisor restarted its thread since start.
+    worker_restarts: dict[str, int] = field(default_factory=dict)
 
 
 def collect(engine: Engine, stats: ControllerStats) -> str:
@@ -157,7 +161,7 @@ def collect(engine: Engine, stats: ControllerStats) -> str:
         up.add(int(st.online) if st is not None else 0, **lab)
         last = as_utc(st.last_seen) if st is not None else None
         seen.add(last.timestamp() if last else None, **lab)
-        for kind in AlarmKind:
+        for kind in CLUSTER_KINDS:
             alarm.add(int((c.id, kind.value) in active), **lab, kind=kind.value)
         for state in final:
             deliveries.add(counts.get((c.id, state), 0), **lab, state=state)
@@ -239,5 +243,25 @@ def collect(engine: Engine, stats: ControllerStats) -> str:
             dropped,
             why,
             received,
+            *_controller_families(active, stats),
         ]
     )
+
+
+def _controller_families(active: set[tuple[str, str]], stats: ControllerStats) -> list[_Family]:
+    """The controller's own health: its alarms and its workers' restarts."""
+    own = _Family(
+        "loudspeaker_controller_alarm_active",
+        "gauge",
+        "1 while an alarm about the controller itself (not a box) is raised",
+    )
+    for kind in CONTROLLER_KINDS:
+        own.add(int((CONTROLLER, kind.value) in active), kind=kind.value)
+    restarts = _Family(
+        "loudspeaker_worker_restarts_total",
+        "counter",
+        "Times a dead worker thread was restarted by the supervisor since start",
+    )
+    for worker in ("dispatcher", "health", "schedule-runner"):
+        restarts.add(stats.worker_restarts.get(worker, 0), worker=worker)
+    return [own, restarts]

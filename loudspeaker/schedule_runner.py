@@ -37,12 +37,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from firmware_bridge.protocol import utcnow
 from loudspeaker.broadcasts import create_broadcast
 from loudspeaker.db import as_utc
+from loudspeaker.db_faults import DB_ERRORS, DbFaults
 from loudspeaker.inbound import AckIn
 from loudspeaker.models import (
     Announcement,
@@ -123,6 +123,7 @@ class ScheduleRunner:
         self._zone = ZoneInfo("UTC")
         self._late_logged: set[int] = set()
         self._clock_dirty = False
+        self.faults = DbFaults("schedule runner")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -159,6 +160,24 @@ class ScheduleRunner:
         if self._thread is not None:
             self._thread.join(10)
 
+    @property
+    def alive(self) -> bool:
+        """False once the runner thread has died (or was never started)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was asked."""
+        return self._stop.is_set()
+
+    def restart(self) -> None:
+        """Start a new runner thread after the old one died (APScheduler keeps running)."""
+        if self.alive or self.stopping:
+            return
+        self._thread = threading.Thread(target=self._run, name="schedule-runner", daemon=True)
+        self._thread.start()
+        self.poke()
+
     def poke(self) -> None:
         """Rebuild now (the CLI changed a schedule)."""
         self._wake.set()
@@ -186,9 +205,10 @@ class ScheduleRunner:
                 return
             try:
                 result = self.sync()
-            except OperationalError as exc:
-                logger.warning("database busy (%s); schedule sync retried", exc)
-                self._stop.wait(0.5)
+            except DB_ERRORS as exc:
+                # Any database error (locked, connection lost, a poisoned session): the
+                # session is gone with its `with`; the next pass starts a new one.
+                self._stop.wait(self.faults.failed(exc, 0, "changes (sync retried)"))
                 self._wake.set()
                 continue
             except Exception:
@@ -196,6 +216,7 @@ class ScheduleRunner:
                 logger.exception("schedule sync failed")
                 self._stop.wait(1.0)
                 continue
+            self.faults.ok()
             self._arm(result.next_wake)
 
     def _arm(self, when: datetime | None) -> None:

@@ -158,6 +158,23 @@ class EventWorker(Generic[E]):
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """False once the thread has died (or was never started): the supervisor's cue."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was asked: a dead thread is then no fault."""
+        return self._stop.is_set()
+
+    def restart(self) -> None:
+        """Start a new thread after the old one died; queued and kept events carry over."""
+        if self.alive or self.stopping:
+            return
+        self._start_thread()
+        self._wake.set()
+
     def stop(self) -> None:
         """Finish the current iteration and stop."""
         self._stop.set()

@@ -39,6 +39,9 @@ CLUSTERS = [f"lb-{i:02d}" for i in range(1, 11)]
 class ServeProcess:
     """``loudspeaker serve`` as a child process, to be killed with SIGKILL and restarted."""
 
+    # The module run as ``python -m``: a test may put a fault-injecting wrapper here.
+    MODULE = "cli"
+
     def __init__(self, data_dir: Path, db_url: str, broker_url: str | None, *extra: str) -> None:
         self.data_dir = data_dir
         self.db_url = db_url
@@ -60,7 +63,7 @@ class ServeProcess:
         args = [
             sys.executable,
             "-m",
-            "cli",
+            self.MODULE,
             "--data-dir",
             str(self.data_dir),
             "--db-url",

@@ -1,0 +1,432 @@
+"""Workers survive database faults; emergencies go first; a dead worker is restarted.
+
+No broker: the workers on SQLite with the recording publisher of test_core_workers.
+Faults are real where they can be (another connection holding SQLite's write lock) and
+injected at the driver boundary otherwise (an engine event that raises the error a
+failing database raises, before the statement reaches SQLite).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError, PendingRollbackError
+from sqlalchemy.orm.exc import DetachedInstanceError
+from sqlmodel import Session, col, select
+
+from firmware_bridge.protocol import Ack, AckState, Priority, decode_command, utcnow
+from loudspeaker import dispatcher as dispatcher_module
+from loudspeaker.alarms import CONTROLLER, AlarmKind
+from loudspeaker.auth import Actor, Role
+from loudspeaker.config import Settings
+from loudspeaker.db import make_engine
+from loudspeaker.dispatcher import Dispatcher
+from loudspeaker.emergency import EmergencyRequest
+from loudspeaker.emergency_spool import EmergencySpool
+from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.health import HealthMonitor
+from loudspeaker.inbound import AckIn
+from loudspeaker.keystore import Keystore
+from loudspeaker.metrics import ControllerStats, collect
+from loudspeaker.models import AlarmRecord, Broadcast, ClusterHealth, Delivery, ScheduleSlot
+from loudspeaker.schedule_runner import ScheduleRunner
+from loudspeaker.services import emergencies, site
+from loudspeaker.services.context import ServiceContext
+from loudspeaker.supervisor import Supervisor
+from tests.conftest import SITE_FILE
+from tests.helpers import scaled
+from tests.test_core_workers import (
+    SITE,
+    RecordingDispatcher,
+    RecordingLink,
+    _ack,
+    _broadcast,
+    _deliveries,
+    _heartbeat,
+    _schedule,
+    _status,
+    engine,
+    link,
+)
+
+__all__ = ["engine", "link"]  # fixtures, used by name
+
+OFFICER = Actor("oanh", Role.OFFICER.value)
+
+
+def _errors() -> list[Exception]:
+    return [
+        OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")),
+        PendingRollbackError("This Session's transaction has been rolled back"),
+        DetachedInstanceError("Instance <AlarmRecord> is not bound to a Session"),
+    ]
+
+
+@contextmanager
+def failing_statements(
+    engine: Engine, match: str, times: int, error: Exception
+) -> Iterator[list[str]]:
+    """The next ``times`` statements containing ``match`` raise ``error`` instead of running."""
+    failed: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if match in statement and len(failed) < times:
+            failed.append(statement)
+            raise error
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield failed
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+@contextmanager
+def write_lock_held(db_path: Path) -> Iterator[None]:
+    """Another connection holds SQLite's write lock, as a long transaction elsewhere does."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def _dispatcher(engine: Engine, link: RecordingLink, tmp_path: Path, **kw: Any) -> Dispatcher:
+    d = Dispatcher(
+        engine,
+        link,
+        site=SITE,
+        media_base_url="http://controller:8080/",
+        ack_timeout_s=300.0,
+        command_ttl_s=600.0,
+        keystore=Keystore(tmp_path / "keys"),
+        **kw,
+    )
+    d.reload_clusters()
+    return d
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + scaled(timeout)
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+# -- the dispatcher ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", _errors(), ids=lambda e: type(e).__name__)
+def test_dispatcher_recovers_from_database_errors_with_no_ack_lost(
+    engine: Engine, link: RecordingLink, tmp_path: Path, error: Exception
+) -> None:
+    d = _dispatcher(engine, link, tmp_path)
+    bid = _broadcast(engine, "lb-01", "lb-02")
+    d.step()
+    link.puback()
+    d.step()
+    rows = _deliveries(engine, bid)
+    for cluster in ("lb-01", "lb-02"):
+        for state in (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED):
+            d.accept(_ack(rows[cluster], state))
+    with failing_statements(engine, "UPDATE delivery", 3, error) as failed:
+        for _ in range(6):
+            d.step()
+    assert len(failed) == 3 and d.faults.total >= 3
+    assert {r.state for r in _deliveries(engine, bid).values()} == {"played"}
+    assert d.backlog == 0 and d.dropped_messages == 0
+
+
+def test_dispatcher_waits_out_a_locked_database_and_keeps_its_events(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    # A second engine with a short lock wait: the fixture's waits 30 s, like production.
+    db = tmp_path / "data" / "loudspeaker.db"
+    eng = make_engine(f"sqlite:///{db}", busy_timeout_ms=50)
+    try:
+        d = _dispatcher(eng, link, tmp_path)
+        with write_lock_held(db):
+            # Five boxes (one box's statuses would coalesce into its latest).
+            for i in range(5):
+                d.accept(_status(f"lb-0{i + 1}", "offline" if i % 2 else "online"))
+            d.step()
+            d.step()
+            assert d.backlog == 5 and d.faults.total >= 2  # failed, nothing applied or lost
+        d.step()
+        assert d.backlog == 0 and d.faults.failing == 0
+    finally:
+        eng.dispose()
+
+
+class _OrderLink(RecordingLink):
+    """Records, with each publish, how many event slices the dispatcher had committed."""
+
+    def __init__(self, commits: list[int]) -> None:
+        super().__init__()
+        self.commits = commits
+        self.at_commit: list[int] = []
+
+    def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+        self.at_commit.append(len(self.commits))
+        super().publish(topic, payload, **kw)
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Slices of 20 events: a backlog of a few slices is quick to build and to apply."""
+    monkeypatch.setattr(dispatcher_module, "_SLICE", 20)
+    return 20
+
+
+def test_queued_emergency_goes_out_before_a_bulk_backlog(
+    engine: Engine, tmp_path: Path, small_slices: int
+) -> None:
+    link = RecordingLink()
+    d = _dispatcher(engine, link, tmp_path)
+    normal = _broadcast(engine, "lb-02")
+    emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
+    for i in range(3 * small_slices):
+        d.accept(_stray_ack(i))
+    seen_backlog: list[int] = []
+    original = link.publish
+
+    def publish(topic: str, payload: bytes, **kw: Any) -> None:
+        seen_backlog.append(d.backlog)
+        original(topic, payload, **kw)
+
+    link.publish = publish  # type: ignore[method-assign]
+    d.step()
+    firsts = [decode_command(p).broadcast for _, p in link.sent]
+    assert firsts == [emergency, normal]
+    assert seen_backlog[0] == 3 * small_slices  # the whole backlog still waited when it went
+
+
+def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
+    engine: Engine, tmp_path: Path, small_slices: int
+) -> None:
+    commits: list[int] = []
+    link = _OrderLink(commits)
+    d = _dispatcher(engine, link, tmp_path)
+    for i in range(4 * small_slices):
+        d.accept(_stray_ack(i))
+    given: list[str] = []
+
+    def after_commit(_s: Session) -> None:
+        commits.append(1)
+        if len(commits) == 2 and not given:  # the emergency lane's, then slice 1's
+            # As the CLI does: a new row from another connection, then a poke.
+            threading.Thread(target=lambda: given.append(_emergency(engine))).start()
+            _until(lambda: bool(given))
+            d.poke()
+
+    event.listen(Session, "after_commit", after_commit)
+    try:
+        d.step()
+    finally:
+        event.remove(Session, "after_commit", after_commit)
+    assert given and [decode_command(p).broadcast for _, p in link.sent] == given
+    # Sent after the first slice, well before the last one (4 slices + lane + dispatch).
+    assert link.at_commit[0] <= 3 < len(commits) - 2
+
+
+def _stray_ack(i: int) -> AckIn:
+    """A distinct ack (for no command of ours): bulk work no inbox coalesces away."""
+    ack = Ack(
+        cluster="lb-03",
+        command=f"stray-{i:08d}",
+        broadcast="stray-broadcast",
+        state=AckState.RECEIVED,
+        ts=utcnow(),
+    )
+    return AckIn(ack, utcnow())
+
+
+def _emergency(engine: Engine) -> str:
+    return _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
+
+
+# -- the health monitor ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", _errors(), ids=lambda e: type(e).__name__)
+def test_health_monitor_recovers_from_database_errors(
+    engine: Engine, link: RecordingLink, tmp_path: Path, error: Exception
+) -> None:
+    m = HealthMonitor(engine, link, site=SITE, keystore=Keystore(tmp_path / "keys"))
+    m.load()
+    m.accept(_heartbeat("lb-01", 1, temp=95.0))  # raises an overheat alarm
+    with failing_statements(engine, "INSERT INTO alarm", 2, error) as failed:
+        m.step()
+        m.step()
+    assert len(failed) == 2 and m.backlog == 1  # kept, not lost
+    m.step()
+    m.accept(_heartbeat("lb-01", 2, temp=96.0))
+    # The alarm row the rolled-back attempts held is gone; the monitor must not touch it.
+    with failing_statements(engine, "UPDATE cluster_health", 1, error):
+        m.step()
+    m.step()
+    m.step()
+    with Session(engine) as s:
+        row = s.get(ClusterHealth, "lb-01")
+        assert row is not None and (row.heartbeats, row.seq) == (2, 2)
+        alarms = s.exec(select(AlarmRecord).where(AlarmRecord.kind == "overheat")).all()
+        assert len(alarms) == 1 and alarms[0].cleared_at is None
+    assert m.backlog == 0 and m.faults.failing == 0
+
+
+# -- the schedule runner ----------------------------------------------------------------------
+
+
+def test_schedule_runner_recovers_from_database_errors(engine: Engine) -> None:
+    from datetime import timedelta
+
+    from firmware_bridge.protocol import utcnow
+
+    fake = RecordingDispatcher()
+    runner = ScheduleRunner(engine, fake, horizon_s=600.0, grace_s=60.0)
+    _schedule(engine, utcnow() + timedelta(minutes=5))
+    with failing_statements(engine, "INSERT INTO schedule_slot", 2, _errors()[0]) as failed:
+        runner.start()
+        try:
+            _until(lambda: runner.syncs >= 1)
+        finally:
+            runner.stop()
+    assert len(failed) == 2 and runner.faults.total == 2
+    with Session(engine) as s:
+        assert len(s.exec(select(ScheduleSlot)).all()) == 1
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+class _Die(BaseException):
+    """Escapes every ``except Exception``: the worker thread dies of it."""
+
+
+def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = _dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
+    real_step = d.step
+    deaths: list[int] = []
+
+    def dying_step() -> None:
+        if not deaths:
+            deaths.append(1)
+            raise _Die("test fault")
+        real_step()
+
+    d.step = dying_step  # type: ignore[method-assign]
+    sup = Supervisor(engine, lambda: {"dispatcher": d}, poll_interval_s=0.05)
+    threading.excepthook, hook = (lambda _a: None), threading.excepthook
+    try:
+        d.start()
+        _until(lambda: bool(deaths))
+        sup.start()
+        _until(lambda: sup.restarts.get("dispatcher") == 1)
+        bid = _emergency(engine)
+        d.poke()
+        _until(lambda: any(decode_command(p).broadcast == bid for _, p in link.sent))
+    finally:
+        sup.stop()
+        d.stop()
+        threading.excepthook = hook
+    assert d.alive is False and sup.restarts == {"dispatcher": 1}
+    with Session(engine) as s:
+        alarm = s.exec(
+            select(AlarmRecord).where(AlarmRecord.kind == AlarmKind.WORKER_RESTARTED.value)
+        ).one()
+    assert alarm.cluster_id == CONTROLLER and alarm.cleared_at is None
+    assert alarm.message.startswith("dispatcher thread died")
+    text = collect(engine, ControllerStats(worker_restarts=sup.restarts))
+    assert 'loudspeaker_controller_alarm_active{kind="worker_restarted"} 1' in text
+    assert 'loudspeaker_worker_restarts_total{worker="dispatcher"} 1' in text
+
+
+def test_the_supervisor_leaves_stopped_workers_alone(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = _dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
+    d.start()
+    d.stop()
+    sup = Supervisor(engine, lambda: {"dispatcher": d})
+    assert sup.check() == [] and not d.alive
+
+
+# -- the emergency service ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, sqlite_url: str) -> ServiceContext:
+    c = ServiceContext(Settings(data_dir=tmp_path / "data", db_url=sqlite_url))
+    site.load(c, Actor("an", Role.ADMIN.value), SITE_FILE)
+    return c
+
+
+@pytest.mark.integration  # the siren is rendered with ffmpeg
+def test_an_emergency_on_a_locked_database_is_spooled_said_and_recorded_later(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    request = EmergencyRequest(text="Lũ về, sơ tán ngay", siren=True)
+    db = tmp_path / "data" / "loudspeaker.db"
+    with write_lock_held(db), pytest.raises(LoudspeakerError) as refused:
+        emergencies.trigger(ctx, OFFICER, request)
+    message = str(refused.value)
+    assert "NOT recorded and NOT sent" in message and "\n" not in message
+    spool = EmergencySpool(ctx.settings.data_dir)
+    assert [str(p) in message for p in spool.pending()] == [True]
+    with Session(ctx.engine) as s:
+        assert s.exec(select(Broadcast)).all() == []
+
+    # A request that can no longer be carried out is set aside, not blocking the lane.
+    gone = EmergencyRequest(text="Bão", siren=True, hamlets=("no-such-hamlet",))
+    bad = spool.put(gone, actor="oanh", role=Role.OFFICER.value)
+    stale = spool.put(request, actor="oanh", role=Role.OFFICER.value)
+    old = json.loads(stale.read_text())
+    old["spooled_at"] = "2020-01-01T00:00:00+00:00"  # long past its validity
+    stale.write_text(json.dumps(old))
+    ids = spool.record_all(ctx.engine)  # what the controller's emergency lane does
+    assert len(ids) == 1 and spool.pending() == []
+    assert bad.with_suffix(".refused").exists() and stale.with_suffix(".expired").exists()
+    with Session(ctx.engine) as s:
+        b = s.get(Broadcast, ids[0])
+        assert b is not None and b.priority == "emergency" and b.created_by == "oanh"
+        n = len(s.exec(select(Delivery).where(col(Delivery.broadcast_id) == b.id)).all())
+        assert n > 0
+
+
+@pytest.mark.integration  # the siren is rendered with ffmpeg
+def test_an_emergency_waits_out_a_short_lock_within_its_budget(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    request = EmergencyRequest(text="Cháy rừng", siren=True)
+    db = tmp_path / "data" / "loudspeaker.db"
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.5, lambda: lock.execute("ROLLBACK"))
+    released.start()
+    try:
+        result = emergencies.trigger(ctx, OFFICER, request, direct_wait_s=0.1)
+    except LoudspeakerError as exc:
+        # No controller or broker here: the direct path says so after recording it.
+        assert "recorded" in str(exc)
+        result = None
+    finally:
+        released.join()
+        lock.close()
+    assert EmergencySpool(ctx.settings.data_dir).pending() == []
+    with Session(ctx.engine) as s:
+        rows = s.exec(select(Broadcast)).all()
+        assert len(rows) == 1
+        assert result is None or result.broadcast_id == rows[0].id
