@@ -20,7 +20,8 @@ from loudspeaker.exceptions import ConfigError
 logger = logging.getLogger(__name__)
 
 # Broker link, database pool (SQLAlchemy: 5 + 10 overflow), logs, stdio, the embedded
-# broker's pipes, event-loop and thread-pool descriptors, listening sockets, and room.
+# broker's pipes, event-loop and thread-pool descriptors, listening sockets, the media
+# server's accept burst (32) and evicted sockets not yet closed, and room.
 BASE_DESCRIPTORS = 128
 PER_CONNECTION = 2
 MIN_CONNECTIONS = 16

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,10 @@ class MediaStore:
 
 
 _HEAD_LIMIT = 8192
+# socketserver's default backlog was 5: when a broadcast makes a thousand clusters fetch
+# at once, the rest of the SYNs were dropped and retried after 1, 3, 7 s.
+_LISTEN_BACKLOG = 4096
+_ACCEPT_BURST = 32
 _CHUNK = 1 << 16
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Type: text/plain\r\n"
@@ -92,18 +97,56 @@ class _Reply(Exception):
         self.body = body
 
 
-class _Conn:
-    __slots__ = ("peer", "reader", "slot", "writer")
+class _Conn(asyncio.StreamReaderProtocol):
+    """One connection: admitted (or refused) the moment it is accepted, and marked as
+    having sent its request head the moment those bytes arrive, before any task runs:
+    a box's request is never the one evicted while it waits for the loop to read it."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+    # Set by ``_Http.serve`` before any request is read.
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def __init__(self, http: _Http) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(
+            asyncio.StreamReader(limit=_HEAD_LIMIT, loop=loop),
+            lambda r, w: http.serve(self, r, w),
+            loop=loop,
+        )
+        self.http = http
+        self.peer = "unknown"
         self.slot: Slot[_Conn] | None = None
+        self._tail = b""
+        self._transport_ref: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport_ref = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        self.slot = self.http.admit(self)
+        if self.slot is None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_BUSY)
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.slot is not None and not self.slot.head_done:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self.slot.head_done = True
+            self._tail = seen[-3:]
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.slot is not None:
+            self.http.slots.release(self.slot)
+        super().connection_lost(exc)
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        if self._transport_ref is not None:
+            self._transport_ref.abort()  # type: ignore[attr-defined]
 
 
 class _Http:
@@ -121,10 +164,21 @@ class _Http:
         self._report_at = 0.0
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(
-            self._on_client, host, port, backlog=4096, limit=_HEAD_LIMIT
+        family, _t, _p, _n, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.create_server(addr, family=family, backlog=_LISTEN_BACKLOG)
+        loop = asyncio.get_running_loop()
+        # asyncio accepts up to ``backlog`` connections per loop turn, each an open socket
+        # before any protocol code sees it: a flood would open thousands at once (EMFILE)
+        # and evict a box's connection before its request was even read. So asyncio gets
+        # a small burst, and the kernel keeps the long queue a fleet-wide fetch needs.
+        self.server = await loop.create_server(
+            lambda: _Conn(self), sock=sock, backlog=_ACCEPT_BURST, start_serving=False
         )
-        return int(self.server.sockets[0].getsockname()[1])
+        await self.server.start_serving()
+        sock.listen(_LISTEN_BACKLOG)
+        return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -133,19 +187,20 @@ class _Http:
             conn.abort()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(reader, writer)
+    def admit(self, conn: _Conn) -> Slot[_Conn] | None:
+        """A slot for a just-accepted connection (evicting a waiting one), or None."""
         slot, victim = self.slots.admit(conn.peer, conn)
         if victim is not None:
             victim.handle.abort()
-        if slot is None:
-            writer.write(_BUSY)
-            writer.transport.close()
+        if victim is not None or slot is None:
             self._report_pressure()
-            return
-        if victim is not None:
-            self._report_pressure()
-        conn.slot = slot
+        return slot
+
+    async def serve(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer one request on an admitted connection, then close it."""
+        conn.reader, conn.writer = reader, writer
         try:
             await self._serve(conn)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -155,7 +210,6 @@ class _Http:
             logger.exception("media request from %s failed", conn.peer)
             conn.abort()
         finally:
-            self.slots.release(slot)
             if not writer.transport.is_closing():
                 writer.transport.close()
 
