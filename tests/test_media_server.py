@@ -24,7 +24,13 @@ from loudspeaker.config import Settings
 from loudspeaker.db import init_db, make_engine
 from loudspeaker.exceptions import ConfigError
 from loudspeaker.media import MediaServer, MediaStore
-from loudspeaker.media_policy import MediaLimits, is_admin, parse_admin_from
+from loudspeaker.media_policy import (
+    MediaLimits,
+    is_admin,
+    local_host,
+    parse_admin_from,
+    url_host,
+)
 from loudspeaker.media_refs import is_referenced
 from loudspeaker.media_slots import SlotTable
 from loudspeaker.models import (
@@ -329,3 +335,24 @@ def test_referenced_means_a_current_delivery_or_a_live_schedule(tmp_path: Path) 
         s.commit()
         assert check(unused)
     engine.dispose()
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LOUDSPEAKER_HTTP_MAX_CONNECTIONS", "200")
+    monkeypatch.setenv("LOUDSPEAKER_HTTP_HEADER_TIMEOUT", "3.5")
+    monkeypatch.setenv("LOUDSPEAKER_HTTP_ADMIN_FROM", "loopback,10.0.0.5")
+    limits = Settings.from_env(tmp_path).media_limits()
+    assert limits.max_connections == 200 and limits.header_timeout_s == 3.5
+    assert is_admin("10.0.0.5", "10.0.0.1", limits.admin_networks)
+    assert not is_admin("10.0.0.6", "10.0.0.1", limits.admin_networks)
+    # The budget's lowered cap wins over the configured one.
+    assert Settings.from_env(tmp_path).media_limits(100).max_connections == 100
+    monkeypatch.setenv("LOUDSPEAKER_HTTP_MAX_CONNECTIONS", "many")
+    with pytest.raises(ConfigError, match="LOUDSPEAKER_HTTP_MAX_CONNECTIONS"):
+        Settings.from_env(tmp_path)
+
+
+def test_the_cli_pokes_over_loopback_when_the_server_listens_everywhere() -> None:
+    assert local_host("0.0.0.0") == "127.0.0.1"
+    assert url_host(local_host("::")) == "[::1]"
+    assert local_host("192.168.1.10") == "192.168.1.10"
