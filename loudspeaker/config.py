@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loudspeaker.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from loudspeaker.media_policy import MediaLimits
 
 ENV_HOME = "LOUDSPEAKER_HOME"
 ENV_DB_URL = "LOUDSPEAKER_DB_URL"
@@ -18,6 +22,12 @@ ENV_OPERATOR_CREDENTIALS = "LOUDSPEAKER_OPERATOR_CREDENTIALS"
 ENV_HTTP_HOST = "LOUDSPEAKER_HTTP_HOST"
 ENV_HTTP_PORT = "LOUDSPEAKER_HTTP_PORT"
 ENV_PUBLIC_URL = "LOUDSPEAKER_PUBLIC_URL"
+# The media server under load (docs/architecture.md, "Media server"): connection cap, the
+# deadline for a request head, and who may read /metrics and POST /api/poke
+# (docs/security.md: "loopback", "any", or comma-separated addresses/networks).
+ENV_HTTP_MAX_CONNECTIONS = "LOUDSPEAKER_HTTP_MAX_CONNECTIONS"
+ENV_HTTP_HEADER_TIMEOUT = "LOUDSPEAKER_HTTP_HEADER_TIMEOUT"
+ENV_HTTP_ADMIN_FROM = "LOUDSPEAKER_HTTP_ADMIN_FROM"
 ENV_SCHEDULE_HORIZON = "LOUDSPEAKER_SCHEDULE_HORIZON"
 ENV_SCHEDULE_GRACE = "LOUDSPEAKER_SCHEDULE_GRACE"
 # The operators' OS group (docs/security.md, "Secrets"): the data directory and its secret
@@ -52,6 +62,13 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 0  # 0 picks a free one; clusters learn it from each command's URL
     public_url: str | None = None  # base URL clusters use to fetch media
+    # Media connections held at once (each costs up to two descriptors; serve lowers it,
+    # with a warning, when the open-file limit cannot hold it: loudspeaker/fd_budget.py).
+    http_max_connections: int = 1024
+    http_header_timeout_s: float = 10.0  # a request head must arrive within this
+    http_send_timeout_s: float = 30.0  # each write of a body must be taken within this
+    # Who may read /metrics and POST /api/poke: "loopback", "any", or addresses/networks.
+    http_admin_from: str = "loopback"
     ack_timeout_s: float = 10.0
     command_ttl_s: float = 600.0
     poll_interval_s: float = 0.2
@@ -70,6 +87,13 @@ class Settings:
             raise ConfigError("ack timeout must be > 0 and shorter than the command TTL")
         if not 0 <= self.http_port <= 65535 or not 0 <= self.broker_port <= 65535:
             raise ConfigError("ports must be between 0 and 65535")
+        if self.http_max_connections < 1:
+            raise ConfigError("the media server needs at least 1 connection")
+        if self.http_header_timeout_s <= 0 or self.http_send_timeout_s <= 0:
+            raise ConfigError("the media server's timeouts must be more than 0 seconds")
+        from loudspeaker.media_policy import parse_admin_from
+
+        parse_admin_from(self.http_admin_from)  # a clear error now, not at the first scrape
         if self.schedule_horizon_s < 0 or self.schedule_grace_s < 0:
             raise ConfigError("the schedule horizon and grace must be 0 seconds or more")
         if self.schedule_horizon_s + self.schedule_grace_s > 47 * 3600:
@@ -97,11 +121,19 @@ class Settings:
                 raise ConfigError(f"{ENV_HTTP_PORT} must be a port number") from None
         if os.environ.get(ENV_PUBLIC_URL):
             env["public_url"] = os.environ[ENV_PUBLIC_URL]
+        if os.environ.get(ENV_HTTP_ADMIN_FROM):
+            env["http_admin_from"] = os.environ[ENV_HTTP_ADMIN_FROM]
+        if os.environ.get(ENV_HTTP_MAX_CONNECTIONS):
+            try:
+                env["http_max_connections"] = int(os.environ[ENV_HTTP_MAX_CONNECTIONS])
+            except ValueError:
+                raise ConfigError(f"{ENV_HTTP_MAX_CONNECTIONS} must be a whole number") from None
         if os.environ.get(ENV_GROUP):
             env["group"] = os.environ[ENV_GROUP]
         for name, key in (
             (ENV_SCHEDULE_HORIZON, "schedule_horizon_s"),
             (ENV_SCHEDULE_GRACE, "schedule_grace_s"),
+            (ENV_HTTP_HEADER_TIMEOUT, "http_header_timeout_s"),
         ):
             if os.environ.get(name):
                 try:
@@ -111,6 +143,17 @@ class Settings:
         env.update({k: v for k, v in overrides.items() if v is not None})
         base = cls(data_dir=data_dir.expanduser() if data_dir else default_data_dir())
         return replace(base, **env)  # type: ignore[arg-type]
+
+    def media_limits(self, max_connections: int | None = None) -> MediaLimits:
+        """The media server's limits; ``max_connections`` overrides the configured cap."""
+        from loudspeaker.media_policy import MediaLimits, parse_admin_from
+
+        return MediaLimits(
+            max_connections=max_connections or self.http_max_connections,
+            header_timeout_s=self.http_header_timeout_s,
+            send_timeout_s=self.http_send_timeout_s,
+            admin_networks=parse_admin_from(self.http_admin_from),
+        )
 
     @property
     def database_url(self) -> str:

@@ -21,12 +21,15 @@ from loudspeaker.db import init_db, make_engine
 from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import BrokerStartError, KeystoreError, LoudspeakerError
+from loudspeaker.fd_budget import ensure_descriptors
 from loudspeaker.filemodes import secure_data_dir
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import Drops, InboundRouter
 from loudspeaker.keys import check_active_keys
 from loudspeaker.keystore import Keystore
 from loudspeaker.media import MediaServer, MediaStore
+from loudspeaker.media_policy import MediaLimits, local_host, url_host
+from loudspeaker.media_refs import ReferencedMedia
 from loudspeaker.models import now
 from loudspeaker.runtime import (
     ControllerCard,
@@ -73,6 +76,14 @@ class Controller:
 
     def _start(self) -> None:
         st = self.settings
+        # Before anything is opened: a limit that cannot hold the budget refuses here.
+        budget = ensure_descriptors(st.http_max_connections)
+        logger.info(
+            "open-file limit %d (hard %d): up to %d media connections",
+            budget.soft,
+            budget.hard,
+            budget.max_connections,
+        )
         secure_data_dir(st)
         keystore = Keystore.of(st)
         engine = make_engine(st.database_url, busy_timeout_ms=int(st.db_busy_timeout_s * 1000))
@@ -91,8 +102,12 @@ class Controller:
         else:
             self.broker = self._start_broker()
             self.endpoint = self.broker.endpoint
-        self.media = self._start_media(MediaStore(st.media_dir))
-        http_url = f"http://{st.http_host}:{self.media.port}"
+        self.media = self._start_media(
+            MediaStore(st.media_dir),
+            st.media_limits(budget.max_connections),
+            ReferencedMedia(engine),
+        )
+        http_url = f"http://{url_host(st.http_host)}:{self.media.port}"
         self.loop = MqttLoop(name="controller-mqtt")
         self.loop.start()
         self.router = InboundRouter(self.site_id, drops=self.drops)
@@ -155,7 +170,9 @@ class Controller:
             pid=os.getpid(),
             site=self.site_id,
             broker_url=self.endpoint.url,
-            http_url=http_url,
+            # The CLI pokes this: over loopback when the server listens on every address,
+            # as /api/poke answers loopback and this host's own address only.
+            http_url=f"http://{url_host(local_host(st.http_host))}:{self.media.port}",
             started_at=now().isoformat(),
         ).write(st.run_dir)
         self.endpoints = Endpoints(
@@ -193,19 +210,33 @@ class Controller:
         remember_port(st.run_dir, "broker", broker.port)
         return broker
 
-    def _start_media(self, store: MediaStore) -> MediaServer:
+    def _start_media(
+        self, store: MediaStore, limits: MediaLimits, referenced: ReferencedMedia
+    ) -> MediaServer:
         # Clusters keep the media URLs of commands they hold; with no fixed --http-port,
         # take the previous controller's port again so a restart does not break them.
         st = self.settings
+
+        def server(port: int) -> MediaServer:
+            return MediaServer(
+                store,
+                st.http_host,
+                port,
+                on_poke=self._poke,
+                metrics=self._metrics,
+                limits=limits,
+                referenced=referenced,
+            )
+
         port = st.http_port or remembered_port(st.run_dir, "media")
-        media = MediaServer(store, st.http_host, port, on_poke=self._poke, metrics=self._metrics)
+        media = server(port)
         try:
             media.start()
         except LoudspeakerError:
             if st.http_port:
                 raise
             logger.warning("previous media port %s is taken; using a new one", port)
-            media = MediaServer(store, st.http_host, 0, on_poke=self._poke, metrics=self._metrics)
+            media = server(0)
             media.start()
         remember_port(st.run_dir, "media", media.port)
         return media

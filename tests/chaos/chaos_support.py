@@ -52,6 +52,9 @@ class ServeProcess:
         # Fixed, as in production: commands already sent carry the media URL, and a
         # restarted controller must still answer it.
         self.http_port = free_port()
+        # Put before the command, e.g. ["prlimit", "--nofile=1024:1024", "--"]: the process
+        # keeps its pid through the exec, so the address card still names it.
+        self.launcher: list[str] = []
 
     @property
     def run_dir(self) -> Path:
@@ -61,6 +64,7 @@ class ServeProcess:
     def start(self) -> ControllerCard:
         """Spawn the controller and wait for its address card."""
         args = [
+            *self.launcher,
             sys.executable,
             "-m",
             self.MODULE,
