@@ -293,13 +293,19 @@ class _Answers:
             self.all_answered.set()
 
 
-def _serve_media(media_dir: Path, http_host: str, http_port: int) -> MediaServer:
-    """The audio server on the controller's usual port, or any free one when that is taken."""
-    server = MediaServer(MediaStore(media_dir), http_host, http_port, on_poke=lambda: None)
+def _serve_media(media_dir: Path, http_host: str, http_port: int, sha256: str) -> MediaServer:
+    """The emergency's audio (and nothing else) on the controller's usual port, or any
+    free one when that is taken."""
+
+    def only_this(wanted: str) -> bool:
+        return wanted == sha256
+
+    store = MediaStore(media_dir)
+    server = MediaServer(store, http_host, http_port, lambda: None, referenced=only_this)
     try:
         server.start()
     except LoudspeakerError:
-        server = MediaServer(MediaStore(media_dir), http_host, 0, on_poke=lambda: None)
+        server = MediaServer(store, http_host, 0, lambda: None, referenced=only_this)
         server.start()
     return server
 
@@ -337,7 +343,7 @@ def send_direct(
             )
         ).all()
     )
-    server = _serve_media(media_dir, http_host, http_port)
+    server = _serve_media(media_dir, http_host, http_port, m.sha256)
     base = public_url or f"http://{http_host}:{server.port}"
     result = DirectResult(media_url=cluster_commands.media_url(base, m))
     answers = _Answers(deliveries, result)
