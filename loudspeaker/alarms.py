@@ -103,7 +103,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
     """Every rule applied to ``obs``; ``active`` says which alarms are raised now."""
     return [
         _offline(obs, cfg),
-        _missed(obs, cfg),
+        _missed(obs, cfg, active),
         _above(
             AlarmKind.OVERHEAT,
             obs.amp_temp_c,
@@ -151,14 +151,26 @@ def _offline(obs: Observation, cfg: HealthConfig) -> Finding:
     return Finding(kind, True, f"offline{why}")
 
 
-def _missed(obs: Observation, cfg: HealthConfig) -> Finding:
+def _missed(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> Finding:
     kind = AlarmKind.HEARTBEAT_MISSED
     if obs.online is False:
         return Finding(kind, False, "cluster offline (see the offline alarm)")
     interval = obs.interval_s or cfg.heartbeat_s
     limit = cfg.missed_heartbeats * interval
     last = obs.last_heartbeat_at
-    silent = (obs.now - (last or obs.watching_since)).total_seconds()
+    if kind in active:
+        # A raised alarm (maybe carried over a controller restart) clears only when the
+        # box is heard again: the time since the controller started proves nothing.
+        if last is None:
+            silent = (obs.now - obs.watching_since).total_seconds()
+            return Finding(kind, True, f"never heard a heartbeat in {silent:.0f} s", silent, limit)
+        silent = (obs.now - last).total_seconds()
+    else:
+        # Silence counts from the later of the last heartbeat and the controller's start:
+        # a box healthy before a restart gets its usual grace, not an alarm for the time
+        # the controller itself was down.
+        since = obs.watching_since if last is None else max(last, obs.watching_since)
+        silent = (obs.now - since).total_seconds()
     if silent <= limit:
         return Finding(kind, False, "heartbeats resumed", silent, limit)
     if last is None:

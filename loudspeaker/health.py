@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, or_, select
 
 from firmware_bridge.protocol import (
     ControlCommand,
@@ -44,6 +44,7 @@ from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
     AlarmRecord,
+    ClusterAvailability,
     ClusterHealth,
     ClusterRecord,
     ClusterStatus,
@@ -216,6 +217,35 @@ class HealthMonitor(EventWorker["_Event"]):
                 if a.kind == AlarmKind.CONTROL_LINK.value:
                     # Heartbeats do not persist the link state: the open alarm is the memory.
                     c.control_link, c.control_link_detail = "down", a.message
+        self._seed_disconnects(s)
+
+    def _seed_disconnects(self, s: Session) -> None:
+        # The flapping rule counts connection losses in a window; without the recent ones
+        # a restart would clear a flapping alarm. The availability history holds them:
+        # spells alternate, so an offline spell that is not a cluster's first one followed
+        # an online spell (the intervals read here include the one spanning the cutoff).
+        cutoff = self._started_at - timedelta(seconds=self.config.flap_window_s)
+        rows = s.exec(
+            select(ClusterAvailability)
+            .where(
+                or_(
+                    col(ClusterAvailability.started_at) >= cutoff,
+                    col(ClusterAvailability.ended_at).is_(None),
+                    col(ClusterAvailability.ended_at) >= cutoff,
+                )
+            )
+            .order_by(col(ClusterAvailability.started_at), col(ClusterAvailability.id))
+        ).all()
+        seen: set[str] = set()
+        for row in rows:
+            c = self._clusters.get(row.cluster_id)
+            started = as_utc(row.started_at)
+            first = row.cluster_id not in seen
+            seen.add(row.cluster_id)
+            if c is None or first or row.online or started is None or started < cutoff:
+                continue
+            if not row.reason.startswith(_PLANNED_OFFLINE):
+                c.disconnects.append(started)
 
     # -- worker thread ----------------------------------------------------------------------
 
