@@ -56,8 +56,9 @@ FINAL = ["played", "failed", "unreachable", "missed"]
 class Rig:
     """Broker, controller process and simulated fleet process for one fault."""
 
-    def __init__(self, n: int, work: Path) -> None:
+    def __init__(self, n: int, work: Path, nofile: int) -> None:
         self.n = n
+        self.nofile = nofile
         self.work = work
         self.data = work / "data"
         self.broker = EmbeddedBroker(work / "mosquitto", supervise=False)
@@ -67,10 +68,15 @@ class Rig:
         self.clusters = [f"c{i:05d}" for i in range(n)]
         self.cli = [sys.executable, "-m", "cli", "--data-dir", str(self.data)]
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, nofile: int | None = None) -> subprocess.Popen[bytes]:
+        cmd = [*self.cli, *args]
+        if nofile is not None:
+            # The soft descriptor limit a controller usually starts with (a login shell or
+            # a unit without LimitNOFILE): 1,024 on Debian, whatever the hard limit.
+            cmd = ["sh", "-c", 'ulimit -Sn "$0" && exec "$@"', str(nofile), *cmd]
         with (self.work / f"{name}.log").open("w") as log:
             proc = subprocess.Popen(
-                [*self.cli, *args],
+                cmd,
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -89,7 +95,15 @@ class Rig:
             store_site(s, parse_site(site_text(self.n)))
         url = self.broker.endpoint.url
         self.http_port = free_port()
-        ctl = self._spawn("serve", "serve", "--broker", url, "--http-port", str(self.http_port))
+        ctl = self._spawn(
+            "serve",
+            "serve",
+            "--broker",
+            url,
+            "--http-port",
+            str(self.http_port),
+            nofile=self.nofile,
+        )
 
         def card_up() -> bool:
             card = ControllerCard.read(self.data / "run")
@@ -188,7 +202,7 @@ class Rig:
         wait_until(finished, timeout, interval=0.1)
 
 
-def measure(fault: str, clusters: int, runs: int, timeout: float) -> dict[str, Any]:
+def measure(fault: str, clusters: int, runs: int, timeout: float, nofile: int) -> dict[str, Any]:
     """Every run of one fault on a fresh rig."""
     inject = FAULTS[fault]
     if fault in UNAVAILABLE:
@@ -199,7 +213,7 @@ def measure(fault: str, clusters: int, runs: int, timeout: float) -> dict[str, A
     out: dict[str, Any] = {"fault": fault, "runs": runs}
     with (
         tempfile.TemporaryDirectory(prefix=f"bench-chaos-{fault}-") as tmp,
-        Rig(clusters, Path(tmp)) as rig,
+        Rig(clusters, Path(tmp), nofile) as rig,
     ):
         ctx = rig.context()
         targets = set(rig.clusters)
@@ -240,18 +254,27 @@ def main() -> int:
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take")
+    p.add_argument(
+        "--controller-nofile",
+        type=int,
+        default=1024,
+        help="soft descriptor limit the controller starts with (default 1024, Debian's)",
+    )
     args = p.parse_args()
     names = [f for f in args.faults.split(",") if f]
     unknown = [f for f in names if f not in FAULTS]
     if unknown:
         p.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
-    results = [measure(f, args.clusters, args.runs, args.timeout) for f in names]
+    results = [
+        measure(f, args.clusters, args.runs, args.timeout, args.controller_nofile) for f in names
+    ]
     print(
         json.dumps(
             {
                 "bench": "chaos",
                 "command": " ".join(["python bench/chaos.py", *sys.argv[1:]]),
                 "clusters": args.clusters,
+                "controller_soft_nofile": args.controller_nofile,
                 "measures": "emergency CLI start -> last target's 'playing' received, "
                 "during the fault",
                 "results": results,
