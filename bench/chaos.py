@@ -234,7 +234,7 @@ def measure(fault: str, clusters: int, runs: int, timeout: float, nofile: int) -
                 values.append(round(last - t0, 3))
             if bid:
                 rig.settle(bid, timeout)
-        out["injected"] = ctx.stats
+        out["injected_total"] = ctx.stats  # over all the runs
     out.update(
         {
             "ok_runs": len(values),
