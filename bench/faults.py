@@ -285,7 +285,13 @@ def worker_raises(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     raise FaultUnavailable(UNAVAILABLE["worker_raises"])
 
 
+def no_fault(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
+    """Nothing injected: the baseline on the same rig."""
+    return contextlib.nullcontext()
+
+
 FAULTS: dict[str, Callable[[FaultContext], contextlib.AbstractContextManager[None]]] = {
+    "no_fault": no_fault,
     "status_flood": status_flood,
     "ack_flood": ack_flood,
     "idle_media_connections": idle_media_connections,
