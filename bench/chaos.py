@@ -38,6 +38,7 @@ from bench.fanout import site_text  # noqa: E402
 from bench.faults import (  # noqa: E402
     FAULTS,
     IMPERSONATES,
+    NEEDS_FAULTY_SERVE,
     UNAVAILABLE,
     FaultContext,
     FaultUnavailable,
@@ -56,20 +57,27 @@ FINAL = ["played", "failed", "unreachable", "missed"]
 class Rig:
     """Broker, controller process and simulated fleet process for one fault."""
 
-    def __init__(self, n: int, work: Path, nofile: int) -> None:
+    def __init__(self, n: int, work: Path, nofile: int, *, faulty: bool = False) -> None:
         self.n = n
         self.nofile = nofile
+        # Run the controller under bench/faulty_serve.py (its workers die on demand).
+        self.fault_dir = work / "faults" if faulty else None
         self.work = work
         self.data = work / "data"
         self.broker = EmbeddedBroker(work / "mosquitto", supervise=False)
         self.db_file = self.data / "loudspeaker.db"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if self.fault_dir is not None:
+            self.fault_dir.mkdir(parents=True, exist_ok=True)
+            self.env["LOUDSPEAKER_TEST_FAULT_DIR"] = str(self.fault_dir)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.clusters = [f"c{i:05d}" for i in range(n)]
         self.cli = [sys.executable, "-m", "cli", "--data-dir", str(self.data)]
 
     def _spawn(self, name: str, *args: str, nofile: int | None = None) -> subprocess.Popen[bytes]:
         cmd = [*self.cli, *args]
+        if name == "serve" and self.fault_dir is not None:
+            cmd = [sys.executable, "-m", "bench.faulty_serve", *cmd[3:]]
         if nofile is not None:
             # The soft descriptor limit a controller usually starts with (a login shell or
             # a unit without LimitNOFILE): 1,024 on Debian, whatever the hard limit.
@@ -143,6 +151,8 @@ class Rig:
             media_port=http.port or self.http_port,
             db_path=self.db_file,
             attacker=self.clusters[0],
+            fault_dir=self.fault_dir,
+            poke=card.poke,
         )
 
     def online(self) -> int:
@@ -213,7 +223,7 @@ def measure(fault: str, clusters: int, runs: int, timeout: float, nofile: int) -
     out: dict[str, Any] = {"fault": fault, "runs": runs}
     with (
         tempfile.TemporaryDirectory(prefix=f"bench-chaos-{fault}-") as tmp,
-        Rig(clusters, Path(tmp), nofile) as rig,
+        Rig(clusters, Path(tmp), nofile, faulty=fault in NEEDS_FAULTY_SERVE) as rig,
     ):
         ctx = rig.context()
         targets = set(rig.clusters)

@@ -10,6 +10,8 @@ format, to send valid messages from a stolen box's identity).
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import resource
@@ -54,6 +56,9 @@ class FaultContext:
     media_port: int
     db_path: Path
     attacker: str  # the box whose identity the MQTT faults use (a stolen box)
+    # For worker_raises: bench/faulty_serve.py's flag directory, and how to wake the workers.
+    fault_dir: Path | None = None
+    poke: Callable[[], None] | None = None
     # What the injector did, for the report (messages sent, sockets open, refusals...).
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -273,16 +278,37 @@ def database_locked(ctx: FaultContext) -> Iterator[None]:
 # -- workers -------------------------------------------------------------------------------
 
 
+def _faulty_serve_missing() -> str | None:
+    if importlib.util.find_spec("bench.faulty_serve") is None:
+        return (
+            "needs bench/faulty_serve.py, the serve wrapper whose workers die on demand "
+            "(issue 14, helper P2's part): not on this branch"
+        )
+    return None
+
+
 # Faults this build cannot inject, and why (bench/chaos.py reports them as skipped).
 UNAVAILABLE = {
-    "worker_raises": "needs the controller's hook to make a worker raise (issue 14, "
-    "helper P2's part): not on this branch",
+    name: why for name, why in (("worker_raises", _faulty_serve_missing()),) if why is not None
 }
+# Faults whose controller must run under ``python -m bench.faulty_serve``.
+NEEDS_FAULTY_SERVE = {"worker_raises"}
 
 
 def worker_raises(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
-    """A controller worker raises (needs the controller's test hook, helper P2's)."""
-    raise FaultUnavailable(UNAVAILABLE["worker_raises"])
+    """The dispatcher, health monitor and schedule runner threads die at once.
+
+    Uses bench/faulty_serve.py (the controller runs under it, ``ctx.fault_dir`` is its
+    ``LOUDSPEAKER_TEST_FAULT_DIR``); the controller's supervisor must restart them.
+    """
+    why = _faulty_serve_missing()
+    if why is not None:
+        raise FaultUnavailable(why)
+    if ctx.fault_dir is None or ctx.poke is None:
+        raise FaultUnavailable("the controller was not started under bench.faulty_serve")
+    faulty = importlib.import_module("bench.faulty_serve")
+    cm: contextlib.AbstractContextManager[None] = faulty.workers_killed(ctx.fault_dir, ctx.poke)
+    return cm
 
 
 def no_fault(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
