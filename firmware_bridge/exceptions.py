@@ -11,6 +11,14 @@ class ProtocolError(BridgeError):
     """A message on the wire does not follow ``docs/protocol.md``."""
 
 
+class PayloadTooLarge(ProtocolError):
+    """A payload over the size limit: refused before it is parsed."""
+
+
+class PayloadTooDeep(ProtocolError):
+    """JSON nested deeper than the protocol allows: refused before it is parsed."""
+
+
 class BrokerError(BridgeError):
     """The MQTT broker could not be reached or refused us."""
 

@@ -42,6 +42,8 @@ from pydantic import (
 
 from firmware_bridge.exceptions import (
     BadSignature,
+    PayloadTooDeep,
+    PayloadTooLarge,
     ProtocolError,
     StaleCommand,
     UnknownKey,
@@ -51,6 +53,9 @@ from firmware_bridge.exceptions import (
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "loudspeaker"
 MAX_PAYLOAD_BYTES = 64 * 1024
+# No message of the protocol nests deeper than a few levels; 32 leaves room to grow while
+# a payload like 100,000 nested arrays is refused before json.loads recurses into it.
+MAX_JSON_DEPTH = 32
 MAX_MEDIA_BYTES = 200 * 1024 * 1024
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -319,13 +324,51 @@ def encode(message: BaseModel) -> bytes:
 
 def _load(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(
+        raise PayloadTooLarge(
             f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
         )
     try:
-        return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise PayloadTooDeep(f"JSON nested {depth} deep exceeds the limit of {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+    except RecursionError:  # the guard above should make this unreachable
+        raise PayloadTooDeep("JSON nested too deep to parse") from None
+
+
+# An escape pair (so an escaped quote never ends a string), a quote, or a bracket.
+_JSON_TOKENS = re.compile(r'\\.|"|[\[\]{}]', re.DOTALL)
+
+
+def json_depth(text: str) -> int:
+    """How deep ``text``'s arrays and objects nest (brackets inside strings not counted).
+
+    Linear and iterative: it never recurses, whatever the input. Cheap for ordinary
+    messages: with no more brackets than the limit it returns their count at once.
+    """
+    opened = text.count("[") + text.count("{")
+    if opened <= MAX_JSON_DEPTH:
+        return opened
+    depth = deepest = 0
+    in_string = False
+    for m in _JSON_TOKENS.finditer(text):
+        token = m.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or len(token) == 2:
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _first_error(exc: Exception) -> str:

@@ -30,6 +30,7 @@ class AlarmKind(StrEnum):
     PLAYBACK_FAILURES = "playback_failures"
     LINK_FLAPPING = "link_flapping"
     CONTROL_LINK = "control_link"
+    FLOODING = "flooding"
 
 
 SEVERITY: dict[AlarmKind, str] = {
@@ -46,6 +47,9 @@ SEVERITY: dict[AlarmKind, str] = {
     # EN 54-16 counts a failed transmission path as a fault to report: without it the
     # box cannot switch its amplifier (a serial cluster cannot play at all).
     AlarmKind.CONTROL_LINK: "critical",
+    # The controller protects itself (docs/protocol.md, Limits), but a box that floods is
+    # broken or its credentials are in other hands.
+    AlarmKind.FLOODING: "major",
 }
 
 # What a technician should do first, shown with each alarm.
@@ -62,6 +66,10 @@ ACTION: dict[AlarmKind, str] = {
     AlarmKind.LINK_FLAPPING: "check the 4G antenna and signal; move or replace the modem",
     AlarmKind.CONTROL_LINK: (
         "check the serial cable/USB adapter or RS-485 bus, the receiver's power and address"
+    ),
+    AlarmKind.FLOODING: (
+        "the box sends far more than allowed: restart its agent; if it persists, revoke "
+        "its broker credentials (stolen?)"
     ),
 }
 
@@ -86,6 +94,7 @@ class Observation:
     offline_reason: str = ""
     control_link: str | None = None  # "ok" | "down" | None (no MCU link, or not heard)
     control_link_detail: str = ""
+    flooding: str | None = None  # why the box counts as flooding now; None: it does not
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
         _failures(obs, cfg),
         _flapping(obs, cfg),
         _control_link(obs),
+        _flooding(obs),
     ]
 
 
@@ -262,3 +272,10 @@ def _control_link(obs: Observation) -> Finding:
         return Finding(kind, False, "control link answers again")
     detail = obs.control_link_detail or "the box reports its serial control link down"
     return Finding(kind, True, detail[:300])
+
+
+def _flooding(obs: Observation) -> Finding:
+    kind = AlarmKind.FLOODING
+    if obs.flooding is None:
+        return Finding(kind, False, "the box keeps within its rate limit again")
+    return Finding(kind, True, f"flooding: {obs.flooding}"[:300])

@@ -135,6 +135,9 @@ class Controller:
         )
         self.schedules.start()
         # Routes before the link joins the loop: no message arrives with nobody to take it.
+        self.router.awaits = self.dispatcher.sender.awaits
+        self.health.flood = self.router.flood  # the flooding alarm
+        self.health.each_iteration.append(self.router.flush_stash)
         self.router.on_ack(self.dispatcher.accept)
         self.router.on_ack(self.schedules.accept)  # cluster clocks, from ack times
         self.router.on_status(self.dispatcher.accept)

@@ -39,6 +39,7 @@ from loudspeaker.alarms import ACTION, SEVERITY, AlarmKind, Observation, evaluat
 from loudspeaker.db import as_utc
 from loudspeaker.diagnosis import judge, unreachable
 from loudspeaker.exceptions import KeystoreError, LoudspeakerError
+from loudspeaker.flooding import FloodGuard
 from loudspeaker.inbound import DropReason, Drops, HeartbeatIn, ResultIn, StatusIn
 from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
@@ -155,6 +156,8 @@ class HealthMonitor(EventWorker["_Event"]):
         self.results_received = 0
         self.drops = drops if drops is not None else Drops()
         self.alarms_raised = 0
+        # Which boxes exceed their rate limit (the router's), for the flooding alarm.
+        self.flood: FloodGuard | None = None
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -533,6 +536,7 @@ class HealthMonitor(EventWorker["_Event"]):
             offline_reason=c.offline_reason,
             control_link=c.control_link,
             control_link_detail=c.control_link_detail,
+            flooding=self.flood.flooding(cluster) if self.flood is not None else None,
         )
 
     def _alarms(self, s: Session, t: datetime) -> None:

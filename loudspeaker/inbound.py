@@ -11,21 +11,31 @@ nothing raised here can reach the loop.
 Workers count the drops they decide themselves (an ack for a command nobody sent, a
 heartbeat from a cluster not in the site) in the same :class:`Drops`, so the metrics
 endpoint has one count per reason.
+
+Overload (docs/protocol.md, "Limits"): every message takes a token from its cluster's
+bucket (loudspeaker/flooding.py). Past the limit the router still hands on status and
+heartbeats (the workers keep only the latest per cluster, so nothing more reaches the
+database) and acks of commands the dispatcher waits on (``awaits``); other acks and
+control results are dropped as ``rate-limited``. Each worker's inbox coalesces by
+:func:`coalesce_key` and is bounded; :func:`must_keep` says what it never refuses.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from firmware_bridge.exceptions import ProtocolError
+from firmware_bridge.exceptions import PayloadTooDeep, PayloadTooLarge, ProtocolError
 from firmware_bridge.protocol import (
+    MAX_PAYLOAD_BYTES,
     Ack,
     ControlResult,
     Heartbeat,
@@ -37,9 +47,13 @@ from firmware_bridge.protocol import (
     decode_result,
     decode_status,
 )
+from loudspeaker.flooding import FloodGuard
 from loudspeaker.models import now
 
 logger = logging.getLogger(__name__)
+
+# The command id of an ack, found without decoding it (a flooding box's acks).
+_COMMAND_FIELD = re.compile(rb'"command"\s*:\s*"([A-Za-z0-9-]{1,64})"')
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,8 @@ class AckIn:
 
     ack: Ack
     at: datetime
+    # The dispatcher waits on this command (an unfinished delivery): never dropped.
+    awaited: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,10 @@ class DropReason(StrEnum):
     BAD_TOPIC = "bad-topic"
     FOREIGN_SITE = "foreign-site"
     MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    TOO_DEEP = "too-deep"
+    RATE_LIMITED = "rate-limited"  # its box is over its rate limit (flooding)
+    QUEUE_FULL = "queue-full"  # a worker's inbox was full
     CLUSTER_MISMATCH = "cluster-mismatch"
     UNKNOWN_CLUSTER = "unknown-cluster"
     UNKNOWN_COMMAND = "unknown-command"
@@ -125,11 +145,24 @@ class InboundRouter:
     """Validates and decodes each message once; hands typed events to workers by kind."""
 
     def __init__(
-        self, site: str, *, drops: Drops | None = None, clock: Callable[[], datetime] = now
+        self,
+        site: str,
+        *,
+        drops: Drops | None = None,
+        clock: Callable[[], datetime] = now,
+        flood: FloodGuard | None = None,
     ) -> None:
         self.site = site
         self.drops = drops if drops is not None else Drops()
         self.clock = clock
+        self.flood = flood if flood is not None else FloodGuard()
+        # Whether the dispatcher waits on (cluster, command): set by the controller.
+        self.awaits: Callable[[str, str], bool] = lambda _cluster, _command: False
+        self._log = _DropLog()
+        # The latest undecoded status/heartbeat of flooding boxes, by (kind, cluster).
+        self._stash: dict[tuple[Kind, str], tuple[str, bytes, datetime]] = {}
+        # on_message runs on the loop thread, flush_stash on a worker's.
+        self._lock = threading.RLock()
         # Handlers by kind; each takes the event type of its kind (see the on_* methods).
         self._routes: dict[Kind, list[Callable[[Any], None]]] = {kind: [] for kind in Kind}
 
@@ -153,15 +186,27 @@ class InboundRouter:
 
     def on_message(self, topic_name: str, payload: bytes) -> None:
         """MQTT handler: decode, check, route. Never raises."""
-        at = self.clock()
+        with self._lock:
+            self._handle(topic_name, payload, self.clock(), admit=True)
+
+    def flush_stash(self) -> None:
+        """Decode and route the latest status/heartbeat held back from flooding boxes.
+
+        Called every iteration of a worker (any thread), so the last word of a box that
+        stopped flooding is applied even if it sends nothing more.
+        """
+        with self._lock:
+            stash, self._stash = self._stash, {}
+            for topic_name, payload, at in stash.values():
+                self._handle(topic_name, payload, at, admit=False)
+
+    def _handle(self, topic_name: str, payload: bytes, at: datetime, *, admit: bool) -> None:
         kind = _kind_of(topic_name)
         try:
-            event = self._decode(topic_name, payload, at)
+            event = self._decode(topic_name, payload, at, admit=admit)
         except _Dropped as drop:
             self.drops.count(kind, drop.reason)
-            logger.warning(
-                "dropped message on %s: %s; payload %r", topic_name, drop.detail, payload[:200]
-            )
+            self._log.dropped(topic_name, kind, drop, payload)
             return
         except Exception:
             # A decoder bug must not end the MQTT loop: the message is lost, loudly.
@@ -176,7 +221,9 @@ class InboundRouter:
             except Exception:
                 logger.exception("handler %r failed on a message on %s", handler, topic_name)
 
-    def _decode(self, topic_name: str, payload: bytes, at: datetime) -> InboundEvent | None:
+    def _decode(
+        self, topic_name: str, payload: bytes, at: datetime, *, admit: bool
+    ) -> InboundEvent | None:
         try:
             parsed = Topic.parse(topic_name)
         except ProtocolError as exc:
@@ -185,8 +232,20 @@ class InboundRouter:
             raise _Dropped(
                 DropReason.FOREIGN_SITE, f"message for site {parsed.site!r}, we serve {self.site!r}"
             )
+        within = True
+        if admit:
+            # Every message counts against its box, even one that fails to decode.
+            within = self.flood.admit(parsed.cluster)
+            if within:
+                self._unstash(parsed.cluster)  # what it said before this comes first
+            elif self._held_back(parsed, topic_name, payload, at):
+                return None
         try:
             event, named = self._payload(parsed.kind, payload, at)
+        except PayloadTooLarge as exc:
+            raise _Dropped(DropReason.TOO_LARGE, str(exc)) from None
+        except PayloadTooDeep as exc:
+            raise _Dropped(DropReason.TOO_DEEP, str(exc)) from None
         except ProtocolError as exc:
             raise _Dropped(DropReason.MALFORMED, str(exc)) from None
         if event is None:
@@ -196,7 +255,39 @@ class InboundRouter:
                 DropReason.CLUSTER_MISMATCH,
                 f"{parsed.kind.value} names cluster {named!r} on {parsed.cluster!r}'s topic",
             )
+        if isinstance(event, AckIn) and self.awaits(event.ack.cluster, event.ack.command):
+            event = AckIn(event.ack, event.at, awaited=True)
+        if not within and isinstance(event, AckIn | ResultIn) and not must_keep(event):
+            raise _Dropped(
+                DropReason.RATE_LIMITED, f"{parsed.cluster} is over its rate limit (flooding)"
+            )
         return event
+
+    def _held_back(self, parsed: Topic, topic_name: str, payload: bytes, at: datetime) -> bool:
+        """A message past its box's rate limit, dealt with before the costly decoding.
+
+        Only the latest status and heartbeat are kept, undecoded; acks are decoded only
+        when they name a command the dispatcher waits on; control results are dropped.
+        True: nothing more to do with it now.
+        """
+        if parsed.kind in (Kind.STATUS, Kind.HEALTH):
+            self._stash[(parsed.kind, parsed.cluster)] = (topic_name, payload, at)
+            return True
+        if parsed.kind is Kind.ACK:
+            # A cheap look at the command id; a payload that lies here is decoded in full
+            # (and checked) or dropped, either way no harm.
+            m = _COMMAND_FIELD.search(payload[:MAX_PAYLOAD_BYTES])
+            if m is not None and self.awaits(parsed.cluster, m.group(1).decode()):
+                return False
+        raise _Dropped(
+            DropReason.RATE_LIMITED, f"{parsed.cluster} is over its rate limit (flooding)"
+        )
+
+    def _unstash(self, cluster: str) -> None:
+        for kind in (Kind.STATUS, Kind.HEALTH):
+            held = self._stash.pop((kind, cluster), None)
+            if held is not None:
+                self._handle(*held, admit=False)
 
     @staticmethod
     def _payload(kind: Kind, payload: bytes, at: datetime) -> tuple[InboundEvent | None, str]:
@@ -229,3 +320,74 @@ def _kind_of(topic_name: str) -> Kind | None:
         return Kind(topic_name.rsplit("/", 1)[-1])
     except ValueError:
         return None
+
+
+def event_kind(event: object) -> Kind | None:
+    """The wire kind an inbound event came as (None: one of a worker's own events)."""
+    if isinstance(event, AckIn):
+        return Kind.ACK
+    if isinstance(event, StatusIn):
+        return Kind.STATUS
+    if isinstance(event, HeartbeatIn):
+        return Kind.HEALTH
+    if isinstance(event, ResultIn):
+        return Kind.RESULT
+    return None
+
+
+def coalesce_key(event: object) -> Hashable | None:
+    """What an inbound event is about: a worker's inbox keeps only the latest of each.
+
+    The latest status and heartbeat of a cluster win; repeats of one ack state for one
+    command, and of one control result, collapse into one. A worker's own events (None)
+    are never coalesced.
+    """
+    if isinstance(event, StatusIn):
+        return (Kind.STATUS, event.status.cluster)
+    if isinstance(event, HeartbeatIn):
+        return (Kind.HEALTH, event.heartbeat.cluster)
+    if isinstance(event, AckIn):
+        ack = event.ack
+        return (Kind.ACK, ack.cluster, ack.command, ack.state)
+    if isinstance(event, ResultIn):
+        return (Kind.RESULT, event.result.cluster, event.result.command)
+    return None
+
+
+def must_keep(event: object) -> bool:
+    """Events a full inbox still takes: a worker's own, and acks the dispatcher waits on.
+
+    Status and heartbeats are bounded by coalescing (one per cluster) instead.
+    """
+    if isinstance(event, AckIn):
+        return event.awaited
+    return event_kind(event) is None
+
+
+class _DropLog:
+    """One WARNING per kind and reason every ``every_s``, with how many were dropped since.
+
+    A flood of bad messages must not become a flood of log lines.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[tuple[Kind | None, DropReason], float] = {}
+        self._since: Counter[tuple[Kind | None, DropReason]] = Counter()
+
+    def dropped(self, topic_name: str, kind: Kind | None, drop: _Dropped, payload: bytes) -> None:
+        key = (kind, drop.reason)
+        self._since[key] += 1
+        t = time.monotonic()
+        if t - self._last.get(key, -self.every_s) < self.every_s:
+            return
+        self._last[key] = t
+        n = self._since.pop(key)
+        more = f" ({n - 1} more like it since the last report)" if n > 1 else ""
+        logger.warning(
+            "dropped message on %s: %s; payload %r%s",
+            topic_name,
+            drop.detail,
+            payload[:200],
+            more,
+        )

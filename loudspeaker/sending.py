@@ -17,6 +17,10 @@ from loudspeaker import cluster_commands
 from loudspeaker.keys import CommandSigner
 from loudspeaker.models import Broadcast, Delivery, MediaRecord
 
+# Acks of a played item arrive after its command expired (it expires before it must
+# start, not before it ends): long announcements included, an hour covers them.
+_ACKS_AFTER_EXPIRY = timedelta(hours=1)
+
 
 class Publisher(Protocol):
     """What the controller's workers need of an MQTT link."""
@@ -60,6 +64,21 @@ class CommandSender:
         self.inflight: set[int] = set()
         # When each delivery was last published (emergency retries count from there).
         self.last_sent: dict[int, datetime] = {}
+        # Play commands published and not long expired, by (cluster, command id): their
+        # acks are never dropped under overload (read on the MQTT loop thread; replaced
+        # whole when pruned, so a reader never sees it half changed).
+        self._awaited: dict[tuple[str, str], datetime] = {}
+        self._awaited_pruned_at = 0
+
+    def awaits(self, cluster: str, command: str) -> bool:
+        """Whether ``cluster``'s acks of ``command`` answer a play command we sent."""
+        return (cluster, command) in self._awaited
+
+    def _await(self, d: Delivery, t: datetime, expires: datetime) -> None:
+        self._awaited[(d.cluster_id, d.command_id)] = expires + _ACKS_AFTER_EXPIRY
+        if len(self._awaited) >= 2 * max(self._awaited_pruned_at, 5_000):
+            self._awaited = {k: v for k, v in self._awaited.items() if v > t}
+            self._awaited_pruned_at = len(self._awaited)
 
     @property
     def connected(self) -> bool:
@@ -87,6 +106,7 @@ class CommandSender:
         assert d.id is not None
         self.inflight.add(d.id)
         self.last_sent[d.id] = t
+        self._await(d, t, expires)
         self._publish(d.cluster_id, encode(cmd), on_done)
 
     def ask_again(
@@ -104,6 +124,7 @@ class CommandSender:
             issued_at=min(t, expires - timedelta(seconds=1)),
             expires_at=expires,
         )
+        self._await(d, t, expires)
         self._publish(d.cluster_id, encode(self.signer.sign(cmd)))
 
     def stop(self, d: Delivery, broadcast_id: str, t: datetime, expires: datetime) -> None:
