@@ -95,6 +95,8 @@ class Observation:
     control_link: str | None = None  # "ok" | "down" | None (no MCU link, or not heard)
     control_link_detail: str = ""
     flooding: str | None = None  # why the box counts as flooding now; None: it does not
+    flood_calm_s: float = 0.0  # how long the rate limiter watches before it calls a box calm
+    flood_raised_at: datetime | None = None  # when the open flooding alarm was raised
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
         _failures(obs, cfg),
         _flapping(obs, cfg),
         _control_link(obs),
-        _flooding(obs),
+        _flooding(obs, active),
     ]
 
 
@@ -274,8 +276,15 @@ def _control_link(obs: Observation) -> Finding:
     return Finding(kind, True, detail[:300])
 
 
-def _flooding(obs: Observation) -> Finding:
+def _flooding(obs: Observation, active: set[AlarmKind]) -> Finding:
     kind = AlarmKind.FLOODING
     if obs.flooding is None:
+        watched = (obs.now - obs.watching_since).total_seconds()
+        raised = obs.flood_raised_at
+        carried = kind in active and raised is not None and raised < obs.watching_since
+        if carried and watched < obs.flood_calm_s:
+            # Carried over a controller restart: the new rate limiter has not yet watched
+            # the box long enough to call it calm, so a restart alone never clears it.
+            return Finding(kind, None)
         return Finding(kind, False, "the box keeps within its rate limit again")
     return Finding(kind, True, f"flooding: {obs.flooding}"[:300])

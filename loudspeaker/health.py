@@ -519,6 +519,7 @@ class HealthMonitor(EventWorker["_Event"]):
     def observation(self, cluster: str, t: datetime) -> Observation:
         """What the alarm rules see of ``cluster`` at ``t``."""
         c = self._clusters[cluster]
+        flood = c.alarms.get(AlarmKind.FLOODING)
         return Observation(
             now=t,
             watching_since=self._started_at,
@@ -537,6 +538,8 @@ class HealthMonitor(EventWorker["_Event"]):
             control_link=c.control_link,
             control_link_detail=c.control_link_detail,
             flooding=self.flood.flooding(cluster) if self.flood is not None else None,
+            flood_calm_s=self.flood.limit.calm_s if self.flood is not None else 0.0,
+            flood_raised_at=as_utc(flood.raised_at) if flood is not None else None,
         )
 
     def _alarms(self, s: Session, t: datetime) -> None:

@@ -24,6 +24,7 @@ from firmware_bridge.protocol import Heartbeat, Status, utcnow
 from loudspeaker.alarms import AlarmKind, evaluate
 from loudspeaker.availability import record_status
 from loudspeaker.db import make_engine
+from loudspeaker.flooding import FloodGuard, RateLimit
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import HeartbeatIn, StatusIn
 from loudspeaker.keystore import Keystore
@@ -63,8 +64,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def _restart(engine: Engine, tmp_path: Path) -> HealthMonitor:
-    """A fresh monitor on the same database, as a restarted controller builds it."""
+    """A fresh monitor on the same database, as a restarted controller builds it.
+
+    With a fresh rate limiter too (the router's, empty after a restart).
+    """
     m = HealthMonitor(engine, _Link(), site=SITE, keystore=Keystore(tmp_path / "keys"))
+    m.flood = FloodGuard(RateLimit(rate_per_s=1.0, burst=5.0, calm_s=600.0))
     m.load()
     return m
 
@@ -191,6 +196,7 @@ def test_no_alarm_kind_is_cleared_by_a_restart(engine: Engine, tmp_path: Path) -
         state = "offline" if i % 2 == 0 else "online"
         status = Status(cluster="lb-04", state=state, agent="sim", reason="lost link")
         first.accept(StatusIn(status, at))
+        first.step()  # one at a time: the monitor's queue keeps only a box's latest status
         with Session(engine) as s:
             record_status(s, status, at)
             s.commit()
@@ -201,6 +207,10 @@ def test_no_alarm_kind_is_cleared_by_a_restart(engine: Engine, tmp_path: Path) -
         record_status(s, down, t)
         s.commit()
     first.accept(_heartbeat("lb-03", t - timedelta(seconds=1)))
+    # lb-02 floods (past its burst of 5) until the first controller dies.
+    assert first.flood is not None
+    for _ in range(50):
+        first.flood.admit("lb-02")
     first.step()
     before = _open_alarms(engine)
     kinds = {kind for _, kind in before}
@@ -212,3 +222,9 @@ def test_no_alarm_kind_is_cleared_by_a_restart(engine: Engine, tmp_path: Path) -
     second.step()
     second.step()
     assert _open_alarms(engine) == before
+    # The carried flooding alarm clears once the new rate limiter has watched lb-02 calm
+    # for its calm time.
+    started = second.observation("lb-02", t).watching_since
+    later = second.observation("lb-02", started + timedelta(seconds=601))
+    found = {f.kind: f.active for f in evaluate(later, second.config, {AlarmKind.FLOODING})}
+    assert found[AlarmKind.FLOODING] is False
