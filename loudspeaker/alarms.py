@@ -108,6 +108,8 @@ class Observation:
     control_link: str | None = None  # "ok" | "down" | None (no MCU link, or not heard)
     control_link_detail: str = ""
     flooding: str | None = None  # why the box counts as flooding now; None: it does not
+    flood_calm_s: float = 0.0  # how long the rate limiter watches before it calls a box calm
+    flood_raised_at: datetime | None = None  # when the open flooding alarm was raised
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
     """Every rule applied to ``obs``; ``active`` says which alarms are raised now."""
     return [
         _offline(obs, cfg),
-        _missed(obs, cfg),
+        _missed(obs, cfg, active),
         _above(
             AlarmKind.OVERHEAT,
             obs.amp_temp_c,
@@ -157,7 +159,7 @@ def evaluate(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> lis
         _failures(obs, cfg),
         _flapping(obs, cfg),
         _control_link(obs),
-        _flooding(obs),
+        _flooding(obs, active),
     ]
 
 
@@ -174,14 +176,26 @@ def _offline(obs: Observation, cfg: HealthConfig) -> Finding:
     return Finding(kind, True, f"offline{why}")
 
 
-def _missed(obs: Observation, cfg: HealthConfig) -> Finding:
+def _missed(obs: Observation, cfg: HealthConfig, active: set[AlarmKind]) -> Finding:
     kind = AlarmKind.HEARTBEAT_MISSED
     if obs.online is False:
         return Finding(kind, False, "cluster offline (see the offline alarm)")
     interval = obs.interval_s or cfg.heartbeat_s
     limit = cfg.missed_heartbeats * interval
     last = obs.last_heartbeat_at
-    silent = (obs.now - (last or obs.watching_since)).total_seconds()
+    if kind in active:
+        # A raised alarm (maybe carried over a controller restart) clears only when the
+        # box is heard again: the time since the controller started proves nothing.
+        if last is None:
+            silent = (obs.now - obs.watching_since).total_seconds()
+            return Finding(kind, True, f"never heard a heartbeat in {silent:.0f} s", silent, limit)
+        silent = (obs.now - last).total_seconds()
+    else:
+        # Silence counts from the later of the last heartbeat and the controller's start:
+        # a box healthy before a restart gets its usual grace, not an alarm for the time
+        # the controller itself was down.
+        since = obs.watching_since if last is None else max(last, obs.watching_since)
+        silent = (obs.now - since).total_seconds()
     if silent <= limit:
         return Finding(kind, False, "heartbeats resumed", silent, limit)
     if last is None:
@@ -275,8 +289,15 @@ def _control_link(obs: Observation) -> Finding:
     return Finding(kind, True, detail[:300])
 
 
-def _flooding(obs: Observation) -> Finding:
+def _flooding(obs: Observation, active: set[AlarmKind]) -> Finding:
     kind = AlarmKind.FLOODING
     if obs.flooding is None:
+        watched = (obs.now - obs.watching_since).total_seconds()
+        raised = obs.flood_raised_at
+        carried = kind in active and raised is not None and raised < obs.watching_since
+        if carried and watched < obs.flood_calm_s:
+            # Carried over a controller restart: the new rate limiter has not yet watched
+            # the box long enough to call it calm, so a restart alone never clears it.
+            return Finding(kind, None)
         return Finding(kind, False, "the box keeps within its rate limit again")
     return Finding(kind, True, f"flooding: {obs.flooding}"[:300])

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, or_, select
 
 from firmware_bridge.protocol import (
     ControlCommand,
@@ -45,6 +45,7 @@ from loudspeaker.keys import CommandSigner
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import (
     AlarmRecord,
+    ClusterAvailability,
     ClusterHealth,
     ClusterRecord,
     ClusterStatus,
@@ -221,6 +222,35 @@ class HealthMonitor(EventWorker["_Event"]):
                 if a.kind == AlarmKind.CONTROL_LINK.value:
                     # Heartbeats do not persist the link state: the open alarm is the memory.
                     c.control_link, c.control_link_detail = "down", a.message
+        self._seed_disconnects(s)
+
+    def _seed_disconnects(self, s: Session) -> None:
+        # The flapping rule counts connection losses in a window; without the recent ones
+        # a restart would clear a flapping alarm. The availability history holds them:
+        # spells alternate, so an offline spell that is not a cluster's first one followed
+        # an online spell (the intervals read here include the one spanning the cutoff).
+        cutoff = self._started_at - timedelta(seconds=self.config.flap_window_s)
+        rows = s.exec(
+            select(ClusterAvailability)
+            .where(
+                or_(
+                    col(ClusterAvailability.started_at) >= cutoff,
+                    col(ClusterAvailability.ended_at).is_(None),
+                    col(ClusterAvailability.ended_at) >= cutoff,
+                )
+            )
+            .order_by(col(ClusterAvailability.started_at), col(ClusterAvailability.id))
+        ).all()
+        seen: set[str] = set()
+        for row in rows:
+            c = self._clusters.get(row.cluster_id)
+            started = as_utc(row.started_at)
+            first = row.cluster_id not in seen
+            seen.add(row.cluster_id)
+            if c is None or first or row.online or started is None or started < cutoff:
+                continue
+            if not row.reason.startswith(_PLANNED_OFFLINE):
+                c.disconnects.append(started)
 
     # -- worker thread ----------------------------------------------------------------------
 
@@ -511,6 +541,7 @@ class HealthMonitor(EventWorker["_Event"]):
     def observation(self, cluster: str, t: datetime) -> Observation:
         """What the alarm rules see of ``cluster`` at ``t``."""
         c = self._clusters[cluster]
+        flood = c.alarms.get(AlarmKind.FLOODING)
         return Observation(
             now=t,
             watching_since=self._started_at,
@@ -529,6 +560,8 @@ class HealthMonitor(EventWorker["_Event"]):
             control_link=c.control_link,
             control_link_detail=c.control_link_detail,
             flooding=self.flood.flooding(cluster) if self.flood is not None else None,
+            flood_calm_s=self.flood.limit.calm_s if self.flood is not None else 0.0,
+            flood_raised_at=as_utc(flood.raised_at) if flood is not None else None,
         )
 
     def _alarms(self, s: Session, t: datetime) -> None:

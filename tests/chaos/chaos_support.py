@@ -22,7 +22,6 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
 
-from firmware_bridge.protocol import Priority, new_id
 from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import free_port
 from loudspeaker.media import MediaStore
@@ -209,39 +208,25 @@ def queue_broadcast(
                 s, media=media, title=f"chaos {freq}", target=target, clusters=clusters
             )
             return b.id, media.sha256
-        # What the schedule runner writes when it stages a slot
-        # (loudspeaker/schedule_runner.py): the air time on the broadcast, start_at and
-        # expiry on each delivery, all in the same transaction. (Written in two, a running
-        # dispatcher could send the deliveries before they had a start_at, and the
+        # What the schedule runner writes when it stages a slot (loudspeaker/
+        # schedule_runner.py), with the same builder: the air time on the broadcast,
+        # start_at and expiry on each delivery, all in one transaction. (Written in two, a
+        # running dispatcher could send the deliveries before they had a start_at, and the
         # clusters would play them at once.) The runner's own SIGKILL test is
         # tests/schedules/test_sched_live.py.
         t = now()
         air = t + timedelta(seconds=air_in_s)
-        b = Broadcast(
-            id=new_id()[:12],
+        b = create_broadcast(
+            s,
+            media=media,
             title=f"chaos {freq}",
-            priority=Priority.NORMAL.value,
             target=target,
-            media_sha256=media.sha256,
-            engine=media.engine,
+            clusters=clusters,
             created_at=t,
             scheduled_for=air,
+            start_at=air,
+            expires_at=air + timedelta(minutes=15),
         )
-        s.add(b)
-        for c in clusters:
-            s.add(
-                Delivery(
-                    broadcast_id=b.id,
-                    cluster_id=c.id,
-                    command_id=new_id(),
-                    state=DeliveryState.QUEUED.value,
-                    queued_at=t,
-                    updated_at=t,
-                    start_at=air,
-                    expires_at=air + timedelta(minutes=15),
-                )
-            )
-        s.commit()
         return b.id, media.sha256
 
 
