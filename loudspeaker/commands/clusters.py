@@ -9,8 +9,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, console, face, local_time, print_json
 from loudspeaker.exceptions import InvalidRequest
 from loudspeaker.services import clusters as service
 
@@ -104,20 +103,19 @@ def _show(d: dict[str, Any], zone: ZoneInfo) -> None:
         console.print(t)
 
 
-@handle_errors
+@face
 def clusters(
-    ctx: typer.Context,
+    state: State,
     action: Annotated[
         str | None, typer.Argument(help="`show` for one cluster's detail", metavar="[show]")
     ] = None,
     cluster_id: Annotated[str | None, typer.Argument(help="With `show`: the id")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every cluster: hamlet, online, last seen, alarms, volume, temperature, supply, line."""
     if action is not None and (action != "show" or not cluster_id):
         raise InvalidRequest("usage: loudspeaker clusters [show ID] [--json]")
-    state = state_of(ctx)
-    actor = current_actor(state)
+    actor = state.actor()
     if cluster_id is None:
         rows = service.list_clusters(state, actor)
         if as_json:

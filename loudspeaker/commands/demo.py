@@ -16,16 +16,16 @@ import typer
 
 from loudspeaker import demo as rig
 from loudspeaker.auth import BOOTSTRAP_ROLE, Actor
-from loudspeaker.commands.common import State, console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import State, console, face, print_json
 from loudspeaker.commands.progress import follow
 from loudspeaker.services import broadcasts
 from loudspeaker.services.broadcasts import BroadcastRequest
 from loudspeaker.site import load_site_file, store_site
 
 
-@handle_errors
+@face
 def demo(
-    ctx: typer.Context,
+    outer: State,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
     site_file: Annotated[Path, typer.Option(help="Site file to load")] = Path(
         "sites/luc-binh.toml"
@@ -35,7 +35,6 @@ def demo(
     ),
 ) -> None:
     """The whole path on embedded defaults: site, controller, simulated clusters, a bulletin."""
-    outer = state_of(ctx)
     rig.fresh_dir(demo_dir)
     state = State(replace(outer.settings, data_dir=demo_dir.resolve(), db_url=None))
     settings, log = state.settings, demo_dir / "demo.log"

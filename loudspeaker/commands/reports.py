@@ -11,8 +11,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands.common import (
+    JsonOpt,
+    State,
+    command,
+    console,
+    face,
+    local_time,
+    print_json,
+)
 from loudspeaker.exceptions import ReportError
 from loudspeaker.services import reports
 from loudspeaker.services.reports import LogQuery
@@ -27,9 +34,9 @@ _LOG_COLUMNS = (
 )  # fmt: skip
 
 
-@handle_errors
+@face
 def log(
-    ctx: typer.Context,
+    state: State,
     date_from: Annotated[
         str | None,
         typer.Option("--from", help="First day, YYYY-MM-DD (or today, yesterday) [yesterday]"),
@@ -42,7 +49,7 @@ def log(
     priority: Annotated[
         str | None, typer.Option(help="Only this priority: normal, priority, emergency")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
     as_csv: Annotated[
         bool, typer.Option("--csv", help="Print CSV, one row per broadcast x cluster")
     ] = False,
@@ -55,9 +62,8 @@ def log(
 
     if as_json and as_csv:
         raise ReportError("choose one of --json and --csv")
-    state = state_of(ctx)
     query = LogQuery(date_from, date_to, hamlet, cluster, priority)
-    found = reports.broadcast_log(state, current_actor(state), query)
+    found = reports.broadcast_log(state, state.actor(), query)
     flt, zone, entries = found.filter, found.zone, found.entries
     if as_json:
         print_json(found.to_json())
@@ -100,10 +106,9 @@ def log(
 report_app = typer.Typer(help="Reports sent upward (monthly: XLSX or CSV, with charts).")
 
 
-@report_app.command("monthly")
-@handle_errors
+@command(report_app, "monthly")
 def report_monthly(
-    ctx: typer.Context,
+    state: State,
     month: Annotated[str, typer.Argument(help="The month, YYYY-MM", metavar="YYYY-MM")],
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Report file: .xlsx (with charts) or .csv")
@@ -114,8 +119,7 @@ def report_monthly(
     as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as JSON")] = False,
 ) -> None:
     """The monthly report: totals per hamlet and cluster, availability, failures, charts."""
-    state = state_of(ctx)
-    done = reports.monthly(state, current_actor(state), month, output, png)
+    done = reports.monthly(state, state.actor(), month, output, png)
     report, m, written = done.report, done.month, done.files
     if as_json:
         print_json({"files": [str(p) for p in written], "report": report.to_json()})

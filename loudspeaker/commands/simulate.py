@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands.common import err_console, handle_errors, state_of
+from loudspeaker.commands.common import State, err_console, face
 
 
-@handle_errors
+@face
 def simulate(
-    ctx: typer.Context,
+    state: State,
     clusters: Annotated[
         int | None, typer.Option(help="How many of the site's clusters (default all)")
     ] = None,
@@ -47,7 +47,6 @@ def simulate(
     from loudspeaker import lifecycle, simulation
     from loudspeaker.site import current_site
 
-    state = state_of(ctx)
     with state.session() as s:
         site = current_site(s)
     options = simulation.SimulationOptions(

@@ -8,33 +8,30 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, console, face, print_json
 from loudspeaker.services import site as site_service
 
 
-@handle_errors
+@face
 def site_load(
-    ctx: typer.Context,
+    state: State,
     file: Annotated[Path, typer.Argument(help="Site file (TOML), e.g. sites/luc-binh.toml")],
 ) -> None:
     """Validate a site file and store it (replaces the stored hamlets and clusters)."""
-    state = state_of(ctx)
-    site = site_service.load(state, current_actor(state), file).site
+    site = site_service.load(state, state.actor(), file).site
     console.print(
         f"Loaded site [bold]{site.site.name}[/] ({site.site.id}): "
         f"{len(site.hamlets)} hamlets, {len(site.clusters)} clusters."
     )
 
 
-@handle_errors
+@face
 def site_show(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    state: State,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the stored site: hamlets and clusters."""
-    state = state_of(ctx)
-    view = site_service.show(state, current_actor(state))
+    view = site_service.show(state, state.actor())
     site = view.site
     if as_json:
         print_json(site.model_dump(mode="json"))
