@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
-from loudspeaker.commands.common import (
-    JsonOpt,
-    State,
-    TimeoutOpt,
-    command,
-    console,
-    face,
-    local_time,
-    print_json,
-)
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, TimeoutOpt, command, console, print_json
 from loudspeaker.services import clusters as service
 from loudspeaker.services.clusters import ControlOutcome
 
@@ -29,11 +19,7 @@ _CHECK_COLOURS = {
 }  # fmt: skip
 
 
-def _at(iso: str | None, zone: ZoneInfo) -> str:
-    return local_time(datetime.fromisoformat(iso) if iso else None, zone, "%d/%m %H:%M:%S")
-
-
-@face
+@c.face
 def alarms(
     state: State,
     history: Annotated[
@@ -59,8 +45,8 @@ def alarms(
             d["cluster"],
             f"[{colour}]{d['kind']}[/]" if colour else d["kind"],
             d["severity"],
-            _at(d["raised_at"], zone),
-            "[bold]active[/]" if active else _at(d["cleared_at"], zone),
+            c.iso_time(d["raised_at"], zone, c.DAY_SECOND),
+            "[bold]active[/]" if active else c.iso_time(d["cleared_at"], zone, c.DAY_SECOND),
             d["message"] if active else f"{d['message']} → {d['clear_message'] or ''}",
             d["action"] if active else "",
         )
@@ -126,7 +112,7 @@ def cluster_reboot(
     _report(done, "reboot", as_json)
 
 
-@face
+@c.face
 def diagnose(
     state: State,
     cluster: ClusterArg,
@@ -150,9 +136,9 @@ def diagnose(
         colour = _STATUS_COLOURS.get(diag["status"], "")
         console.print(f"[bold]{cluster}[/]: [{colour}]{diag['status']}[/] — {diag['verdict']}")
         table = Table("test", "result", "finding", "do")
-        for c in diag["checks"]:
-            cc = _CHECK_COLOURS.get(c["status"], "")
-            table.add_row(c["name"], f"[{cc}]{c['status']}[/]", c["summary"], c["action"])
+        for t in diag["checks"]:
+            cc = _CHECK_COLOURS.get(t["status"], "")
+            table.add_row(t["name"], f"[{cc}]{t['status']}[/]", t["summary"], t["action"])
         console.print(table)
         if diag["action"] != "none":
             console.print(f"Suggested action: [bold]{diag['action']}[/]")

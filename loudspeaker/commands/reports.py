@@ -11,15 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loudspeaker.commands.common import (
-    JsonOpt,
-    State,
-    command,
-    console,
-    face,
-    local_time,
-    print_json,
-)
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, command, console, print_json
 from loudspeaker.exceptions import ReportError
 from loudspeaker.services import reports
 from loudspeaker.services.reports import LogQuery
@@ -34,7 +27,7 @@ _LOG_COLUMNS = (
 )  # fmt: skip
 
 
-@face
+@c.face
 def log(
     state: State,
     date_from: Annotated[
@@ -80,7 +73,7 @@ def log(
         if e.repeat > 1:
             length += f" x{e.repeat}"
         head = [
-            local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S"),
+            c.local_time(e.scheduled_at, zone, c.DAY_SECOND),
             escape(f"{e.id} {e.title}"),
             e.priority,
             escape(f"{e.what}, {length}"),
@@ -93,7 +86,7 @@ def log(
                 *(head if i == 0 else [""] * len(head)),
                 d.cluster,
                 d.hamlet,
-                local_time(d.started_at, zone),
+                c.local_time(d.started_at, zone),
                 "-" if delay is None else f"{delay:+.0f} s",
                 f"[{style}]{d.outcome}[/]",
                 escape(d.reason),
