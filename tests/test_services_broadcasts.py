@@ -131,6 +131,12 @@ def test_emergencies_are_not_sent_as_broadcasts() -> None:
         BroadcastRequest("x", "all", priority=Priority.EMERGENCY)
 
 
+@pytest.mark.parametrize("to", ["", "  "])
+def test_a_broadcast_must_say_where(to: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"say where: --to all \| hamlet:NAME"):
+        BroadcastRequest("x", to)
+
+
 def test_audio_source_resolution_picks_the_right_kind(ctx: ServiceContext, recording: Path) -> None:
     data_dir = ctx.settings.data_dir
     ann = announcements.make_from_text(

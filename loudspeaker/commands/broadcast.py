@@ -71,9 +71,7 @@ def broadcast(
         return
     if broadcast_id is not None:
         raise LoudspeakerError("give the text as one quoted argument")
-    if to is None:
-        raise LoudspeakerError("say where: --to all | hamlet:NAME | cluster:ID")
-    request = BroadcastRequest(what, to, title, priority, repeat, gap, engine)
+    request = BroadcastRequest(what, to or "", title, priority, repeat, gap, engine)
     actor = state.actor()
     sent = broadcasts.send(state, actor, request)
     c.warn_not_running(sent.controller_notified, "the broadcast is queued and goes out")
