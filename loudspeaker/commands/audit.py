@@ -63,14 +63,11 @@ def audit_verify(
 ) -> None:
     """Recompute the hash chain; exit 1 and name the rows if any was edited or deleted."""
     result = audit_service.verify(state, state.actor(), head)
-    head_text = f"{result.head_seq}:{result.head_hash}"
     if as_json:
-        print_json(
-            {"ok": result.ok, "rows": result.rows, "head": head_text, "problems": result.problems}
-        )
+        print_json(result.to_json())
     elif result.ok:
         console.print(
-            f"[green]audit log intact:[/] {result.rows} rows; head {head_text} (write it down "
+            f"[green]audit log intact:[/] {result.rows} rows; head {result.head} (write it down "
             "elsewhere to detect truncation later)"
         )
     else:
