@@ -137,6 +137,16 @@ def test_a_broadcast_must_say_where(to: str) -> None:
         BroadcastRequest("x", to)
 
 
+@pytest.mark.parametrize(("hamlets", "everywhere"), [((), False), (("na-lang",), True)])
+def test_an_emergency_goes_to_some_hamlets_or_all(
+    hamlets: tuple[str, ...], everywhere: bool
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"say where: --hamlet NAME \(repeatable\) or --all"):
+        emergencies.where(hamlets, everywhere)
+    assert emergencies.where(["na-lang", "ban-cau"], False) == ("na-lang", "ban-cau")
+    assert emergencies.where([], True) == ()
+
+
 def test_audio_source_resolution_picks_the_right_kind(ctx: ServiceContext, recording: Path) -> None:
     data_dir = ctx.settings.data_dir
     ann = announcements.make_from_text(

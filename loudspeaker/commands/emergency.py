@@ -70,11 +70,9 @@ def emergency(
         return
     if emergency_id is not None:
         raise LoudspeakerError("give the emergency text as one quoted argument")
-    if bool(hamlet) == all_hamlets:
-        raise LoudspeakerError("say where: --hamlet NAME (repeatable) or --all")
     request = EmergencyRequest(
         text,
-        tuple(hamlet or ()),
+        emergencies.where(hamlet or (), all_hamlets),
         recording=recording,
         siren=siren,
         announcement=announcement,

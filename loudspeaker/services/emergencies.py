@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -14,7 +14,7 @@ from loudspeaker import emergency as em
 from loudspeaker.auth import Actor, Permission, authorize, hamlets_of
 from loudspeaker.broker import running_broker
 from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
-from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.exceptions import InvalidRequest, LoudspeakerError
 from loudspeaker.keys import CommandSigner
 from loudspeaker.runtime import (
     ControllersAccountRefused,
@@ -29,6 +29,13 @@ from loudspeaker.targets import hamlet_clusters
 
 EmergencyRequest = em.EmergencyRequest
 EmergencyView = em.EmergencyView
+
+
+def where(hamlets: Sequence[str], everywhere: bool) -> tuple[str, ...]:
+    """An emergency's ``hamlets`` (empty: every hamlet); some hamlets or all, never both."""
+    if bool(hamlets) == everywhere:
+        raise InvalidRequest("say where: --hamlet NAME (repeatable) or --all")
+    return tuple(hamlets)
 
 
 @dataclass(frozen=True)
