@@ -44,15 +44,13 @@ def simulate(
     ] = None,
 ) -> None:
     """Run simulated clusters of the site (real MQTT agents, pretend amplifiers)."""
-    from loudspeaker import lifecycle, simulation
-    from loudspeaker.site import current_site
+    from loudspeaker import lifecycle
+    from loudspeaker.services import simulation
 
-    with state.session() as s:
-        site = current_site(s)
     options = simulation.SimulationOptions(
         clusters, broker, time_scale, heartbeat, processes, broker_credentials_dir, keys_dir
     )
-    sim = simulation.plan(site, state.controller(), options)
+    sim = simulation.plan(state, options)
     lifecycle.log_at_least_info()
     if sim.keys_dir is None:
         err_console.print(
