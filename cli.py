@@ -23,7 +23,6 @@ try:
         emergency,
         health,
         reports,
-        scale,
         schedule,
         serve,
         simulate,
@@ -56,7 +55,7 @@ app = typer.Typer(
 site_app = typer.Typer(help="The commune's hamlets and clusters (a TOML site file).")
 site_app.command("load")(site.site_load)
 site_app.command("show")(site.site_show)
-site_app.command("generate")(scale.site_generate)
+site_app.command("generate")(site.site_generate)
 app.add_typer(site_app, name="site")
 
 app.add_typer(announce.announce_app, name="announce")

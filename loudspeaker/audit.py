@@ -180,6 +180,15 @@ class Verification:
         """True when no problem was found."""
         return not self.problems
 
+    @property
+    def head(self) -> str:
+        """``SEQ:HASH`` of the newest row, to write down elsewhere (``audit verify --head``)."""
+        return f"{self.head_seq}:{self.head_hash}"
+
+    def to_json(self) -> dict[str, object]:
+        """What ``audit verify --json`` prints."""
+        return {"ok": self.ok, "rows": self.rows, "head": self.head, "problems": self.problems}
+
 
 def verify(session: Session, *, expect_head: tuple[int, str] | None = None) -> Verification:
     """Recompute the chain; report every edited, deleted or inserted row by number."""

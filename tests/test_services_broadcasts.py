@@ -63,6 +63,7 @@ def _broadcasts(ctx: ServiceContext) -> list[Broadcast]:
         return list(s.exec(select(Broadcast)).all())
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_hamlet_head_refused_outside_her_hamlet_is_audited_as_denied(
     ctx: ServiceContext, recording: Path
 ) -> None:
@@ -78,6 +79,7 @@ def test_hamlet_head_refused_outside_her_hamlet_is_audited_as_denied(
     assert _broadcasts(ctx) == []
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_send_writes_the_broadcast_and_one_audit_row(ctx: ServiceContext, recording: Path) -> None:
     sent = broadcasts.send(
         ctx, HEAD, BroadcastRequest(str(recording), "hamlet:ban-cau", repeat=2, gap_s=5)
@@ -106,6 +108,7 @@ def test_send_writes_the_broadcast_and_one_audit_row(ctx: ServiceContext, record
     assert [v.broadcast.id for v in broadcasts.recent(ctx, OFFICER)] == [b.id]
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 @pytest.mark.parametrize(
     ("repeat", "gap", "says"),
     [(11, 0.0, "--repeat must be between 1 and 10"), (1, 7201.0, "--gap must be between")],
@@ -131,6 +134,23 @@ def test_emergencies_are_not_sent_as_broadcasts() -> None:
         BroadcastRequest("x", "all", priority=Priority.EMERGENCY)
 
 
+@pytest.mark.parametrize("to", ["", "  "])
+def test_a_broadcast_must_say_where(to: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"say where: --to all \| hamlet:NAME"):
+        BroadcastRequest("x", to)
+
+
+@pytest.mark.parametrize(("hamlets", "everywhere"), [((), False), (("na-lang",), True)])
+def test_an_emergency_goes_to_some_hamlets_or_all(
+    hamlets: tuple[str, ...], everywhere: bool
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"say where: --hamlet NAME \(repeatable\) or --all"):
+        emergencies.where(hamlets, everywhere)
+    assert emergencies.where(["na-lang", "ban-cau"], False) == ("na-lang", "ban-cau")
+    assert emergencies.where([], True) == ()
+
+
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_audio_source_resolution_picks_the_right_kind(ctx: ServiceContext, recording: Path) -> None:
     data_dir = ctx.settings.data_dir
     ann = announcements.make_from_text(
@@ -168,6 +188,7 @@ def test_audio_source_resolution_picks_the_right_kind(ctx: ServiceContext, recor
         SourceRequest(recording=recording, tone="siren")
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_emergency_trigger_records_and_stop_audits(ctx: ServiceContext) -> None:
     with pytest.raises(TargetError, match="no hamlet 'Atlantis'"):
         emergencies.trigger(ctx, OFFICER, EmergencyRequest("Lũ", ("Atlantis",), siren=True))
@@ -195,6 +216,7 @@ def test_emergency_trigger_records_and_stop_audits(ctx: ServiceContext) -> None:
         emergencies.stop(ctx, OFFICER, "nope")
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_an_announcement_an_emergency_still_plays_cannot_be_removed(ctx: ServiceContext) -> None:
     ann = announcements.make_from_text(ctx, OFFICER, "Lũ quét.", title="Lũ", engine="offline")
     request = EmergencyRequest("Lũ quét", ("pac-cap",), announcement=ann.id)
@@ -218,6 +240,7 @@ def test_hamlet_lookup_is_shared_by_targets_and_emergencies(ctx: ServiceContext)
     assert len(everything) == 10
 
 
+@pytest.mark.integration  # renders audio with ffmpeg
 def test_announcement_removal_is_audited(ctx: ServiceContext) -> None:
     ann = announcements.make_from_text(ctx, HEAD, "Tin chiều.", title="Tin", engine="offline")
     assert [a.id for a in announcements.current(ctx, OFFICER)] == [ann.id]

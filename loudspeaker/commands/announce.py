@@ -9,15 +9,12 @@ import typer
 from rich.table import Table
 
 from loudspeaker.announcements import AnnouncementView
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import IdArg, JsonOpt, State, command, console, print_json
 from loudspeaker.commands.progress import render_progress
 from loudspeaker.services import announcements
 
 announce_app = typer.Typer(help="Bulletins ready to play: TTS text or recordings.")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
-IdArg = Annotated[str, typer.Argument(metavar="ID")]
 TitleOpt = Annotated[str | None, typer.Option(help="Title for logs, schedules and reports")]
 
 
@@ -31,10 +28,9 @@ def _made(ann: AnnouncementView, as_json: bool) -> None:
     )
 
 
-@announce_app.command("tts")
-@handle_errors
+@command(announce_app, "tts")
 def tts(
-    ctx: typer.Context,
+    state: State,
     text: Annotated[str, typer.Argument(help="The bulletin text, in Vietnamese")],
     title: TitleOpt = None,
     engine: Annotated[str, typer.Option(help="auto (gTTS, else offline), gtts, offline")] = "auto",
@@ -45,7 +41,6 @@ def tts(
     as_json: JsonOpt = False,
 ) -> None:
     """Render typed text with text-to-speech and keep it as an announcement."""
-    state = state_of(ctx)
     if dry_run:
         spoken = announcements.spoken_text(state, text)
         if as_json:
@@ -56,7 +51,7 @@ def tts(
     with render_progress("rendering speech", not as_json) as progress:
         ann = announcements.make_from_text(
             state,
-            current_actor(state),
+            state.actor(),
             text,
             title=title,
             engine=engine,
@@ -66,51 +61,45 @@ def tts(
     _made(ann, as_json)
 
 
-@announce_app.command("file")
-@handle_errors
+@command(announce_app, "file")
 def from_file(
-    ctx: typer.Context,
+    state: State,
     path: Annotated[Path, typer.Argument(help="A recording: mp3, wav, m4a, ogg, amr, 3gp...")],
     title: TitleOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Process a recording (trim, loudness, chime, encode) and keep it as an announcement."""
-    state = state_of(ctx)
     with render_progress("processing recording", not as_json) as progress:
         ann = announcements.make_from_file(
-            state, current_actor(state), path, title=title, progress=progress
+            state, state.actor(), path, title=title, progress=progress
         )
     _made(ann, as_json)
 
 
-@announce_app.command("list")
-@handle_errors
-def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+@command(announce_app, "list")
+def list_(state: State, as_json: JsonOpt = False) -> None:
     """Every current announcement, newest first."""
-    state = state_of(ctx)
-    rows = announcements.current(state, current_actor(state))
+    rows = announcements.current(state, state.actor())
     if as_json:
         print_json([a.to_json() for a in rows])
         return
     zone = state.zone()
     table = Table("id", "created", "title", "kind", "engine", "duration", "by")
     for a in rows:
-        created = local_time(a.created_at, zone, "%Y-%m-%d %H:%M")
+        created = c.local_time(a.created_at, zone, c.DAY_MINUTE)
         duration = f"{a.duration_s:.1f} s"
         table.add_row(a.id, created, a.title, a.kind, a.engine, duration, a.created_by)
     console.print(table)
 
 
-@announce_app.command("show")
-@handle_errors
-def show(ctx: typer.Context, announcement_id: IdArg, as_json: JsonOpt = False) -> None:
+@command(announce_app, "show")
+def show(state: State, announcement_id: IdArg, as_json: JsonOpt = False) -> None:
     """Details of one announcement, with the text as spoken."""
-    state = state_of(ctx)
-    ann = announcements.show(state, current_actor(state), announcement_id)
+    ann = announcements.show(state, state.actor(), announcement_id)
     if as_json:
         print_json(ann.to_json())
         return
-    made_at = local_time(ann.created_at, state.zone(), "%Y-%m-%d %H:%M")
+    made_at = c.local_time(ann.created_at, state.zone(), c.DAY_MINUTE)
     console.print(f"[bold]{ann.title}[/] ({ann.id})")
     console.print(f"kind {ann.kind}, engine {ann.engine}, {ann.duration_s:.1f} s, {ann.size} bytes")
     console.print(f"made by {ann.created_by or '-'} at {made_at}")
@@ -120,29 +109,25 @@ def show(ctx: typer.Context, announcement_id: IdArg, as_json: JsonOpt = False) -
         console.print(line, highlight=False, markup=False)
 
 
-@announce_app.command("preview")
-@handle_errors
+@command(announce_app, "preview")
 def preview(
-    ctx: typer.Context,
+    state: State,
     announcement_id: IdArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the MP3")],
     as_json: JsonOpt = False,
 ) -> None:
     """Write the exact audio the clusters will play to a file, to listen to it."""
-    state = state_of(ctx)
-    ann = announcements.preview(state, current_actor(state), announcement_id, output)
+    ann = announcements.preview(state, state.actor(), announcement_id, output)
     if as_json:
         print_json({"id": ann.id, "output": str(output), "size": ann.size})
     else:
         console.print(f"Wrote {output} ({ann.duration_s:.1f} s)")
 
 
-@announce_app.command("remove")
-@handle_errors
-def remove(ctx: typer.Context, announcement_id: IdArg, as_json: JsonOpt = False) -> None:
+@command(announce_app, "remove")
+def remove(state: State, announcement_id: IdArg, as_json: JsonOpt = False) -> None:
     """Remove an announcement (refused while a broadcast or schedule still needs it)."""
-    state = state_of(ctx)
-    ann = announcements.remove(state, current_actor(state), announcement_id)
+    ann = announcements.remove(state, state.actor(), announcement_id)
     if as_json:
         print_json({"id": ann.id, "removed": True})
     else:

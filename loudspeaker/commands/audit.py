@@ -8,20 +8,19 @@ import typer
 from rich.table import Table
 
 from loudspeaker import audit as audit_log
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, command, console, print_json
 from loudspeaker.services import audit as audit_service
 
 app = typer.Typer(
     help="The audit log: who did what, when, to what, and how it ended.",
     invoke_without_command=True,
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 _COLOURS = {"ok": "green", "denied": "red", "failed": "red"}
 
 
 @app.callback()
-@handle_errors
+@c.handle_errors
 def audit_show(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Newest N rows")] = 50,
@@ -32,8 +31,8 @@ def audit_show(
     """Show the newest audit rows (`audit verify` checks the chain)."""
     if ctx.invoked_subcommand is not None:
         return
-    state = state_of(ctx)
-    rows = audit_service.entries(state, current_actor(state), limit=limit, by=actor, action=action)
+    state = c.state_of(ctx)
+    rows = audit_service.entries(state, state.actor(), limit=limit, by=actor, action=action)
     data = [audit_log.to_json(e) for e in rows]
     if as_json:
         print_json(data)
@@ -43,7 +42,7 @@ def audit_show(
     for e, d in zip(rows, data, strict=True):
         table.add_row(
             str(e.seq),
-            local_time(e.at, zone, "%Y-%m-%d %H:%M:%S"),
+            c.local_time(e.at, zone, "%Y-%m-%d %H:%M:%S"),
             f"{e.actor} ({e.role})" if e.role else e.actor,
             e.action,
             e.target,
@@ -53,10 +52,9 @@ def audit_show(
     console.print(table)
 
 
-@app.command("verify")
-@handle_errors
+@command(app, "verify")
 def audit_verify(
-    ctx: typer.Context,
+    state: State,
     head: Annotated[
         str | None,
         typer.Option(help="SEQ:HASH written down earlier: also check that row is unchanged"),
@@ -64,16 +62,12 @@ def audit_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the hash chain; exit 1 and name the rows if any was edited or deleted."""
-    state = state_of(ctx)
-    result = audit_service.verify(state, current_actor(state), head)
-    head_text = f"{result.head_seq}:{result.head_hash}"
+    result = audit_service.verify(state, state.actor(), head)
     if as_json:
-        print_json(
-            {"ok": result.ok, "rows": result.rows, "head": head_text, "problems": result.problems}
-        )
+        print_json(result.to_json())
     elif result.ok:
         console.print(
-            f"[green]audit log intact:[/] {result.rows} rows; head {head_text} (write it down "
+            f"[green]audit log intact:[/] {result.rows} rows; head {result.head} (write it down "
             "elsewhere to detect truncation later)"
         )
     else:

@@ -8,23 +8,17 @@ import typer
 from rich.table import Table
 
 from firmware_bridge.protocol import Priority
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import (
-    console,
-    handle_errors,
-    print_json,
-    state_of,
-    warn_not_running,
-)
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import GapOpt, JsonOpt, RepeatOpt, State, console, print_json
 from loudspeaker.commands.progress import follow, status_table
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.services import broadcasts
 from loudspeaker.services.broadcasts import BroadcastRequest
 
 
-@handle_errors
+@c.face
 def broadcast(
-    ctx: typer.Context,
+    state: State,
     what: Annotated[
         str,
         typer.Argument(
@@ -38,21 +32,20 @@ def broadcast(
     to: Annotated[str | None, typer.Option("--to", help="all | hamlet:NAME | cluster:ID")] = None,
     title: Annotated[str | None, typer.Option(help="Title shown in logs and reports")] = None,
     priority: Annotated[Priority, typer.Option(help="normal or priority")] = Priority.NORMAL,
-    repeat: Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")] = 1,
-    gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
+    repeat: RepeatOpt = 1,
+    gap: GapOpt = 0.0,
     engine: Annotated[str, typer.Option(help="TTS engine: auto, gtts, offline")] = "auto",
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every cluster is done")] = False,
     timeout: Annotated[
         float, typer.Option(help="With --wait: give up after this many seconds")
     ] = 300.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Broadcast text (spoken by TTS) or a recording now; `broadcast status ID` shows progress."""
-    state = state_of(ctx)
     if what == "status":
         if not broadcast_id:
             raise LoudspeakerError("usage: loudspeaker broadcast status ID")
-        actor = current_actor(state)
+        actor = state.actor()
         if wait:
             view = broadcasts.wait(state, actor, broadcast_id, timeout)
         else:
@@ -63,7 +56,7 @@ def broadcast(
             console.print(status_table(view, state.zone()))
         return
     if what == "list":
-        views = broadcasts.recent(state, current_actor(state))
+        views = broadcasts.recent(state, state.actor())
         if as_json:
             print_json([v.to_json() for v in views])
             return
@@ -72,18 +65,16 @@ def broadcast(
         for v in views:
             b = v.broadcast
             states = ", ".join(f"{k} {n}" for k, n in sorted(v.counts.items()))
-            created = b.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+            created = b.created_at.astimezone(zone).strftime(c.DAY_MINUTE)
             table.add_row(b.id, created, b.priority, b.title, b.target, states)
         console.print(table)
         return
     if broadcast_id is not None:
         raise LoudspeakerError("give the text as one quoted argument")
-    if to is None:
-        raise LoudspeakerError("say where: --to all | hamlet:NAME | cluster:ID")
-    request = BroadcastRequest(what, to, title, priority, repeat, gap, engine)
-    actor = current_actor(state)
+    request = BroadcastRequest(what, to or "", title, priority, repeat, gap, engine)
+    actor = state.actor()
     sent = broadcasts.send(state, actor, request)
-    warn_not_running(sent.controller_notified, "the broadcast is queued and goes out")
+    c.warn_not_running(sent.controller_notified, "the broadcast is queued and goes out")
     if not as_json:
         console.print(
             f"Broadcast [bold]{sent.broadcast_id}[/] queued for {sent.clusters} clusters "

@@ -7,18 +7,16 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, command, console, print_json
 from loudspeaker.services import broker
 from loudspeaker.services.broker import BrokerSetup
 
 app = typer.Typer(help="The production MQTT broker (mosquitto).")
 
 
-@app.command("config")
-@handle_errors
+@command(app, "config")
 def broker_config(
-    ctx: typer.Context,
+    state: State,
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write into")],
     host: Annotated[
         str, typer.Option(help="Name or address the clusters use to reach the broker")
@@ -55,10 +53,9 @@ def broker_config(
     rotate: Annotated[
         list[str] | None, typer.Option(help="New password for this cluster (repeatable)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write mosquitto.conf, password file, ACL and per-box credentials into a directory."""
-    state = state_of(ctx)
     setup = BrokerSetup(
         output,
         host=host,
@@ -76,7 +73,7 @@ def broker_config(
         persistence_dir=persistence_dir,
         rotate=frozenset(rotate or ()),
     )
-    done = broker.write_config(state, current_actor(state), setup)
+    done = broker.write_config(state, state.actor(), setup)
     files = done.files
     if as_json:
         print_json(done.to_json())

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, console, face, iso_time, print_json
 from loudspeaker.exceptions import InvalidRequest
 from loudspeaker.services import clusters as service
-
-_FMT = "%d/%m %H:%M:%S"
-
-
-def _at(iso: str | None, zone: ZoneInfo, fmt: str = "%H:%M:%S") -> str:
-    return local_time(datetime.fromisoformat(iso) if iso else None, zone, fmt)
 
 
 def _fmt(value: float | None, unit: str, digits: int = 1) -> str:
@@ -42,7 +35,7 @@ def _list(rows: list[dict[str, Any]], zone: ZoneInfo) -> None:
             r["cluster"],
             r["hamlet"],
             online,
-            _at(r["last_heartbeat"] or r["last_seen"], zone),
+            iso_time(r["last_heartbeat"] or r["last_seen"], zone),
             "[red]" + ", ".join(r["alarms"]) + "[/]" if r["alarms"] else "",
             vol,
             _fmt(r["temperature_c"], "°C"),
@@ -57,7 +50,7 @@ def _show(d: dict[str, Any], zone: ZoneInfo) -> None:
     online = "-" if d["online"] is None else ("online" if d["online"] else "[red]offline[/]")
     console.print(f"[bold]{d['cluster']}[/] {d['name']} — hamlet {d['hamlet']}, {online}")
     facts = [
-        ("last heartbeat", _at(d["last_heartbeat"], zone)),
+        ("last heartbeat", iso_time(d["last_heartbeat"], zone)),
         ("version", d["agent"] + (f" / firmware {d['firmware']}" if d["firmware"] else "")),
         ("uptime", _fmt(d["uptime_s"], "s", 0)),
         ("amplifier", "-" if d["amp_power"] is None else ("on" if d["amp_power"] else "OFF")),
@@ -77,15 +70,15 @@ def _show(d: dict[str, Any], zone: ZoneInfo) -> None:
     if d["alarm_history"]:
         t = Table("alarm", "raised", "cleared", "message", title="Alarms", title_justify="left")
         for a in d["alarm_history"]:
-            cleared = _at(a["cleared_at"], zone) if a["cleared_at"] else "[bold red]active[/]"
-            t.add_row(a["kind"], _at(a["raised_at"], zone), cleared, a["message"])
+            cleared = iso_time(a["cleared_at"], zone) if a["cleared_at"] else "[bold red]active[/]"
+            t.add_row(a["kind"], iso_time(a["raised_at"], zone), cleared, a["message"])
         console.print(t)
     if d["availability"]:
         t = Table("state", "from", "to", "reason", title="Availability", title_justify="left")
         for i in d["availability"][:10]:
-            to = _at(i["to"], zone, _FMT) if i["to"] else "now"
+            to = iso_time(i["to"], zone, c.DAY_SECOND) if i["to"] else "now"
             state = "online" if i["online"] else "[red]offline[/]"
-            t.add_row(state, _at(i["from"], zone, _FMT), to, i["reason"] or "")
+            t.add_row(state, iso_time(i["from"], zone, c.DAY_SECOND), to, i["reason"] or "")
         console.print(t)
     for res, rows in d["history"].items():
         t = Table(
@@ -94,7 +87,7 @@ def _show(d: dict[str, Any], zone: ZoneInfo) -> None:
         )  # fmt: skip
         for r in rows[:12]:
             t.add_row(
-                _at(r["start"], zone, _FMT),
+                iso_time(r["start"], zone, c.DAY_SECOND),
                 str(r["n"]),
                 "/".join("-" if v is None else f"{v:.1f}" for v in r["temp_c"]),
                 "/".join("-" if v is None else f"{v:.2f}" for v in r["supply_v"]),
@@ -104,20 +97,19 @@ def _show(d: dict[str, Any], zone: ZoneInfo) -> None:
         console.print(t)
 
 
-@handle_errors
+@face
 def clusters(
-    ctx: typer.Context,
+    state: State,
     action: Annotated[
         str | None, typer.Argument(help="`show` for one cluster's detail", metavar="[show]")
     ] = None,
     cluster_id: Annotated[str | None, typer.Argument(help="With `show`: the id")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every cluster: hamlet, online, last seen, alarms, volume, temperature, supply, line."""
     if action is not None and (action != "show" or not cluster_id):
         raise InvalidRequest("usage: loudspeaker clusters [show ID] [--json]")
-    state = state_of(ctx)
-    actor = current_actor(state)
+    actor = state.actor()
     if cluster_id is None:
         rows = service.list_clusters(state, actor)
         if as_json:

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands.common import err_console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, err_console, face, print_json
 
 
-@handle_errors
+@face
 def conformance(
-    ctx: typer.Context,
+    state: State,
     cluster: Annotated[str, typer.Option(help="The box's cluster id, e.g. lb-01")],
     broker: Annotated[
         str | None,
@@ -61,13 +61,13 @@ def conformance(
     only: Annotated[
         list[str] | None, typer.Option(help="Run only this check (by key; repeatable)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Drive one box through every MUST of docs/protocol.md; exit 0 only if none fails."""
     from loudspeaker import conformance as kit
 
     options = kit.kit_options(
-        state_of(ctx).settings,
+        state.settings,
         cluster=cluster,
         broker=broker,
         site=site,

@@ -8,24 +8,20 @@ acknowledgements.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from loudspeaker import demo as rig
-from loudspeaker.auth import BOOTSTRAP_ROLE, Actor
-from loudspeaker.commands.common import State, console, handle_errors, print_json, state_of
+from loudspeaker.commands.common import State, console, face, print_json
 from loudspeaker.commands.progress import follow
-from loudspeaker.services import broadcasts
-from loudspeaker.services.broadcasts import BroadcastRequest
-from loudspeaker.site import load_site_file, store_site
+from loudspeaker.services import demo as service
 
 
-@handle_errors
+@face
 def demo(
-    ctx: typer.Context,
+    outer: State,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
     site_file: Annotated[Path, typer.Option(help="Site file to load")] = Path(
         "sites/luc-binh.toml"
@@ -35,18 +31,14 @@ def demo(
     ),
 ) -> None:
     """The whole path on embedded defaults: site, controller, simulated clusters, a bulletin."""
-    outer = state_of(ctx)
-    rig.fresh_dir(demo_dir)
-    state = State(replace(outer.settings, data_dir=demo_dir.resolve(), db_url=None))
+    state = State(service.scratch(outer.settings, demo_dir))
     settings, log = state.settings, demo_dir / "demo.log"
 
     def say(message: str) -> None:
         if not as_json:
             console.print(message)
 
-    site = load_site_file(site_file)
-    with state.session() as s:
-        store_site(s, site)
+    site = service.load_site(state, site_file)
     n = len(site.clusters)
     say(f"1. Site [bold]{site.site.name}[/]: {len(site.hamlets)} hamlets, {n} clusters")
     with rig.controller(settings, log) as card:
@@ -56,10 +48,7 @@ def demo(
         )
         with rig.simulated_clusters(settings, state.engine, log, n):
             say(f"3. {n} simulated clusters online")
-            # The demo acts as itself on its own scratch database, where nobody is a user.
-            actor = Actor(name="demo", role=BOOTSTRAP_ROLE, bootstrap=True)
-            request = BroadcastRequest(rig.DEMO_TEXT, "all", rig.DEMO_TITLE, engine="offline")
-            sent = broadcasts.send(state, actor, request)
+            sent = service.send_bulletin(state)
             say(
                 f"4. Rendered the bulletin offline ({sent.engine}): {sent.duration_s:.1f} s, "
                 f"{sent.size} bytes"

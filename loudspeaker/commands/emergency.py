@@ -9,25 +9,17 @@ import typer
 from rich.table import Table
 
 from loudspeaker import emergency as em
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import (
-    State,
-    console,
-    err_console,
-    handle_errors,
-    print_json,
-    state_of,
-    warn_not_running,
-)
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import GapOpt, JsonOpt, RepeatOpt, State, console, print_json
 from loudspeaker.commands.progress import follow, status_table
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.services import emergencies
 from loudspeaker.services.emergencies import DirectSend, EmergencyRequest, EmergencyView
 
 
-@handle_errors
+@c.face
 def emergency(
-    ctx: typer.Context,
+    state: State,
     text: Annotated[
         str,
         typer.Argument(
@@ -50,27 +42,26 @@ def emergency(
     announcement: Annotated[
         str | None, typer.Option(help="Play a prepared announcement (no rendering: fastest)")
     ] = None,
-    repeat: Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")] = 1,
-    gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
+    repeat: RepeatOpt = 1,
+    gap: GapOpt = 0.0,
     valid: Annotated[
         float, typer.Option(help="Seconds a cluster offline now still gets it when back")
     ] = em.DEFAULT_VALIDITY_S,
     engine: Annotated[str, typer.Option(help="TTS engine (offline is fastest)")] = "offline",
     wait: Annotated[float, typer.Option(help="Seconds to follow the acknowledgements")] = 10.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Emergency broadcast: plays at once on the target hamlets' clusters, pre-empting all."""
-    state = state_of(ctx)
     if text == "status":
-        actor = current_actor(state)
+        actor = state.actor()
         if emergency_id:
             _show(state, emergencies.status(state, actor, emergency_id), as_json)
         else:
             _list_active(emergencies.active(state, actor), as_json)
         return
     if text == "stop":
-        stopped = emergencies.stop(state, current_actor(state), emergency_id)
-        warn_not_running(stopped.controller_notified, "the stop takes effect")
+        stopped = emergencies.stop(state, state.actor(), emergency_id)
+        c.warn_not_running(stopped.controller_notified, "the stop takes effect")
         ids = list(stopped.broadcast_ids)
         if as_json:
             print_json({"stopped": ids})
@@ -79,11 +70,9 @@ def emergency(
         return
     if emergency_id is not None:
         raise LoudspeakerError("give the emergency text as one quoted argument")
-    if bool(hamlet) == all_hamlets:
-        raise LoudspeakerError("say where: --hamlet NAME (repeatable) or --all")
     request = EmergencyRequest(
         text,
-        tuple(hamlet or ()),
+        emergencies.where(hamlet or (), all_hamlets),
         recording=recording,
         siren=siren,
         announcement=announcement,
@@ -92,7 +81,13 @@ def emergency(
         validity_s=valid,
         engine=engine,
     )
-    done = emergencies.trigger(state, current_actor(state), request, direct_wait_s=wait)
+    done = emergencies.trigger(state, state.actor(), request, direct_wait_s=wait)
+    _render_triggered(state, done, wait, as_json)
+
+
+def _render_triggered(
+    state: State, done: emergencies.EmergencyTriggered, wait: float, as_json: bool
+) -> None:
     bid, direct = done.broadcast_id, done.direct
     if direct is not None:
         _say_direct(direct)
@@ -100,7 +95,7 @@ def emergency(
         console.print(f"[bold red]EMERGENCY {bid}[/] triggered for {done.target}.")
     if done.controller_notified and wait > 0:
         follow(state, bid, wait, live=not as_json, until="playing")
-    view = emergencies.status(state, current_actor(state), bid)
+    view = emergencies.status(state, state.actor(), bid)
     if as_json:
         data = view.to_json()
         if direct is not None:
@@ -112,7 +107,7 @@ def emergency(
         for cluster in direct.sent:
             console.print(f"  {cluster}: {direct.acks.get(cluster, 'no answer yet')}")
     if direct is not None and direct.missed:
-        err_console.print(
+        c.err_console.print(
             f"[bold red]error:[/] {len(direct.missed)} clusters got nothing: "
             f"{', '.join(direct.missed)} (see above)",
             highlight=False,
@@ -122,14 +117,14 @@ def emergency(
 
 
 def _say_direct(direct: DirectSend) -> None:
-    err_console.print(
+    c.err_console.print(
         f"[yellow]controller not running:[/] sent directly over the broker to "
         f"{len(direct.sent)} clusters; the controller records their answers when it starts"
     )
     for cluster, why in direct.failed.items():
-        err_console.print(f"[red]{cluster}: NOT sent[/] ({why})", highlight=False)
+        c.err_console.print(f"[red]{cluster}: NOT sent[/] ({why})", highlight=False)
     for cluster, why in sorted(direct.unsigned.items()):
-        err_console.print(
+        c.err_console.print(
             f"[bold red]NOT SENT to {cluster}:[/] its key could not be opened: {why}",
             highlight=False,
             soft_wrap=True,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, TimeoutOpt, command, console, print_json
 from loudspeaker.services import clusters as service
 from loudspeaker.services.clusters import ControlOutcome
 
@@ -21,25 +19,18 @@ _CHECK_COLOURS = {
 }  # fmt: skip
 
 
-def _at(iso: str | None, zone: ZoneInfo) -> str:
-    return local_time(datetime.fromisoformat(iso) if iso else None, zone, "%d/%m %H:%M:%S")
-
-
-@handle_errors
+@c.face
 def alarms(
-    ctx: typer.Context,
+    state: State,
     history: Annotated[
         bool, typer.Option("--history", help="Include cleared alarms (newest first)")
     ] = False,
     cluster: Annotated[str | None, typer.Option(help="Only this cluster")] = None,
     limit: Annotated[int, typer.Option(min=1, help="With --history: at most this many")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Active alarms of every cluster (offline, overheating, line open/short...)."""
-    state = state_of(ctx)
-    data = service.alarms(
-        state, current_actor(state), history=history, cluster=cluster, limit=limit
-    )
+    data = service.alarms(state, state.actor(), history=history, cluster=cluster, limit=limit)
     if as_json:
         print_json(data)
         return
@@ -54,8 +45,8 @@ def alarms(
             d["cluster"],
             f"[{colour}]{d['kind']}[/]" if colour else d["kind"],
             d["severity"],
-            _at(d["raised_at"], zone),
-            "[bold]active[/]" if active else _at(d["cleared_at"], zone),
+            c.iso_time(d["raised_at"], zone, c.DAY_SECOND),
+            "[bold]active[/]" if active else c.iso_time(d["cleared_at"], zone, c.DAY_SECOND),
             d["message"] if active else f"{d['message']} → {d['clear_message'] or ''}",
             d["action"] if active else "",
         )
@@ -84,54 +75,46 @@ cluster_app = typer.Typer(
 )
 
 ClusterArg = Annotated[str, typer.Argument(help="Cluster id, e.g. lb-04")]
-TimeoutOpt = Annotated[float, typer.Option(help="Give up waiting after this many seconds")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
-@cluster_app.command("volume")
-@handle_errors
+@command(cluster_app, "volume")
 def cluster_volume(
-    ctx: typer.Context,
+    state: State,
     cluster: ClusterArg,
     volume: Annotated[int, typer.Argument(min=0, max=100, help="Volume in percent, 0-100")],
     timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Set the amplifier volume; confirmed by the cluster or reported as failed."""
-    state = state_of(ctx)
-    done = service.set_volume(state, current_actor(state), cluster, volume, timeout_s=timeout)
+    done = service.set_volume(state, state.actor(), cluster, volume, timeout_s=timeout)
     _report(done, f"volume {volume} %", as_json)
 
 
-@cluster_app.command("power")
-@handle_errors
+@command(cluster_app, "power")
 def cluster_power(
-    ctx: typer.Context,
+    state: State,
     cluster: ClusterArg,
     onoff: Annotated[str, typer.Argument(help="on or off (the relay: off is not muted)")],
     timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Switch the amplifier's mains relay on or off (broadcasts still power it briefly)."""
-    state = state_of(ctx)
-    done = service.set_power(state, current_actor(state), cluster, onoff, timeout_s=timeout)
+    done = service.set_power(state, state.actor(), cluster, onoff, timeout_s=timeout)
     _report(done, f"amplifier power {onoff}", as_json)
 
 
-@cluster_app.command("reboot")
-@handle_errors
+@command(cluster_app, "reboot")
 def cluster_reboot(
-    ctx: typer.Context, cluster: ClusterArg, timeout: TimeoutOpt = 150.0, as_json: JsonOpt = False
+    state: State, cluster: ClusterArg, timeout: TimeoutOpt = 150.0, as_json: JsonOpt = False
 ) -> None:
     """Reboot the cluster; confirmed when it is back online as a new boot."""
-    state = state_of(ctx)
-    done = service.reboot(state, current_actor(state), cluster, timeout_s=timeout)
+    done = service.reboot(state, state.actor(), cluster, timeout_s=timeout)
     _report(done, "reboot", as_json)
 
 
-@handle_errors
+@c.face
 def diagnose(
-    ctx: typer.Context,
+    state: State,
     cluster: ClusterArg,
     tone: Annotated[
         float, typer.Option(min=0.5, max=10, help="Seconds of test tone (plays aloud!)")
@@ -141,9 +124,8 @@ def diagnose(
     as_json: JsonOpt = False,
 ) -> None:
     """Run active tests on a cluster and give a verdict with a suggested action."""
-    state = state_of(ctx)
     done = service.diagnose(
-        state, current_actor(state), cluster, tone_s=tone, with_tone=not no_tone, timeout_s=timeout
+        state, state.actor(), cluster, tone_s=tone, with_tone=not no_tone, timeout_s=timeout
     )
     diag = done.result.get("diagnosis")
     if as_json:
@@ -154,9 +136,9 @@ def diagnose(
         colour = _STATUS_COLOURS.get(diag["status"], "")
         console.print(f"[bold]{cluster}[/]: [{colour}]{diag['status']}[/] — {diag['verdict']}")
         table = Table("test", "result", "finding", "do")
-        for c in diag["checks"]:
-            cc = _CHECK_COLOURS.get(c["status"], "")
-            table.add_row(c["name"], f"[{cc}]{c['status']}[/]", c["summary"], c["action"])
+        for t in diag["checks"]:
+            cc = _CHECK_COLOURS.get(t["status"], "")
+            table.add_row(t["name"], f"[{cc}]{t['status']}[/]", t["summary"], t["action"])
         console.print(table)
         if diag["action"] != "none":
             console.print(f"Suggested action: [bold]{diag['action']}[/]")

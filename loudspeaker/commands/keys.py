@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, command, console, local_time, print_json
 from loudspeaker.services import keys
 from loudspeaker.services.keys import KeyFileAction
 
@@ -26,9 +25,8 @@ OutOption = Annotated[
 ]
 
 
-def _write(ctx: typer.Context, cluster: str, output: Path | None, action: KeyFileAction) -> None:
-    state = state_of(ctx)
-    done = keys.write_key_file(state, current_actor(state), cluster, action, output)
+def _write(state: State, cluster: str, output: Path | None, action: KeyFileAction) -> None:
+    done = keys.write_key_file(state, state.actor(), cluster, action, output)
     console.print(
         f"{cluster}: key file {done.path} (mode 0600) holds {', '.join(done.kids)}. Install it "
         "on the box as STATE_DIR/keys.json (mode 0600); the agent picks it up by itself."
@@ -40,45 +38,38 @@ def _write(ctx: typer.Context, cluster: str, output: Path | None, action: KeyFil
         )
 
 
-@app.command("issue")
-@handle_errors
-def keys_issue(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
+@command(app, "issue")
+def keys_issue(state: State, cluster: ClusterArg, output: OutOption = None) -> None:
     """Give a cluster its first key and write the box's key file."""
-    _write(ctx, cluster, output, "issue")
+    _write(state, cluster, output, "issue")
 
 
-@app.command("rotate")
-@handle_errors
-def keys_rotate(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
+@command(app, "rotate")
+def keys_rotate(state: State, cluster: ClusterArg, output: OutOption = None) -> None:
     """Make a new key and write a key file with old and new; activate once installed."""
-    _write(ctx, cluster, output, "rotate")
+    _write(state, cluster, output, "rotate")
 
 
-@app.command("export")
-@handle_errors
-def keys_export(ctx: typer.Context, cluster: ClusterArg, output: OutOption = None) -> None:
+@command(app, "export")
+def keys_export(state: State, cluster: ClusterArg, output: OutOption = None) -> None:
     """Write the box's key file again (a replaced box, or after `activate`)."""
-    _write(ctx, cluster, output, "export")
+    _write(state, cluster, output, "export")
 
 
-@app.command("activate")
-@handle_errors
-def keys_activate(ctx: typer.Context, cluster: ClusterArg) -> None:
+@command(app, "activate")
+def keys_activate(state: State, cluster: ClusterArg) -> None:
     """Sign with the cluster's new key from now on (the box must have it)."""
-    state = state_of(ctx)
-    done = keys.activate(state, current_actor(state), cluster)
+    done = keys.activate(state, state.actor(), cluster)
     console.print(f"{cluster}: commands are now signed with key {done.kid}.")
 
 
-@app.command("list")
-@handle_errors
+@command(app, "list")
 def keys_list(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    state: State,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every cluster's keys and their state (never the secrets)."""
-    state = state_of(ctx)
-    infos = keys.list_keys(state, current_actor(state))
+    infos = keys.list_keys(state, state.actor())
     if as_json:
         print_json([k.to_json() for k in infos])
         return
@@ -90,10 +81,9 @@ def keys_list(
     console.print(table)
 
 
-@app.command("reset")
-@handle_errors
+@command(app, "reset")
 def keys_reset(
-    ctx: typer.Context,
+    state: State,
     all_: Annotated[
         bool, typer.Option("--all", help="Every key the key store cannot open (required)")
     ] = False,
@@ -102,8 +92,7 @@ def keys_reset(
     ),
 ) -> None:
     """Drop the keys the key store cannot open (it is lost, no backup), so `issue` works."""
-    state = state_of(ctx)
-    done = keys.reset(state, current_actor(state), confirmed=all_ and yes)
+    done = keys.reset(state, state.actor(), confirmed=all_ and yes)
     if not done.dropped:
         console.print("Every key opens with the key store: nothing dropped.")
         return

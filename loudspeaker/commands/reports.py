@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import JsonOpt, State, command, console, print_json
 from loudspeaker.exceptions import ReportError
 from loudspeaker.services import reports
 from loudspeaker.services.reports import LogQuery
@@ -27,9 +27,9 @@ _LOG_COLUMNS = (
 )  # fmt: skip
 
 
-@handle_errors
+@c.face
 def log(
-    ctx: typer.Context,
+    state: State,
     date_from: Annotated[
         str | None,
         typer.Option("--from", help="First day, YYYY-MM-DD (or today, yesterday) [yesterday]"),
@@ -42,7 +42,7 @@ def log(
     priority: Annotated[
         str | None, typer.Option(help="Only this priority: normal, priority, emergency")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: JsonOpt = False,
     as_csv: Annotated[
         bool, typer.Option("--csv", help="Print CSV, one row per broadcast x cluster")
     ] = False,
@@ -55,9 +55,8 @@ def log(
 
     if as_json and as_csv:
         raise ReportError("choose one of --json and --csv")
-    state = state_of(ctx)
     query = LogQuery(date_from, date_to, hamlet, cluster, priority)
-    found = reports.broadcast_log(state, current_actor(state), query)
+    found = reports.broadcast_log(state, state.actor(), query)
     flt, zone, entries = found.filter, found.zone, found.entries
     if as_json:
         print_json(found.to_json())
@@ -74,7 +73,7 @@ def log(
         if e.repeat > 1:
             length += f" x{e.repeat}"
         head = [
-            local_time(e.scheduled_at, zone, "%d/%m %H:%M:%S"),
+            c.local_time(e.scheduled_at, zone, c.DAY_SECOND),
             escape(f"{e.id} {e.title}"),
             e.priority,
             escape(f"{e.what}, {length}"),
@@ -87,7 +86,7 @@ def log(
                 *(head if i == 0 else [""] * len(head)),
                 d.cluster,
                 d.hamlet,
-                local_time(d.started_at, zone),
+                c.local_time(d.started_at, zone),
                 "-" if delay is None else f"{delay:+.0f} s",
                 f"[{style}]{d.outcome}[/]",
                 escape(d.reason),
@@ -100,10 +99,9 @@ def log(
 report_app = typer.Typer(help="Reports sent upward (monthly: XLSX or CSV, with charts).")
 
 
-@report_app.command("monthly")
-@handle_errors
+@command(report_app, "monthly")
 def report_monthly(
-    ctx: typer.Context,
+    state: State,
     month: Annotated[str, typer.Argument(help="The month, YYYY-MM", metavar="YYYY-MM")],
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Report file: .xlsx (with charts) or .csv")
@@ -114,8 +112,7 @@ def report_monthly(
     as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as JSON")] = False,
 ) -> None:
     """The monthly report: totals per hamlet and cluster, availability, failures, charts."""
-    state = state_of(ctx)
-    done = reports.monthly(state, current_actor(state), month, output, png)
+    done = reports.monthly(state, state.actor(), month, output, png)
     report, m, written = done.report, done.month, done.files
     if as_json:
         print_json({"files": [str(p) for p in written], "report": report.to_json()})

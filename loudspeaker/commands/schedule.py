@@ -10,21 +10,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from firmware_bridge.protocol import Priority
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import (
-    console,
-    err_console,
-    handle_errors,
-    print_json,
-    state_of,
-    warn_not_running,
-)
+from loudspeaker.commands import common as c
+from loudspeaker.commands.common import GapOpt, JsonOpt, State, command, console, print_json
 from loudspeaker.services import schedules
 from loudspeaker.targets import TARGET_HELP
 
 schedule_app = typer.Typer(help="Programmes that play on time: add, list, pause, resume, remove.")
 Text = str | None
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON")]
 IdArgument = Annotated[int, typer.Argument(metavar="ID")]
 
 
@@ -35,10 +27,9 @@ def _notes(notes: tuple[str, ...], limit: int = 12) -> None:
         console.print(f"  ... and {len(notes) - limit} more notes", highlight=False)
 
 
-@schedule_app.command("add")
-@handle_errors
+@command(schedule_app, "add")
 def add(
-    ctx: typer.Context,
+    state: State,
     announcements: Annotated[
         list[str],
         typer.Argument(
@@ -57,7 +48,7 @@ def add(
         Text, typer.Option("--until", help="Last day (YYYY-MM-DD), inclusive")
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=10, help="Times each item plays")] = 1,
-    gap: Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")] = 0.0,
+    gap: GapOpt = 0.0,
     priority: Annotated[
         Priority, typer.Option(help="normal or priority (Circular 39/2020)")
     ] = Priority.NORMAL,
@@ -68,10 +59,9 @@ def add(
     replace: Annotated[
         bool, typer.Option("--replace", help="On a priority collision: play instead of it")
     ] = False,
-    as_json: JsonOption = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Plan a programme: one or more announcements, on a schedule, on some clusters."""
-    state = state_of(ctx)
     when = schedules.When(at, daily, weekly, cron, valid_from, valid_until)
     request = schedules.NewSchedule(
         tuple(announcements),
@@ -84,8 +74,8 @@ def add(
         after=after,
         replace=replace,
     )
-    added = schedules.add(state, current_actor(state), request)
-    warn_not_running(added.controller_notified, "its items are staged")
+    added = schedules.add(state, state.actor(), request)
+    c.warn_not_running(added.controller_notified, "its items are staged")
     if as_json:
         print_json(added.to_json())
         return
@@ -119,26 +109,24 @@ def _render_listing(listing: schedules.ScheduleListing, week: bool) -> None:
         item = (escape(r.title), r.priority, escape(r.target), state, escape(r.note))
         tl.add_row(start_at, f"{r.end:%H:%M:%S}", str(r.schedule_id), *item)
     console.print(tl)
-    for c in listing.clock_warnings:
-        err_console.print(
-            f"[yellow]warning:[/] cluster {c.cluster_id}'s clock is {c.offset_s:+.1f} s off; "
+    for off in listing.clock_warnings:
+        c.err_console.print(
+            f"[yellow]warning:[/] cluster {off.cluster_id}'s clock is {off.offset_s:+.1f} s off; "
             "its scheduled items play that much early or late",
             highlight=False,
         )
 
 
-@schedule_app.command("list")
-@handle_errors
+@command(schedule_app, "list")
 def list_(
-    ctx: typer.Context,
+    state: State,
     day: Annotated[Text, typer.Option(help="The day to show (YYYY-MM-DD; default today)")] = None,
     week: Annotated[bool, typer.Option("--week", help="Seven days from --day")] = False,
-    as_json: JsonOption = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """The schedules, and the timeline: what plays where and when (site time)."""
-    state = state_of(ctx)
     period = schedules.Period(day, 7 if week else 1)
-    listing = schedules.listing(state, current_actor(state), period)
+    listing = schedules.listing(state, state.actor(), period)
     if as_json:
         print_json(listing.to_json())
     else:
@@ -147,7 +135,7 @@ def list_(
 
 def _render_change(done: schedules.ScheduleChanged, as_json: bool) -> None:
     staged = "its items are staged" if done.change == "resume" else "staged items are withdrawn"
-    warn_not_running(done.controller_notified, staged)
+    c.warn_not_running(done.controller_notified, staged)
     if as_json:
         print_json(done.to_json())
         return
@@ -157,25 +145,19 @@ def _render_change(done: schedules.ScheduleChanged, as_json: bool) -> None:
     _notes(done.notes)
 
 
-@schedule_app.command("remove")
-@handle_errors
-def remove(ctx: typer.Context, schedule_id: IdArgument, as_json: JsonOption = False) -> None:
+@command(schedule_app, "remove")
+def remove(state: State, schedule_id: IdArgument, as_json: JsonOpt = False) -> None:
     """Remove a schedule (what already played stays in the log)."""
-    state = state_of(ctx)
-    _render_change(schedules.remove(state, current_actor(state), schedule_id), as_json)
+    _render_change(schedules.remove(state, state.actor(), schedule_id), as_json)
 
 
-@schedule_app.command("pause")
-@handle_errors
-def pause(ctx: typer.Context, schedule_id: IdArgument, as_json: JsonOption = False) -> None:
+@command(schedule_app, "pause")
+def pause(state: State, schedule_id: IdArgument, as_json: JsonOpt = False) -> None:
     """Stop playing a schedule until it is resumed."""
-    state = state_of(ctx)
-    _render_change(schedules.pause(state, current_actor(state), schedule_id), as_json)
+    _render_change(schedules.pause(state, state.actor(), schedule_id), as_json)
 
 
-@schedule_app.command("resume")
-@handle_errors
-def resume(ctx: typer.Context, schedule_id: IdArgument, as_json: JsonOption = False) -> None:
+@command(schedule_app, "resume")
+def resume(state: State, schedule_id: IdArgument, as_json: JsonOpt = False) -> None:
     """Play a paused schedule again (conflicts and quiet hours are checked again)."""
-    state = state_of(ctx)
-    _render_change(schedules.resume(state, current_actor(state), schedule_id), as_json)
+    _render_change(schedules.resume(state, state.actor(), schedule_id), as_json)

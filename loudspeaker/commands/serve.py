@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands.common import err_console, handle_errors, state_of
+from loudspeaker.commands.common import State, err_console, face
 
 
-@handle_errors
+@face
 def serve(
-    ctx: typer.Context,
+    state: State,
     broker: Annotated[
         str | None,
         typer.Option(
@@ -48,7 +48,6 @@ def serve(
     from loudspeaker import lifecycle
     from loudspeaker.controller import Controller
 
-    state = state_of(ctx)
     settings = replace(
         state.settings,
         broker_url=broker or state.settings.broker_url,

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from loudspeaker.commands.common import err_console, handle_errors, state_of
+from loudspeaker.commands.common import State, err_console, face
 
 
-@handle_errors
+@face
 def simulate(
-    ctx: typer.Context,
+    state: State,
     clusters: Annotated[
         int | None, typer.Option(help="How many of the site's clusters (default all)")
     ] = None,
@@ -44,16 +44,13 @@ def simulate(
     ] = None,
 ) -> None:
     """Run simulated clusters of the site (real MQTT agents, pretend amplifiers)."""
-    from loudspeaker import lifecycle, simulation
-    from loudspeaker.site import current_site
+    from loudspeaker import lifecycle
+    from loudspeaker.services import simulation
 
-    state = state_of(ctx)
-    with state.session() as s:
-        site = current_site(s)
     options = simulation.SimulationOptions(
         clusters, broker, time_scale, heartbeat, processes, broker_credentials_dir, keys_dir
     )
-    sim = simulation.plan(site, state.controller(), options)
+    sim = simulation.plan(state, options)
     lifecycle.log_at_least_info()
     if sim.keys_dir is None:
         err_console.print(

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loudspeaker.auth import current_actor
-from loudspeaker.commands.common import console, handle_errors, local_time, print_json, state_of
+from loudspeaker.commands.common import JsonOpt, State, command, console, local_time, print_json
 from loudspeaker.services import users
 from loudspeaker.services.users import TokenIssued
 
@@ -18,7 +17,6 @@ app = typer.Typer(help="Users and roles: officer, hamlet-head, technician, admin
 ROLE_HELP = "officer | hamlet-head | technician | admin"
 NameArg = Annotated[str, typer.Argument(help="Login name")]
 HamletOpt = Annotated[str | None, typer.Option(help="Hamlet id (hamlet heads only)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
 def _hand_over(done: TokenIssued) -> None:
@@ -29,10 +27,9 @@ def _hand_over(done: TokenIssued) -> None:
     )
 
 
-@app.command("add")
-@handle_errors
+@command(app, "add")
 def users_add(
-    ctx: typer.Context,
+    state: State,
     name: Annotated[str, typer.Argument(help="Login name, e.g. nguyen-van-a")],
     role: Annotated[str, typer.Option("--role", help=ROLE_HELP)],
     hamlet: HamletOpt = None,
@@ -43,8 +40,7 @@ def users_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a user and write their token to a file. With no users yet: the first admin."""
-    state = state_of(ctx)
-    done = users.add(state, current_actor(state), name, role, hamlet, token_file)
+    done = users.add(state, state.actor(), name, role, hamlet, token_file)
     if as_json:
         print_json(done.to_json())
         return
@@ -53,12 +49,10 @@ def users_add(
         console.print("Authentication is now on: every command needs a token.")
 
 
-@app.command("list")
-@handle_errors
-def users_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+@command(app, "list")
+def users_list(state: State, as_json: JsonOpt = False) -> None:
     """Every user with role and hamlet (never tokens)."""
-    state = state_of(ctx)
-    rows = users.list_users(state, current_actor(state))
+    rows = users.list_users(state, state.actor())
     if as_json:
         print_json([u.to_json() for u in rows])
         return
@@ -70,48 +64,41 @@ def users_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-@app.command("remove")
-@handle_errors
-def users_remove(ctx: typer.Context, name: NameArg) -> None:
+@command(app, "remove")
+def users_remove(state: State, name: NameArg) -> None:
     """Remove a user; their token stops working at once."""
-    state = state_of(ctx)
-    users.remove(state, current_actor(state), name)
+    users.remove(state, state.actor(), name)
     console.print(f"Removed user {name}.")
 
 
-@app.command("set-role")
-@handle_errors
+@command(app, "set-role")
 def users_set_role(
-    ctx: typer.Context,
+    state: State,
     name: NameArg,
     role: Annotated[str, typer.Argument(help=ROLE_HELP)],
     hamlet: HamletOpt = None,
 ) -> None:
     """Change a user's role (and hamlet)."""
-    state = state_of(ctx)
-    done = users.set_role(state, current_actor(state), name, role, hamlet)
+    done = users.set_role(state, state.actor(), name, role, hamlet)
     console.print(f"{name} is now {done.role}{f' of {hamlet}' if hamlet else ''}.")
 
 
-@app.command("reset-token")
-@handle_errors
+@command(app, "reset-token")
 def users_reset_token(
-    ctx: typer.Context,
+    state: State,
     name: NameArg,
     token_file: Annotated[
         Path | None, typer.Option(help="Where to write the new token (mode 0600)")
     ] = None,
 ) -> None:
     """Issue a new token (a lost or leaked one stops working)."""
-    state = state_of(ctx)
-    _hand_over(users.reset_token(state, current_actor(state), name, token_file))
+    _hand_over(users.reset_token(state, state.actor(), name, token_file))
 
 
-@app.command("whoami")
-@handle_errors
-def users_whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+@command(app, "whoami")
+def users_whoami(state: State, as_json: JsonOpt = False) -> None:
     """Who this shell acts as, and what they may do."""
-    actor = current_actor(state_of(ctx))
+    actor = state.actor()
     perms = sorted(p.value for p in actor.permissions)
     if as_json:
         print_json({**users.identity(actor), "permissions": perms})

@@ -41,6 +41,8 @@ class BroadcastRequest:
     engine: str = "auto"  # TTS engine for text: auto, gtts, offline
 
     def __post_init__(self) -> None:
+        if not self.to.strip():
+            raise InvalidRequest("say where: --to all | hamlet:NAME | cluster:ID")
         if self.priority is Priority.EMERGENCY:
             raise InvalidRequest("emergencies use `loudspeaker emergency`")
 

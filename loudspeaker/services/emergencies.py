@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -23,7 +23,7 @@ from loudspeaker.auth import Actor, Permission, authorize, hamlets_of
 from loudspeaker.broker import running_broker
 from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
 from loudspeaker.db import make_engine
-from loudspeaker.exceptions import LoudspeakerError
+from loudspeaker.exceptions import InvalidRequest, LoudspeakerError
 from loudspeaker.keys import CommandSigner
 from loudspeaker.runtime import (
     ControllersAccountRefused,
@@ -47,6 +47,13 @@ RECORD_BUDGET_S = 2.0
 RECORD_BACKOFF = Backoff(initial=0.05, factor=2.0, cap=0.4, jitter=0.2)
 # How long one attempt waits on SQLite's write lock before it is retried.
 ATTEMPT_LOCK_WAIT_MS = 400
+
+
+def where(hamlets: Sequence[str], everywhere: bool) -> tuple[str, ...]:
+    """An emergency's ``hamlets`` (empty: every hamlet); some hamlets or all, never both."""
+    if bool(hamlets) == everywhere:
+        raise InvalidRequest("say where: --hamlet NAME (repeatable) or --all")
+    return tuple(hamlets)
 
 
 @dataclass(frozen=True)
