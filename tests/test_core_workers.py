@@ -7,8 +7,6 @@ publish callable, not a broker). Each iteration is run by calling ``step()``/``s
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,22 +15,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from firmware_bridge.mqtt import PublishDone
 from firmware_bridge.protocol import (
     Ack,
     AckState,
     ControlResult,
     Heartbeat,
-    Priority,
-    Status,
     decode_command,
     utcnow,
 )
-from loudspeaker.broadcasts import create_broadcast
-from loudspeaker.db import make_engine
 from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.health import HealthMonitor
-from loudspeaker.inbound import AckIn, DropReason, Drops, HeartbeatIn, ResultIn, StatusIn
+from loudspeaker.inbound import AckIn, DropReason, Drops, HeartbeatIn, ResultIn
 from loudspeaker.keystore import Keystore
 from loudspeaker.metrics import ControllerStats, collect
 from loudspeaker.models import (
@@ -40,134 +33,29 @@ from loudspeaker.models import (
     Announcement,
     ClusterClock,
     ClusterHealth,
-    ClusterRecord,
     ClusterStatus,
     ControlRequest,
     Delivery,
     DeliveryEvent,
-    MediaRecord,
     ScheduleRecord,
     ScheduleSlot,
     StopRequest,
 )
 from loudspeaker.schedule_runner import ScheduleRunner
-from tests.conftest import load_site
+from tests.core_support import (
+    SHA,
+    SITE,
+    RecordingLink,
+    _ack,
+    _broadcast,
+    _deliveries,
+    _status,
+    dispatcher,
+    engine,
+    link,
+)
 
-SITE = "luc-binh"
-SHA = "ab" * 32
-
-
-@dataclass
-class RecordingLink:
-    """Stands in for the MQTT link: records every publish; the test answers for the broker."""
-
-    connected: threading.Event = field(default_factory=threading.Event)
-    sent: list[tuple[str, bytes]] = field(default_factory=list)
-    waiting: list[PublishDone] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.connected.set()
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        on_done: PublishDone | None = None,
-    ) -> None:
-        self.sent.append((topic, payload))
-        if on_done is not None:
-            self.waiting.append(on_done)
-
-    def puback(self, ok: bool = True, reason: str = "") -> None:
-        """The broker answers every publish so far."""
-        waiting, self.waiting = self.waiting, []
-        for done in waiting:
-            done(ok, reason)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
-    (tmp_path / "data").mkdir()
-    load_site(url)
-    eng = make_engine(url)
-    with Session(eng) as s:
-        s.add(
-            MediaRecord(
-                sha256=SHA,
-                size=1000,
-                duration_s=2.0,
-                format="mp3",
-                mime="audio/mpeg",
-                engine="tone",
-                created_at=utcnow(),
-            )
-        )
-        s.commit()
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def link() -> RecordingLink:
-    return RecordingLink()
-
-
-@pytest.fixture
-def dispatcher(engine: Engine, link: RecordingLink, tmp_path: Path) -> Dispatcher:
-    d = Dispatcher(
-        engine,
-        link,
-        site=SITE,
-        media_base_url="http://controller:8080/",
-        ack_timeout_s=300.0,
-        command_ttl_s=600.0,
-        keystore=Keystore(tmp_path / "keys"),
-    )
-    d.reload_clusters()
-    return d
-
-
-def _broadcast(engine: Engine, *clusters: str, priority: str = "normal") -> str:
-    with Session(engine) as s:
-        media = s.get(MediaRecord, SHA)
-        assert media is not None
-        rows = [c for c in s.exec(select(ClusterRecord)).all() if c.id in clusters]
-        b = create_broadcast(
-            s,
-            media=media,
-            title="Thông báo",
-            target=",".join(f"cluster:{c}" for c in clusters),
-            clusters=rows,
-            priority=Priority(priority),
-            validity_s=1800.0 if priority == "emergency" else None,
-        )
-        return b.id
-
-
-def _deliveries(engine: Engine, bid: str) -> dict[str, Delivery]:
-    with Session(engine) as s:
-        rows = s.exec(select(Delivery).where(Delivery.broadcast_id == bid)).all()
-        return {d.cluster_id: d for d in rows}
-
-
-def _ack(d: Delivery, state: AckState, broadcast: str | None = None) -> AckIn:
-    ack = Ack(
-        cluster=d.cluster_id,
-        command=d.command_id,
-        broadcast=broadcast if broadcast is not None else d.broadcast_id,
-        state=state,
-        ts=utcnow(),
-    )
-    return AckIn(ack, utcnow())
-
-
-def _status(cluster: str, state: str, reason: str | None = None) -> StatusIn:
-    return StatusIn(Status(cluster=cluster, state=state, agent="sim", reason=reason), utcnow())
-
+__all__ = ["dispatcher", "engine", "link"]  # fixtures, used by name
 
 # -- dispatcher ---------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,27 +27,28 @@ from firmware_bridge.protocol import (
     encode,
     json_depth,
     topic,
-    utcnow,
 )
-from loudspeaker.db import make_engine
 from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.flooding import FloodGuard, RateLimit
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import AckIn, DropReason, Drops, InboundRouter, StatusIn
 from loudspeaker.keystore import Keystore
-from loudspeaker.models import AlarmRecord, ClusterHealth, ClusterStatus, MediaRecord
+from loudspeaker.models import AlarmRecord, ClusterHealth, ClusterStatus
 from loudspeaker.worker import EventWorker, Inbox
-from tests.conftest import load_site
-from tests.test_core_workers import (
-    SHA,
+from tests.core_support import (
     SITE,
     RecordingLink,
     _ack,
     _broadcast,
     _deliveries,
-    _heartbeat,
     _status,
+    dispatcher,
+    engine,
+    link,
 )
+from tests.test_core_workers import _heartbeat
+
+__all__ = ["dispatcher", "engine", "link"]  # fixtures, used by name
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 # 30,000 nested arrays: 60,000 bytes, under the size limit.
@@ -63,52 +63,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
-    (tmp_path / "data").mkdir()
-    load_site(url)
-    eng = make_engine(url)
-    with Session(eng) as s:
-        s.add(
-            MediaRecord(
-                sha256=SHA,
-                size=1000,
-                duration_s=2.0,
-                format="mp3",
-                mime="audio/mpeg",
-                engine="tone",
-                created_at=utcnow(),
-            )
-        )
-        s.commit()
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def link() -> RecordingLink:
-    return RecordingLink()
-
-
-@pytest.fixture
-def dispatcher(engine: Engine, link: RecordingLink, tmp_path: Path) -> Dispatcher:
-    d = Dispatcher(
-        engine,
-        link,
-        site=SITE,
-        media_base_url="http://controller:8080/",
-        ack_timeout_s=300.0,
-        command_ttl_s=600.0,
-        keystore=Keystore(tmp_path / "keys"),
-    )
-    d.reload_clusters()
-    return d
-
-
-# -- coalescing ---------------------------------------------------------------------------
 
 
 def test_a_status_flood_is_one_write_and_the_latest_status_wins(

@@ -29,7 +29,6 @@ from loudspeaker.alarms import CONTROLLER, AlarmKind
 from loudspeaker.auth import Actor, Role
 from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
-from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import LoudspeakerError
@@ -43,20 +42,19 @@ from loudspeaker.services import emergencies, site
 from loudspeaker.services.context import ServiceContext
 from loudspeaker.supervisor import Supervisor
 from tests.conftest import SITE_FILE
-from tests.helpers import scaled
-from tests.test_core_workers import (
+from tests.core_support import (
     SITE,
-    RecordingDispatcher,
     RecordingLink,
     _ack,
     _broadcast,
     _deliveries,
-    _heartbeat,
-    _schedule,
     _status,
     engine,
     link,
+    make_dispatcher,
 )
+from tests.helpers import scaled
+from tests.test_core_workers import RecordingDispatcher, _heartbeat, _schedule
 
 __all__ = ["engine", "link"]  # fixtures, used by name
 
@@ -102,21 +100,6 @@ def write_lock_held(db_path: Path) -> Iterator[None]:
         conn.close()
 
 
-def _dispatcher(engine: Engine, link: RecordingLink, tmp_path: Path, **kw: Any) -> Dispatcher:
-    d = Dispatcher(
-        engine,
-        link,
-        site=SITE,
-        media_base_url="http://controller:8080/",
-        ack_timeout_s=300.0,
-        command_ttl_s=600.0,
-        keystore=Keystore(tmp_path / "keys"),
-        **kw,
-    )
-    d.reload_clusters()
-    return d
-
-
 def _until(check: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + scaled(timeout)
     while not check():
@@ -131,7 +114,7 @@ def _until(check: Any, timeout: float = 10.0) -> None:
 def test_dispatcher_recovers_from_database_errors_with_no_ack_lost(
     engine: Engine, link: RecordingLink, tmp_path: Path, error: Exception
 ) -> None:
-    d = _dispatcher(engine, link, tmp_path)
+    d = make_dispatcher(engine, link, tmp_path)
     bid = _broadcast(engine, "lb-01", "lb-02")
     d.step()
     link.puback()
@@ -155,7 +138,7 @@ def test_dispatcher_waits_out_a_locked_database_and_keeps_its_events(
     db = tmp_path / "data" / "loudspeaker.db"
     eng = make_engine(f"sqlite:///{db}", busy_timeout_ms=50)
     try:
-        d = _dispatcher(eng, link, tmp_path)
+        d = make_dispatcher(eng, link, tmp_path)
         with write_lock_held(db):
             # Five boxes (one box's statuses would coalesce into its latest).
             for i in range(5):
@@ -193,7 +176,7 @@ def test_queued_emergency_goes_out_before_a_bulk_backlog(
     engine: Engine, tmp_path: Path, small_slices: int
 ) -> None:
     link = RecordingLink()
-    d = _dispatcher(engine, link, tmp_path)
+    d = make_dispatcher(engine, link, tmp_path)
     normal = _broadcast(engine, "lb-02")
     emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
     for i in range(3 * small_slices):
@@ -217,7 +200,7 @@ def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
 ) -> None:
     commits: list[int] = []
     link = _OrderLink(commits)
-    d = _dispatcher(engine, link, tmp_path)
+    d = make_dispatcher(engine, link, tmp_path)
     for i in range(4 * small_slices):
         d.accept(_stray_ack(i))
     given: list[str] = []
@@ -317,7 +300,7 @@ class _Die(BaseException):
 def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
     engine: Engine, link: RecordingLink, tmp_path: Path
 ) -> None:
-    d = _dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
+    d = make_dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
     real_step = d.step
     deaths: list[int] = []
 
@@ -357,7 +340,7 @@ def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
 def test_the_supervisor_leaves_stopped_workers_alone(
     engine: Engine, link: RecordingLink, tmp_path: Path
 ) -> None:
-    d = _dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
+    d = make_dispatcher(engine, link, tmp_path, poll_interval_s=0.05)
     d.start()
     d.stop()
     sup = Supervisor(engine, lambda: {"dispatcher": d})

@@ -9,58 +9,23 @@ cleared by the restart alone.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from firmware_bridge.mqtt import PublishDone
 from firmware_bridge.protocol import Heartbeat, Status, utcnow
 from loudspeaker.alarms import AlarmKind, evaluate
 from loudspeaker.availability import record_status
-from loudspeaker.db import make_engine
 from loudspeaker.flooding import FloodGuard, RateLimit
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import HeartbeatIn, StatusIn
 from loudspeaker.keystore import Keystore
 from loudspeaker.models import AlarmRecord, ClusterHealth
-from tests.conftest import load_site
+from tests.core_support import SITE, RecordingLink, engine
 
-SITE = "luc-binh"
-
-
-@dataclass
-class _Link:
-    """Stands in for the MQTT link (the monitor publishes only control commands)."""
-
-    connected: threading.Event = field(default_factory=threading.Event)
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        on_done: PublishDone | None = None,
-    ) -> None:
-        if on_done is not None:
-            on_done(True, "")
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'data' / 'loudspeaker.db'}"
-    (tmp_path / "data").mkdir()
-    load_site(url)
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
+__all__ = ["engine"]  # fixture, used by name
 
 
 def _restart(engine: Engine, tmp_path: Path) -> HealthMonitor:
@@ -68,7 +33,7 @@ def _restart(engine: Engine, tmp_path: Path) -> HealthMonitor:
 
     With a fresh rate limiter too (the router's, empty after a restart).
     """
-    m = HealthMonitor(engine, _Link(), site=SITE, keystore=Keystore(tmp_path / "keys"))
+    m = HealthMonitor(engine, RecordingLink(), site=SITE, keystore=Keystore(tmp_path / "keys"))
     m.flood = FloodGuard(RateLimit(rate_per_s=1.0, burst=5.0, calm_s=600.0))
     m.load()
     return m
