@@ -54,6 +54,7 @@ from loudspeaker.models import (
     ScheduleSlot,
 )
 from loudspeaker.schedule_store import SiteContext, active_records, plan_of, site_context
+from loudspeaker.worker import OwnThread
 from schedules.clock import ClockWatch
 from schedules.timeline import Placed, Plan, build_timeline
 
@@ -91,7 +92,7 @@ class SyncResult:
     next_wake: datetime | None = None
 
 
-class ScheduleRunner:
+class ScheduleRunner(OwnThread):
     """Keeps the clusters' staged items in step with the schedules. ``start()``/``stop()``."""
 
     def __init__(
@@ -106,6 +107,7 @@ class ScheduleRunner:
         lookback: timedelta = timedelta(days=2),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.name = "schedule-runner"
         self.engine = engine
         self.dispatcher = dispatcher
         self.horizon = timedelta(seconds=horizon_s)
@@ -147,8 +149,7 @@ class ScheduleRunner:
             replace_existing=True,
         )
         self._scheduler.start()
-        self._thread = threading.Thread(target=self._run, name="schedule-runner", daemon=True)
-        self._thread.start()
+        self._start_thread()
         self.poke()
 
     def stop(self) -> None:
@@ -159,24 +160,6 @@ class ScheduleRunner:
             self._scheduler.shutdown(wait=False)
         if self._thread is not None:
             self._thread.join(10)
-
-    @property
-    def alive(self) -> bool:
-        """False once the runner thread has died (or was never started)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def stopping(self) -> bool:
-        """True once ``stop()`` was asked."""
-        return self._stop.is_set()
-
-    def restart(self) -> None:
-        """Start a new runner thread after the old one died (APScheduler keeps running)."""
-        if self.alive or self.stopping:
-            return
-        self._thread = threading.Thread(target=self._run, name="schedule-runner", daemon=True)
-        self._thread.start()
-        self.poke()
 
     def poke(self) -> None:
         """Rebuild now (the CLI changed a schedule)."""

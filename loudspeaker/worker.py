@@ -114,7 +114,46 @@ class _Unkeyed:
     """Marks the inbox keys of events that are never coalesced."""
 
 
-class EventWorker(Generic[E]):
+class OwnThread:
+    """A worker's one thread, which the supervisor checks and restarts (supervisor.py).
+
+    The owner sets ``name``, ``_stop`` and ``_thread`` in its constructor and writes
+    ``_run`` and ``poke``.
+    """
+
+    name: str
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def poke(self) -> None:
+        raise NotImplementedError
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """False once the thread has died (or was never started): the supervisor's cue."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was asked: a dead thread is then no fault."""
+        return self._stop.is_set()
+
+    def restart(self) -> None:
+        """Start a new thread after the old one died; what it kept carries over."""
+        if self.alive or self.stopping:
+            return
+        self._start_thread()
+        self.poke()
+
+
+class EventWorker(OwnThread, Generic[E]):
     """A thread that applies queued events in iterations; subclasses write ``step()``."""
 
     def __init__(self, name: str, poll_interval_s: float, inbox: Inbox[E] | None = None) -> None:
@@ -153,27 +192,6 @@ class EventWorker(Generic[E]):
                 drops.count(event_kind(event), DropReason.QUEUE_FULL)
             _refusals.warn(self.name, len(self._inbound))
         return taken
-
-    def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        """False once the thread has died (or was never started): the supervisor's cue."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def stopping(self) -> bool:
-        """True once ``stop()`` was asked: a dead thread is then no fault."""
-        return self._stop.is_set()
-
-    def restart(self) -> None:
-        """Start a new thread after the old one died; queued and kept events carry over."""
-        if self.alive or self.stopping:
-            return
-        self._start_thread()
-        self._wake.set()
 
     def stop(self) -> None:
         """Finish the current iteration and stop."""
