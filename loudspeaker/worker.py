@@ -92,8 +92,7 @@ class _Refusals:
         n = self._throttle.tick(worker)
         if n:
             logger.warning(
-                "%s inbox full (%d queued): %d inbound messages refused "
-                "(docs/protocol.md, Limits)",
+                "%s inbox full (%d queued): %d inbound messages refused (docs/protocol.md, Limits)",
                 worker,
                 queued,
                 n,
