@@ -14,8 +14,8 @@ endpoint has one count per reason.
 
 Overload (docs/protocol.md, "Limits"): every message takes a token from its cluster's
 bucket (loudspeaker/flooding.py). Past the limit the router still hands on status and
-heartbeats (the workers keep only the latest per cluster, so nothing more reaches the
-database) and acks of commands the dispatcher waits on (``awaits``); other acks and
+heartbeats (the latest of each per cluster; the inboxes coalesce them, so nothing more
+reaches the database) and acks of commands the dispatcher waits on (``awaits``); other acks and
 control results are dropped as ``rate-limited``. Each worker's inbox coalesces by
 :func:`coalesce_key` and is bounded; :func:`must_keep` says what it never refuses.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -49,11 +48,14 @@ from firmware_bridge.protocol import (
 )
 from loudspeaker.flooding import FloodGuard
 from loudspeaker.models import now
+from loudspeaker.throttled_log import Throttle
 
 logger = logging.getLogger(__name__)
 
 # The command id of an ack, found without decoding it (a flooding box's acks).
 _COMMAND_FIELD = re.compile(rb'"command"\s*:\s*"([A-Za-z0-9-]{1,64})"')
+# The state of a status, found without decoding it (a flooding box's held-back status).
+_STATE_FIELD = re.compile(rb'"state"\s*:\s*"(online|offline)"')
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,9 @@ class InboundRouter:
         # Whether the dispatcher waits on (cluster, command): set by the controller.
         self.awaits: Callable[[str, str], bool] = lambda _cluster, _command: False
         self._log = _DropLog()
-        # The latest undecoded status/heartbeat of flooding boxes, by (kind, cluster).
-        self._stash: dict[tuple[Kind, str], tuple[str, bytes, datetime]] = {}
+        # The latest undecoded status (per state, as coalesce_key) and heartbeat of
+        # flooding boxes, by (kind, cluster, state), oldest first.
+        self._stash: dict[tuple[Kind, str, str], tuple[str, bytes, datetime]] = {}
         # on_message runs on the loop thread, flush_stash on a worker's.
         self._lock = threading.RLock()
         # Handlers by kind; each takes the event type of its kind (see the on_* methods).
@@ -266,12 +269,19 @@ class InboundRouter:
     def _held_back(self, parsed: Topic, topic_name: str, payload: bytes, at: datetime) -> bool:
         """A message past its box's rate limit, dealt with before the costly decoding.
 
-        Only the latest status and heartbeat are kept, undecoded; acks are decoded only
-        when they name a command the dispatcher waits on; control results are dropped.
-        True: nothing more to do with it now.
+        Only the latest heartbeat and the latest status of each state are kept, undecoded
+        (an offline then online keeps its transition, as in :func:`coalesce_key`); acks are
+        decoded only when they name a command the dispatcher waits on; control results
+        are dropped. True: nothing more to do with it now.
         """
         if parsed.kind in (Kind.STATUS, Kind.HEALTH):
-            self._stash[(parsed.kind, parsed.cluster)] = (topic_name, payload, at)
+            state = b""
+            if parsed.kind is Kind.STATUS:
+                m = _STATE_FIELD.search(payload[:MAX_PAYLOAD_BYTES])
+                state = m.group(1) if m is not None else b""
+            key = (parsed.kind, parsed.cluster, state.decode())
+            self._stash.pop(key, None)  # the newest goes to the back
+            self._stash[key] = (topic_name, payload, at)
             return True
         if parsed.kind is Kind.ACK:
             # A cheap look at the command id; a payload that lies here is decoded in full
@@ -284,10 +294,10 @@ class InboundRouter:
         )
 
     def _unstash(self, cluster: str) -> None:
-        for kind in (Kind.STATUS, Kind.HEALTH):
-            held = self._stash.pop((kind, cluster), None)
-            if held is not None:
-                self._handle(*held, admit=False)
+        if not self._stash:
+            return
+        for key in [k for k in self._stash if k[1] == cluster]:
+            self._handle(*self._stash.pop(key), admit=False)
 
     @staticmethod
     def _payload(kind: Kind, payload: bytes, at: datetime) -> tuple[InboundEvent | None, str]:
@@ -338,12 +348,15 @@ def event_kind(event: object) -> Kind | None:
 def coalesce_key(event: object) -> Hashable | None:
     """What an inbound event is about: a worker's inbox keeps only the latest of each.
 
-    The latest status and heartbeat of a cluster win; repeats of one ack state for one
-    command, and of one control result, collapse into one. A worker's own events (None)
-    are never coalesced.
+    A status is keyed by its cluster and state: a reboot's ``offline`` then ``online``
+    queued together stay two events (the offline spell and the disconnect count need
+    both), while a flood of toggles is at most two, the newest moved to the back, so the
+    latest state still wins. The latest heartbeat of a cluster wins (its readings are a
+    level, not a transition); repeats of one ack state for one command, and of one
+    control result, collapse into one. A worker's own events (None) are never coalesced.
     """
     if isinstance(event, StatusIn):
-        return (Kind.STATUS, event.status.cluster)
+        return (Kind.STATUS, event.status.cluster, event.status.state)
     if isinstance(event, HeartbeatIn):
         return (Kind.HEALTH, event.heartbeat.cluster)
     if isinstance(event, AckIn):
@@ -355,12 +368,16 @@ def coalesce_key(event: object) -> Hashable | None:
 
 
 def must_keep(event: object) -> bool:
-    """Events a full inbox still takes: a worker's own, and acks the dispatcher waits on.
+    """Events a full inbox still takes: a worker's own, acks the dispatcher waits on, status.
 
-    Status and heartbeats are bounded by coalescing (one per cluster) instead.
+    A status is retained and sent again only when it changes: one refused would leave its
+    cluster's availability wrong for good. Coalescing bounds them (two per cluster, see
+    :func:`coalesce_key`). Heartbeats may be refused: the next one comes within minutes.
     """
     if isinstance(event, AckIn):
         return event.awaited
+    if isinstance(event, StatusIn):
+        return True
     return event_kind(event) is None
 
 
@@ -371,18 +388,12 @@ class _DropLog:
     """
 
     def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._last: dict[tuple[Kind | None, DropReason], float] = {}
-        self._since: Counter[tuple[Kind | None, DropReason]] = Counter()
+        self._throttle = Throttle(every_s)
 
     def dropped(self, topic_name: str, kind: Kind | None, drop: _Dropped, payload: bytes) -> None:
-        key = (kind, drop.reason)
-        self._since[key] += 1
-        t = time.monotonic()
-        if t - self._last.get(key, -self.every_s) < self.every_s:
+        n = self._throttle.tick((kind, drop.reason))
+        if not n:
             return
-        self._last[key] = t
-        n = self._since.pop(key)
         more = f" ({n - 1} more like it since the last report)" if n > 1 else ""
         logger.warning(
             "dropped message on %s: %s; payload %r%s",

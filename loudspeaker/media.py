@@ -22,7 +22,6 @@ import re
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.media_policy import MediaLimits, is_admin
 from loudspeaker.media_slots import Slot, SlotTable
+from loudspeaker.throttled_log import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class _Http:
         # database delays that request, never the others.
         self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="media-io")
         self._reported = (0, 0)
-        self._report_at = 0.0
+        self._pressure = Throttle()
 
     async def start(self, host: str, port: int) -> int:
         family, _t, _p, _n, addr = socket.getaddrinfo(
@@ -215,8 +215,7 @@ class _Http:
 
     def _report_pressure(self) -> None:
         # One warning per 10 s at most, with counts: an attack must not flood the log.
-        t = time.monotonic()
-        if t - self._report_at < 10.0:
+        if not self._pressure.tick():
             return
         ev, rf = self.slots.evicted, self.slots.refused
         logger.warning(
@@ -227,7 +226,6 @@ class _Http:
             rf - self._reported[1],
         )
         self._reported = (ev, rf)
-        self._report_at = t
 
     async def _serve(self, conn: _Conn) -> None:
         try:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from loudspeaker.inbound import DropReason, Drops, coalesce_key, event_kind, must_keep
+from loudspeaker.throttled_log import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -86,25 +86,17 @@ class _Refusals:
     """Logs a full inbox once per burst, not once per refused message."""
 
     def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._since: dict[str, int] = {}
+        self._throttle = Throttle(every_s)
 
     def warn(self, worker: str, queued: int) -> None:
-        t = time.monotonic()
-        with self._lock:
-            self._since[worker] = self._since.get(worker, 0) + 1
-            if t - self._last.get(worker, -self.every_s) < self.every_s:
-                return
-            n, self._since[worker] = self._since[worker], 0
-            self._last[worker] = t
-        logger.warning(
-            "%s inbox full (%d queued): %d inbound messages refused (docs/protocol.md, Limits)",
-            worker,
-            queued,
-            n,
-        )
+        n = self._throttle.tick(worker)
+        if n:
+            logger.warning(
+                "%s inbox full (%d queued): %d inbound messages refused (docs/protocol.md, Limits)",
+                worker,
+                queued,
+                n,
+            )
 
 
 _refusals = _Refusals()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from firmware_bridge.exceptions import PayloadTooDeep, PayloadTooLarge
 from firmware_bridge.protocol import (
@@ -33,7 +33,7 @@ from loudspeaker.flooding import FloodGuard, RateLimit
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import AckIn, DropReason, Drops, InboundRouter, StatusIn
 from loudspeaker.keystore import Keystore
-from loudspeaker.models import AlarmRecord, ClusterHealth, ClusterStatus
+from loudspeaker.models import AlarmRecord, ClusterAvailability, ClusterHealth, ClusterStatus
 from loudspeaker.worker import EventWorker, Inbox
 from tests.core_support import (
     SITE,
@@ -71,8 +71,8 @@ def test_a_status_flood_is_one_write_and_the_latest_status_wins(
     for i in range(20_000):
         dispatcher.accept(_status("lb-01", "online" if i % 2 else "offline"))
     dispatcher.accept(_status("lb-02", "online"))
-    # One entry per cluster, whatever the flood.
-    assert dispatcher.backlog == 2
+    # At most one entry per cluster and state, whatever the flood.
+    assert dispatcher.backlog == 3
     dispatcher.step()
     assert dispatcher.backlog == 0
     with Session(engine) as s:
@@ -80,6 +80,38 @@ def test_a_status_flood_is_one_write_and_the_latest_status_wins(
         assert st is not None and st.online  # the 20,000th toggle: online
         st2 = s.get(ClusterStatus, "lb-02")
         assert st2 is not None and st2.online
+
+
+def test_a_reboot_queued_in_one_iteration_keeps_its_offline_spell_and_disconnect(
+    engine: Engine, dispatcher: Dispatcher, link: RecordingLink, tmp_path: Path
+) -> None:
+    monitor = HealthMonitor(engine, link, site=SITE, keystore=Keystore(tmp_path / "keys"))
+    monitor.load()
+    dispatcher.accept(_status("lb-01", "online"))
+    monitor.accept(_status("lb-01", "online"))
+    dispatcher.step()
+    monitor.step()
+    # The box loses power and comes back before either worker's next iteration: the
+    # broker's last will (offline) and the new online both wait in the inboxes.
+    for worker in (dispatcher, monitor):
+        worker.accept(_status("lb-01", "offline", reason="connection lost"))
+        worker.accept(_status("lb-01", "online"))
+    assert dispatcher.backlog == 2 and monitor.backlog == 2
+    dispatcher.step()
+    monitor.step()
+    with Session(engine) as s:
+        spells = s.exec(
+            select(ClusterAvailability)
+            .where(ClusterAvailability.cluster_id == "lb-01")
+            .order_by(col(ClusterAvailability.id))
+        ).all()
+        st = s.get(ClusterStatus, "lb-01")
+    assert [sp.online for sp in spells] == [True, False, True]
+    assert spells[1].reason == "connection lost" and spells[1].ended_at is not None
+    assert st is not None and st.online  # the latest still wins
+    obs = monitor.observation("lb-01", datetime.now(UTC))
+    assert len(obs.disconnects) == 1  # what the link_flapping rule counts
+    assert obs.online is True
 
 
 def test_heartbeats_are_downsampled_to_the_latest_per_cluster(
@@ -128,14 +160,17 @@ def test_a_full_inbox_refuses_what_may_be_refused_and_counts_it(dispatcher: Disp
     assert dispatcher.backlog == 10
     assert drops.by_reason() == {("ack", "queue-full"): 16}
     # Never refused: acks of commands the dispatcher waits on, the worker's own events,
-    # and a newer status of a cluster already queued (it replaces the older one).
+    # and status (retained, sent again only on a change: one refused would be wrong for
+    # good), whether its cluster is queued already or not.
     dispatcher.accept(_unknown_ack(99, awaited=True))
     dispatcher.withdraw([1], "test")
     dispatcher.accept(_status("lb-03", "online"))
-    assert dispatcher.backlog == 12
-    # A cluster not queued yet has no entry to replace: refused like any other.
     dispatcher.accept(_status("lb-04", "online"))
-    assert drops.by_reason() == {("ack", "queue-full"): 16, ("status", "queue-full"): 1}
+    assert dispatcher.backlog == 14
+    assert drops.by_reason() == {("ack", "queue-full"): 16}
+    # Coalescing still bounds them: a repeat replaces its entry.
+    dispatcher.accept(_status("lb-04", "online"))
+    assert dispatcher.backlog == 14
 
 
 def test_the_dispatcher_applies_in_slices_and_the_backlog_counts_them(
@@ -242,19 +277,19 @@ def test_past_the_limit_only_what_cannot_be_lost_is_routed() -> None:
     assert [a.ack.command for a in acks[3:]] == ["a" * 12]
     assert acks[3].awaited
     assert guard.flooding_clusters() == ["lb-01"]
-    # Statuses past the limit are held back undecoded, the latest only, never dropped:
-    # a worker's iteration flushes them.
+    # Statuses past the limit are held back undecoded, the latest of each state only
+    # (the newest last, so it wins), never dropped: a worker's iteration flushes them.
     assert statuses == []
     router.flush_stash()
-    assert [e.status.state for e in statuses] == ["offline"]
+    assert [e.status.state for e in statuses] == ["online", "offline"]
     router.flush_stash()
-    assert len(statuses) == 1
+    assert len(statuses) == 2
     # Or the box's next message within the limit does, before itself.
     router.on_message(topic(SITE, "lb-01", Kind.STATUS), status)
     clock.t += 1.0
     online = encode(Status(cluster="lb-01", state="online", agent="sim"))
     router.on_message(topic(SITE, "lb-01", Kind.STATUS), online)
-    assert [e.status.state for e in statuses] == ["offline", "offline", "online"]
+    assert [e.status.state for e in statuses] == ["online", "offline", "offline", "online"]
 
 
 def test_a_flooding_box_raises_the_flooding_alarm_and_it_clears_when_calm(

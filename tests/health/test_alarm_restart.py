@@ -161,7 +161,7 @@ def test_no_alarm_kind_is_cleared_by_a_restart(engine: Engine, tmp_path: Path) -
         state = "offline" if i % 2 == 0 else "online"
         status = Status(cluster="lb-04", state=state, agent="sim", reason="lost link")
         first.accept(StatusIn(status, at))
-        first.step()  # one at a time: the monitor's queue keeps only a box's latest status
+        first.step()  # one at a time: the queue keeps one status per box and state
         with Session(engine) as s:
             record_status(s, status, at)
             s.commit()
