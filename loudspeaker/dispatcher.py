@@ -8,9 +8,10 @@ iteration, in order:
 0. the emergency lane: sends every queued emergency delivery, then records spooled
    emergencies (emergency_spool.py) and sends those, in short transactions of its own,
    before any bulk work;
-1. applies the events in slices of ``_SLICE``, one short transaction each, serving the
-   lane again between slices when poked: acks move deliveries through the state machine
-   (loudspeaker/delivery.py), status messages record who is online (availability.py);
+1. applies the events the worker took (``batch_max`` at most, worker.py) in one short
+   transaction: acks move deliveries through the state machine (loudspeaker/delivery.py),
+   status messages record who is online (availability.py); when more are waiting the next
+   iteration, lane first, starts at once;
 2. carries out operator stops (recall.py), sends what is queued (sending.py), and applies
    the deadline rules (deadlines.py), in a last transaction.
 
@@ -70,8 +71,6 @@ _DEADLINE_EVERY = timedelta(seconds=0.5)
 # Queued deliveries sent per transaction: the lane loops until every queued emergency is
 # out; the dispatch step sends this many normal deliveries per iteration.
 _SEND_MAX = 500
-# Events applied per transaction, the lane served between slices when poked.
-_SLICE = 500
 # The kinds whose drops are the dispatcher's (``dropped_messages``).
 _KINDS = (Kind.ACK, Kind.STATUS)
 
@@ -261,37 +260,31 @@ class Dispatcher(EventWorker[_Event]):
                 return
 
     def _apply_events(self, events: list[_Event]) -> bool:
-        """Apply events in bounded slices, one short transaction each.
+        """Apply one batch of events in one short transaction.
 
-        Between slices a poke (an emergency queued meanwhile) is served first. False when
-        the database failed: the events not yet applied are kept for the next iteration.
+        The batch is bounded by the worker's ``batch_max``, so the emergency lane at the
+        start of the next iteration is never more than one batch away. False when the
+        database failed: the events are kept for the next iteration.
         """
-        for i in range(0, max(len(events), 1), _SLICE):
-            try:
-                if i and self._wake.is_set() and not self._lane_guarded():
-                    self._retry = events[i:]
-                    return False
-                self._apply_slice(events[i : i + _SLICE])
-            except DB_ERRORS as exc:
-                # Rolled back with the session: keep this slice and the rest, try again.
-                self._retry = events[i:]
-                self._backoff(self.faults.failed(exc, len(events) - i))
-                return False
-            except BaseException:
-                # Dying (the supervisor restarts the thread): the new one applies them.
-                self._retry = events[i:]
-                raise
+        try:
+            with Session(self.engine) as s:
+                held = self._prefetch(s, events)  # the identity map only holds weak refs
+                # One flush at commit instead of one per event (docs/scaling.md).
+                with s.no_autoflush:
+                    for ev in events:
+                        self._apply_guarded(s, ev)
+                s.commit()
+                del held
+        except DB_ERRORS as exc:
+            # Rolled back with the session: keep the batch, try again.
+            self._retry = events
+            self._backoff(self.faults.failed(exc, len(events)))
+            return False
+        except BaseException:
+            # Dying (the supervisor restarts the thread): the new one applies them.
+            self._retry = events
+            raise
         return True
-
-    def _apply_slice(self, chunk: list[_Event]) -> None:
-        with Session(self.engine) as s:
-            held = self._prefetch(s, chunk)  # the identity map only holds weak refs
-            # One flush at commit instead of one per event (docs/scaling.md).
-            with s.no_autoflush:
-                for ev in chunk:
-                    self._apply_guarded(s, ev)
-            s.commit()
-            del held
 
     # -- 1. events --------------------------------------------------------------------------
 
@@ -299,7 +292,7 @@ class Dispatcher(EventWorker[_Event]):
         try:
             self._apply(s, ev)
         except DB_ERRORS:
-            raise  # the database, not the event: keep the whole slice for a retry
+            raise  # the database, not the event: keep the whole batch for a retry
         except Exception:
             # One bad event (a bug, an unexpected value) must not lose the others.
             logger.exception("event %r could not be applied; dropped", ev)

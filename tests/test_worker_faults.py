@@ -30,6 +30,7 @@ from loudspeaker.alarms import CONTROLLER, AlarmKind
 from loudspeaker.auth import Actor, Role
 from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
+from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import LoudspeakerError
@@ -153,62 +154,54 @@ def test_dispatcher_waits_out_a_locked_database_and_keeps_its_events(
         eng.dispose()
 
 
-class _OrderLink(RecordingLink):
-    """Records, with each publish, how many event slices the dispatcher had committed."""
-
-    def __init__(self, commits: list[int]) -> None:
-        super().__init__()
-        self.commits = commits
-        self.at_commit: list[int] = []
-
-    def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
-        self.at_commit.append(len(self.commits))
-        super().publish(topic, payload, **kw)
+# Events per iteration (the worker's batch_max): a backlog of a few batches is quick to
+# build and to apply.
+_BATCH = 20
 
 
-@pytest.fixture
-def small_slices(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Slices of 20 events: a backlog of a few slices is quick to build and to apply."""
-    monkeypatch.setattr(dispatcher_module, "_SLICE", 20)
-    return 20
-
-
-def test_queued_emergency_goes_out_before_a_bulk_backlog(
-    engine: Engine, tmp_path: Path, small_slices: int
-) -> None:
-    link = RecordingLink()
-    d = make_dispatcher(engine, link, tmp_path)
-    normal = _broadcast(engine, "lb-02")
-    emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
-    for i in range(3 * small_slices):
-        d.accept(_stray_ack(i))
-    seen_backlog: list[int] = []
+def _backlog_at_publish(d: Dispatcher, link: RecordingLink) -> list[int]:
+    """The dispatcher's backlog as each command was published, in order."""
+    seen: list[int] = []
     original = link.publish
 
     def publish(topic: str, payload: bytes, **kw: Any) -> None:
-        seen_backlog.append(d.backlog)
+        seen.append(d.backlog)
         original(topic, payload, **kw)
 
     link.publish = publish  # type: ignore[method-assign]
+    return seen
+
+
+def test_queued_emergency_goes_out_before_a_bulk_backlog(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    d.batch_max = _BATCH
+    normal = _broadcast(engine, "lb-02")
+    emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
+    for i in range(3 * _BATCH):
+        d.accept(_stray_ack(i))
+    seen_backlog = _backlog_at_publish(d, link)
     d.step()
     firsts = [decode_command(p).broadcast for _, p in link.sent]
     assert firsts == [emergency, normal]
-    assert seen_backlog[0] == 3 * small_slices  # the whole backlog still waited when it went
+    assert seen_backlog[0] == 3 * _BATCH  # the whole backlog still waited when it went
 
 
-def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
-    engine: Engine, tmp_path: Path, small_slices: int
+def test_an_emergency_queued_during_a_backlog_goes_out_at_the_next_iteration(
+    engine: Engine, link: RecordingLink, tmp_path: Path
 ) -> None:
-    commits: list[int] = []
-    link = _OrderLink(commits)
     d = make_dispatcher(engine, link, tmp_path)
-    for i in range(4 * small_slices):
+    d.batch_max = _BATCH
+    for i in range(4 * _BATCH):
         d.accept(_stray_ack(i))
+    seen_backlog = _backlog_at_publish(d, link)
+    commits: list[int] = []
     given: list[str] = []
 
     def after_commit(_s: Session) -> None:
         commits.append(1)
-        if len(commits) == 2 and not given:  # the emergency lane's, then slice 1's
+        if len(commits) == 2 and not given:  # the first iteration's events, then dispatch
             # As the CLI does: a new row from another connection, then a poke.
             threading.Thread(target=lambda: given.append(_emergency(engine))).start()
             _until(lambda: bool(given))
@@ -217,11 +210,14 @@ def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
     event.listen(Session, "after_commit", after_commit)
     try:
         d.step()
+        assert d._wake.is_set()  # more events wait: the worker starts the next iteration
+        for _ in range(4):  # as the thread does, iteration after iteration
+            d.step()
     finally:
         event.remove(Session, "after_commit", after_commit)
     assert given and [decode_command(p).broadcast for _, p in link.sent] == given
-    # Sent after the first slice, well before the last one (4 slices + lane + dispatch).
-    assert link.at_commit[0] <= 3 < len(commits) - 2
+    # Sent by the next iteration's lane, before any of the remaining batches was applied.
+    assert seen_backlog == [3 * _BATCH] and d.backlog == 0
 
 
 def _stray_ack(i: int) -> AckIn:
