@@ -5,11 +5,13 @@ acks and status messages (loudspeaker/inbound.py); the broker's answers to what 
 published come back as events too; the CLI only inserts ``queued`` rows and pokes. Each
 iteration, in order:
 
-0. the emergency lane: records spooled emergencies (emergency_spool.py) and sends every
-   queued emergency delivery, in its own short transaction, before any bulk work;
-1. applies the events in slices of ``_SLICE``, one short transaction each, serving the
-   lane again between slices when poked: acks move deliveries through the state machine
-   (loudspeaker/delivery.py), status messages record who is online (availability.py);
+0. the emergency lane: sends every queued emergency delivery, then records spooled
+   emergencies (emergency_spool.py) and sends those, in short transactions of its own,
+   before any bulk work;
+1. applies the events the worker took (``batch_max`` at most, worker.py) in one short
+   transaction: acks move deliveries through the state machine (loudspeaker/delivery.py),
+   status messages record who is online (availability.py); when more are waiting the next
+   iteration, lane first, starts at once;
 2. carries out operator stops (recall.py), sends what is queued (sending.py), and applies
    the deadline rules (deadlines.py), in a last transaction.
 
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, case
 from sqlmodel import Session, col, select
 
 from firmware_bridge.protocol import AckState, Kind, Priority
@@ -64,10 +66,11 @@ _HELD_BY_CLUSTER = [
     DeliveryState.STAGED.value,
     DeliveryState.PLAYING.value,
 ]
+_EMERGENCY = Priority.EMERGENCY.value
 _DEADLINE_EVERY = timedelta(seconds=0.5)
-# Events applied, or queued deliveries sent, per transaction: short enough that the
-# emergency lane is never more than one slice away, big enough to keep up with a fleet.
-_SLICE = 500
+# Queued deliveries sent per transaction: the lane loops until every queued emergency is
+# out; the dispatch step sends this many normal deliveries per iteration.
+_SEND_MAX = 500
 # The kinds whose drops are the dispatcher's (``dropped_messages``).
 _KINDS = (Kind.ACK, Kind.STATUS)
 
@@ -220,64 +223,68 @@ class Dispatcher(EventWorker[_Event]):
         return True
 
     def _emergency_lane(self) -> None:
-        """Record spooled emergencies, then send every queued emergency delivery.
+        """Send every queued emergency delivery, record spooled emergencies, send those.
 
-        Runs before any bulk work of an iteration and between slices of a long batch, in
-        its own short transactions, so an emergency never waits behind a backlog.
+        Runs before any bulk work of an iteration, in its own short transactions, so an
+        emergency never waits behind a backlog. What is already queued goes out before the
+        spool is read: a locked database that holds up recording must not hold it back.
         """
-        if self.spool is not None:
-            self.spool.record_all(self.engine)
-        if not self.sender.connected:
-            return
-        with Session(self.engine) as s:
-            queued = s.exec(
-                select(Delivery)
-                .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
-                .where(
-                    Delivery.state == DeliveryState.QUEUED.value,
-                    Broadcast.priority == Priority.EMERGENCY.value,
-                )
-                .limit(_SLICE)
-            ).all()
-            fresh = [d for d in queued if d.id not in self.sender.inflight]
-            if not fresh:
+        self._send_queued_emergencies()
+        if self.spool is not None and self.spool.record_all(self.engine):
+            self._send_queued_emergencies()
+
+    def _send_queued_emergencies(self) -> None:
+        """Send queued emergency deliveries not in flight, ``_SEND_MAX`` per transaction."""
+        after = 0
+        while self.sender.connected:
+            with Session(self.engine) as s:
+                queued = s.exec(
+                    select(Delivery)
+                    .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+                    .where(
+                        Delivery.state == DeliveryState.QUEUED.value,
+                        Broadcast.priority == _EMERGENCY,
+                        col(Delivery.id) > after,
+                        col(Delivery.id).not_in(list(self.sender.inflight)),
+                    )
+                    .order_by(col(Delivery.id))
+                    .limit(_SEND_MAX)
+                ).all()
+                if not queued:
+                    return
+                # Past this id next time: a row that failed to go out cannot loop the lane.
+                after = queued[-1].id or after
+                self.emergencies_sent += self._send_queued(s, queued)
+                s.commit()
+            if len(queued) < _SEND_MAX:
                 return
-            self._send_queued(s, fresh)
-            s.commit()
-        self.emergencies_sent += len(fresh)
 
     def _apply_events(self, events: list[_Event]) -> bool:
-        """Apply events in bounded slices, one short transaction each.
+        """Apply one batch of events in one short transaction.
 
-        Between slices a poke (an emergency queued meanwhile) is served first. False when
-        the database failed: the events not yet applied are kept for the next iteration.
+        The batch is bounded by the worker's ``batch_max``, so the emergency lane at the
+        start of the next iteration is never more than one batch away. False when the
+        database failed: the events are kept for the next iteration.
         """
-        for i in range(0, max(len(events), 1), _SLICE):
-            try:
-                if i and self._wake.is_set() and not self._lane_guarded():
-                    self._retry = events[i:]
-                    return False
-                self._apply_slice(events[i : i + _SLICE])
-            except DB_ERRORS as exc:
-                # Rolled back with the session: keep this slice and the rest, try again.
-                self._retry = events[i:]
-                self._backoff(self.faults.failed(exc, len(events) - i))
-                return False
-            except BaseException:
-                # Dying (the supervisor restarts the thread): the new one applies them.
-                self._retry = events[i:]
-                raise
+        try:
+            with Session(self.engine) as s:
+                held = self._prefetch(s, events)  # the identity map only holds weak refs
+                # One flush at commit instead of one per event (docs/scaling.md).
+                with s.no_autoflush:
+                    for ev in events:
+                        self._apply_guarded(s, ev)
+                s.commit()
+                del held
+        except DB_ERRORS as exc:
+            # Rolled back with the session: keep the batch, try again.
+            self._retry = events
+            self._backoff(self.faults.failed(exc, len(events)))
+            return False
+        except BaseException:
+            # Dying (the supervisor restarts the thread): the new one applies them.
+            self._retry = events
+            raise
         return True
-
-    def _apply_slice(self, chunk: list[_Event]) -> None:
-        with Session(self.engine) as s:
-            held = self._prefetch(s, chunk)  # the identity map only holds weak refs
-            # One flush at commit instead of one per event (docs/scaling.md).
-            with s.no_autoflush:
-                for ev in chunk:
-                    self._apply_guarded(s, ev)
-            s.commit()
-            del held
 
     # -- 1. events --------------------------------------------------------------------------
 
@@ -285,7 +292,7 @@ class Dispatcher(EventWorker[_Event]):
         try:
             self._apply(s, ev)
         except DB_ERRORS:
-            raise  # the database, not the event: keep the whole slice for a retry
+            raise  # the database, not the event: keep the whole batch for a retry
         except Exception:
             # One bad event (a bug, an unexpected value) must not lose the others.
             logger.exception("event %r could not be applied; dropped", ev)
@@ -385,7 +392,7 @@ class Dispatcher(EventWorker[_Event]):
     def _of_cluster(
         s: Session, cluster: str, states: list[str], emergency: bool
     ) -> Sequence[Delivery]:
-        prio = col(Broadcast.priority) == Priority.EMERGENCY.value
+        prio = col(Broadcast.priority) == _EMERGENCY
         return s.exec(
             select(Delivery)
             .join(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
@@ -422,16 +429,28 @@ class Dispatcher(EventWorker[_Event]):
         if self._resync:
             self._resync = False
             self._ask_unfinished_again(s)
+        # Emergencies queued since the lane ran go first; in-flight rows are not picked
+        # again, so a full answer means more is waiting, never the same rows twice.
+        emergency_first = case((col(Broadcast.priority) == _EMERGENCY, 0), else_=1)
         queued = s.exec(
-            select(Delivery).where(Delivery.state == DeliveryState.QUEUED.value).limit(_SLICE)
+            select(Delivery)
+            .outerjoin(Broadcast, col(Broadcast.id) == col(Delivery.broadcast_id))
+            .where(
+                Delivery.state == DeliveryState.QUEUED.value,
+                col(Delivery.id).not_in(list(self.sender.inflight)),
+            )
+            .order_by(emergency_first, col(Delivery.id))
+            .limit(_SEND_MAX)
         ).all()
-        self._send_queued(s, queued)
-        if len(queued) >= _SLICE:
+        self.emergencies_sent += self._send_queued(s, queued)
+        if len(queued) >= _SEND_MAX:
             self._wake.set()  # more queued: the next iteration (lane first) takes them
 
-    def _send_queued(self, s: Session, queued: Sequence[Delivery]) -> None:
+    def _send_queued(self, s: Session, queued: Sequence[Delivery]) -> int:
+        """Send queued deliveries; how many emergency commands were published."""
         pairs: dict[str, _Pair | None] = {}
         t = now()
+        emergencies = 0
         for d in queued:
             if d.id in self.sender.inflight:
                 continue
@@ -450,17 +469,22 @@ class Dispatcher(EventWorker[_Event]):
                 why = "not sent before it expired (broker down?)"
                 delivery.record(s, d, delivery.unreachable(t, why))
                 continue
-            self._send(s, d, *pair, t, expires)
+            if self._send(s, d, *pair, t, expires) and pair[0].priority == _EMERGENCY:
+                emergencies += 1
+        return emergencies
 
     def _send(
         self, s: Session, d: Delivery, b: Broadcast, m: MediaRecord, t: datetime, expires: datetime
-    ) -> None:
+    ) -> bool:
+        """Publish a play command; False if it could not be signed (then failed)."""
         assert d.id is not None
         try:
             self.sender.play(d, b, m, t, expires, functools.partial(self._sent, d.id))
         except KeystoreError as exc:
             # Unsigned, every box with keys would refuse it: fail it here, with the reason.
             delivery.record(s, d, delivery.failed(t, str(exc)))
+            return False
+        return True
 
     def _resend(self, s: Session, d: Delivery, t: datetime, why: str) -> None:
         """Send an emergency again (same command id: a cluster that has it plays it once)."""
@@ -517,7 +541,7 @@ class Dispatcher(EventWorker[_Event]):
                 d,
                 t,
                 self.rules,
-                emergency=priorities.get(d.broadcast_id) == Priority.EMERGENCY.value,
+                emergency=priorities.get(d.broadcast_id) == _EMERGENCY,
                 air=airs[d.broadcast_id],
                 listening_since=self._listening_since,
                 last_sent=self.sender.last_sent.get(d.id) if d.id is not None else None,

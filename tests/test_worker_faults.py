@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from loudspeaker.alarms import CONTROLLER, AlarmKind
 from loudspeaker.auth import Actor, Role
 from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
+from loudspeaker.dispatcher import Dispatcher
 from loudspeaker.emergency import EmergencyRequest
 from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import LoudspeakerError
@@ -152,62 +154,54 @@ def test_dispatcher_waits_out_a_locked_database_and_keeps_its_events(
         eng.dispose()
 
 
-class _OrderLink(RecordingLink):
-    """Records, with each publish, how many event slices the dispatcher had committed."""
-
-    def __init__(self, commits: list[int]) -> None:
-        super().__init__()
-        self.commits = commits
-        self.at_commit: list[int] = []
-
-    def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
-        self.at_commit.append(len(self.commits))
-        super().publish(topic, payload, **kw)
+# Events per iteration (the worker's batch_max): a backlog of a few batches is quick to
+# build and to apply.
+_BATCH = 20
 
 
-@pytest.fixture
-def small_slices(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Slices of 20 events: a backlog of a few slices is quick to build and to apply."""
-    monkeypatch.setattr(dispatcher_module, "_SLICE", 20)
-    return 20
-
-
-def test_queued_emergency_goes_out_before_a_bulk_backlog(
-    engine: Engine, tmp_path: Path, small_slices: int
-) -> None:
-    link = RecordingLink()
-    d = make_dispatcher(engine, link, tmp_path)
-    normal = _broadcast(engine, "lb-02")
-    emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
-    for i in range(3 * small_slices):
-        d.accept(_stray_ack(i))
-    seen_backlog: list[int] = []
+def _backlog_at_publish(d: Dispatcher, link: RecordingLink) -> list[int]:
+    """The dispatcher's backlog as each command was published, in order."""
+    seen: list[int] = []
     original = link.publish
 
     def publish(topic: str, payload: bytes, **kw: Any) -> None:
-        seen_backlog.append(d.backlog)
+        seen.append(d.backlog)
         original(topic, payload, **kw)
 
     link.publish = publish  # type: ignore[method-assign]
+    return seen
+
+
+def test_queued_emergency_goes_out_before_a_bulk_backlog(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    d.batch_max = _BATCH
+    normal = _broadcast(engine, "lb-02")
+    emergency = _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
+    for i in range(3 * _BATCH):
+        d.accept(_stray_ack(i))
+    seen_backlog = _backlog_at_publish(d, link)
     d.step()
     firsts = [decode_command(p).broadcast for _, p in link.sent]
     assert firsts == [emergency, normal]
-    assert seen_backlog[0] == 3 * small_slices  # the whole backlog still waited when it went
+    assert seen_backlog[0] == 3 * _BATCH  # the whole backlog still waited when it went
 
 
-def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
-    engine: Engine, tmp_path: Path, small_slices: int
+def test_an_emergency_queued_during_a_backlog_goes_out_at_the_next_iteration(
+    engine: Engine, link: RecordingLink, tmp_path: Path
 ) -> None:
-    commits: list[int] = []
-    link = _OrderLink(commits)
     d = make_dispatcher(engine, link, tmp_path)
-    for i in range(4 * small_slices):
+    d.batch_max = _BATCH
+    for i in range(4 * _BATCH):
         d.accept(_stray_ack(i))
+    seen_backlog = _backlog_at_publish(d, link)
+    commits: list[int] = []
     given: list[str] = []
 
     def after_commit(_s: Session) -> None:
         commits.append(1)
-        if len(commits) == 2 and not given:  # the emergency lane's, then slice 1's
+        if len(commits) == 2 and not given:  # the first iteration's events, then dispatch
             # As the CLI does: a new row from another connection, then a poke.
             threading.Thread(target=lambda: given.append(_emergency(engine))).start()
             _until(lambda: bool(given))
@@ -216,11 +210,14 @@ def test_an_emergency_queued_mid_batch_does_not_wait_for_the_batch(
     event.listen(Session, "after_commit", after_commit)
     try:
         d.step()
+        assert d._wake.is_set()  # more events wait: the worker starts the next iteration
+        for _ in range(4):  # as the thread does, iteration after iteration
+            d.step()
     finally:
         event.remove(Session, "after_commit", after_commit)
     assert given and [decode_command(p).broadcast for _, p in link.sent] == given
-    # Sent after the first slice, well before the last one (4 slices + lane + dispatch).
-    assert link.at_commit[0] <= 3 < len(commits) - 2
+    # Sent by the next iteration's lane, before any of the remaining batches was applied.
+    assert seen_backlog == [3 * _BATCH] and d.backlog == 0
 
 
 def _stray_ack(i: int) -> AckIn:
@@ -237,6 +234,126 @@ def _stray_ack(i: int) -> AckIn:
 
 def _emergency(engine: Engine) -> str:
     return _broadcast(engine, "lb-01", priority=Priority.EMERGENCY.value)
+
+
+# -- the emergency lane and the send limit --------------------------------------------------
+
+
+@pytest.fixture
+def small_sends(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Two queued deliveries sent per transaction: a few clusters exceed the limit."""
+    monkeypatch.setattr(dispatcher_module, "_SEND_MAX", 2)
+    return 2
+
+
+def _published(link: RecordingLink) -> list[tuple[str, str]]:
+    """(broadcast, cluster) of every play command published, in order."""
+    return [(decode_command(p).broadcast, t.split("/")[2]) for t, p in link.sent]
+
+
+def test_an_emergency_to_more_clusters_than_the_send_limit_goes_to_all_of_them(
+    engine: Engine, link: RecordingLink, tmp_path: Path, small_sends: int
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    clusters = [f"lb-{i:02d}" for i in range(1, 8)]
+    bid = _broadcast(engine, *clusters, priority=Priority.EMERGENCY.value)
+    d.step()
+    assert sorted(_published(link)) == [(bid, c) for c in clusters]
+    assert d.emergencies_sent == len(clusters)
+    # Everything is in flight: nothing is picked again and the thread is not woken.
+    d._wake.clear()
+    d.step()
+    assert len(link.sent) == len(clusters) and not d._wake.is_set()
+    link.puback()
+    d.step()
+    assert {r.state for r in _deliveries(engine, bid).values()} == {"sent"}
+
+
+def test_queued_normal_rows_past_the_send_limit_go_out_without_spinning(
+    engine: Engine, link: RecordingLink, tmp_path: Path, small_sends: int
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    clusters = [f"lb-{i:02d}" for i in range(1, 6)]
+    bid = _broadcast(engine, *clusters)
+    rounds = 0
+    while len(link.sent) < len(clusters):
+        rounds += 1
+        assert rounds <= len(clusters), "queued rows stalled behind the in-flight ones"
+        d.step()
+    assert sorted(_published(link)) == [(bid, c) for c in clusters]
+    assert d.emergencies_sent == 0
+    d._wake.clear()
+    d.step()  # every queued row is in flight: nothing to send, no reason to wake again
+    assert len(link.sent) == len(clusters) and not d._wake.is_set()
+
+
+def test_emergencies_sent_counts_publishes_not_rows_given_up(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    bid = _broadcast(engine, "lb-01", "lb-02", priority=Priority.EMERGENCY.value)
+    with Session(engine) as s:
+        row = s.exec(select(Delivery).where(Delivery.cluster_id == "lb-02")).one()
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        s.add(row)
+        s.commit()
+    d.step()
+    assert _published(link) == [(bid, "lb-01")] and d.emergencies_sent == 1
+    assert _deliveries(engine, bid)["lb-02"].state == "unreachable"
+
+
+def test_dispatch_sends_an_emergency_queued_after_the_lane_before_normal_rows(
+    engine: Engine, link: RecordingLink, tmp_path: Path, small_sends: int
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path)
+    normal = _broadcast(engine, "lb-02", "lb-03", "lb-04")
+    d.accept(_stray_ack(0))
+    given: list[str] = []
+    started: list[bool] = []
+
+    def after_commit(_s: Session) -> None:
+        if not started:  # the events' commit: the lane has run, dispatch has not
+            started.append(True)
+            threading.Thread(target=lambda: given.append(_emergency(engine))).start()
+            _until(lambda: bool(given))
+
+    event.listen(Session, "after_commit", after_commit)
+    try:
+        d.step()
+    finally:
+        event.remove(Session, "after_commit", after_commit)
+    assert given and _published(link) == [(given[0], "lb-01"), (normal, "lb-02")]
+    assert d.emergencies_sent == 1
+
+
+class _SpoolSeen(EmergencySpool):
+    """A spool whose recording queues one emergency and notes what was published before."""
+
+    def __init__(self, data_dir: Path, link: RecordingLink) -> None:
+        super().__init__(data_dir)
+        self.link = link
+        self.published_before: list[int] = []
+        self.ids: list[str] = []
+
+    def record_all(self, engine: Engine) -> list[str]:
+        self.published_before.append(len(self.link.sent))
+        if self.ids:
+            return []
+        self.ids.append(_emergency(engine))
+        return self.ids
+
+
+def test_queued_emergencies_go_out_before_the_spool_is_recorded(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    spool = _SpoolSeen(tmp_path / "data", link)
+    d = make_dispatcher(engine, link, tmp_path, spool=spool)
+    queued = _broadcast(engine, "lb-02", priority=Priority.EMERGENCY.value)
+    d.step()
+    # The queued one was published before the spool was read; the recorded one after it,
+    # in the same lane.
+    assert spool.published_before[0] == 1
+    assert _published(link) == [(queued, "lb-02"), (spool.ids[0], "lb-01")]
 
 
 # -- the health monitor ---------------------------------------------------------------------
