@@ -160,8 +160,8 @@ class _Http:
         # The request tasks, so stop() can cancel and await them: a task still running
         # when the loop closes would be destroyed pending, mid-write.
         self.tasks: set[asyncio.Task[None]] = set()
-        # File look-ups, opens and reads and the database check leave the loop: a slow disk or a busy
-        # database delays that request, never the others.
+        # File look-ups, opens and reads and the database check leave the loop: a slow
+        # disk or a busy database delays that request, never the others.
         self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="media-io")
         self._reported = (0, 0)
         self._report_at = 0.0
