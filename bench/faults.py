@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import json
 import logging
 import resource
@@ -70,101 +69,157 @@ class FaultContext:
 # -- MQTT floods ---------------------------------------------------------------------------
 
 
-def _client(ctx: FaultContext, name: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chaos-{name}-{new_id()[:8]}")
-    client.max_queued_messages_set(0)
-    client.connect(ctx.broker_host, ctx.broker_port, keepalive=30)
-    client.loop_start()
-    return client
+class Flood:
+    """Publishes ``make(i)`` on ``topic_name``, ``count`` times (None: until exit).
+
+    A context manager: the flood starts on entry and runs on its own thread,
+    ``rate_per_s`` messages a second (None: as fast as the broker takes them); ``first``
+    is set once the first message is out, ``done`` once all ``count`` were handed to the
+    client; exit stops it and disconnects. QoS 0: nothing the broker does slows it down.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_name: str,
+        make: Callable[[int], bytes],
+        count: int | None,
+        *,
+        rate_per_s: float | None = None,
+        name: str = "flood",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.topic_name = topic_name
+        self.make = make
+        self.count = count
+        self.rate_per_s = rate_per_s
+        self.sent = 0
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"chaos-{name}-{new_id()[:8]}"
+        )
+        if username:
+            self._client.username_pw_set(username, password)
+        self._thread = threading.Thread(target=self._run, name=f"fault-{name}", daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._client.connect(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        i = 0
+        try:
+            while self.count is None or i < self.count:
+                if self.rate_per_s is not None:
+                    # Paced, as the issue's box was (20,000 in 6 s), not as fast as Python can.
+                    ahead = start + i / self.rate_per_s - time.monotonic()
+                    if ahead > 0 and self._stop.wait(ahead):
+                        return
+                if self._stop.is_set():
+                    return
+                info = self._client.publish(self.topic_name, self.make(i), qos=0)
+                i += 1
+                self.sent = i
+                self.first.set()
+                if i % 200 == 0:
+                    # QoS 0 queues in paho's memory: let the socket catch up now and then.
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        info.wait_for_publish(5)
+            self.done.set()
+        finally:
+            self.first.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def status_toggles(cluster: str) -> Callable[[int], bytes]:
+    """Valid offline/online toggles of ``cluster``; an even count ends online."""
+    off = encode(Status(cluster=cluster, state="offline", agent="chaos", reason="flood"))
+    on = encode(Status(cluster=cluster, state="online", agent="chaos"))
+    return lambda i: off if i % 2 == 0 else on
+
+
+def bogus_acks(cluster: str) -> Callable[[int], bytes]:
+    """Valid acks of ``cluster`` for commands nobody sent, a new command id each."""
+
+    def ack(i: int) -> bytes:
+        state = (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED)[i % 3]
+        return encode(Ack(cluster=cluster, command=new_id(), state=state, ts=datetime.now(UTC)))
+
+    return ack
+
+
+def deep_json_payload(depth: int = DEEP_JSON_DEPTH) -> bytes:
+    """Arrays nested ``depth`` deep: under the 64 KiB payload limit at 30,000."""
+    return b"[" * depth + b"]" * depth
+
+
+def huge_json_payload(cluster: str, size: int = HUGE_JSON_BYTES) -> bytes:
+    """A well-formed ack of ``cluster`` about ``size`` bytes long (a huge ``reason``)."""
+    ack = {
+        "cluster": cluster,
+        "command": "c0000000000000000000",
+        "state": "played",
+        "ts": "2026-12-02T00:00:00Z",
+        "reason": "x" * size,
+    }
+    return json.dumps(ack).encode()
 
 
 @contextlib.contextmanager
 def _flood(
     ctx: FaultContext,
     name: str,
-    payloads: Callable[[int], tuple[str, bytes]],
+    kind: Kind,
+    make: Callable[[int], bytes],
     total: int | None,
     per_s: float | None = None,
 ) -> Iterator[None]:
-    """Publish ``payloads(i)`` as fast as the broker takes them (or ``per_s``), in a thread.
-
-    ``total``: stop after that many (the issue's burst); None: until the context exits.
-    Entry returns once the first message is out, so the fault is in effect.
-    """
-    client = _client(ctx, name)
-    stop = threading.Event()
-    first = threading.Event()
-
-    def run() -> None:
-        i = 0
-        last: mqtt.MQTTMessageInfo | None = None
-        while not stop.is_set() and (total is None or i < total):
-            t, payload = payloads(i)
-            last = client.publish(t, payload, qos=0)
-            i += 1
-            ctx.count(f"{name}_sent")
-            first.set()
-            if i % 200 == 0 and last is not None:
-                # QoS 0 queues in paho's memory: let the socket catch up now and then.
-                with contextlib.suppress(RuntimeError, ValueError):
-                    last.wait_for_publish(5)
-            if per_s is not None:
-                stop.wait(1 / per_s)
-        first.set()
-
-    th = threading.Thread(target=run, name=f"fault-{name}", daemon=True)
-    th.start()
-    first.wait(10)
-    try:
-        yield
-    finally:
-        stop.set()
-        th.join(30)
-        client.loop_stop()
-        client.disconnect()
+    """A :class:`Flood` from the attacker's identity, in effect on entry (first message out)."""
+    t = topic(ctx.site, ctx.attacker, kind)
+    flood = Flood(ctx.broker_host, ctx.broker_port, t, make, total, rate_per_s=per_s, name=name)
+    with flood:
+        flood.first.wait(10)
+        try:
+            yield
+        finally:
+            ctx.count(f"{name}_sent", flood.sent)
 
 
 def status_flood(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """The stolen box toggles online/offline 20,000 times, as fast as it can (ends online)."""
-    t = topic(ctx.site, ctx.attacker, Kind.STATUS)
-    on = encode(Status(cluster=ctx.attacker, state="online", agent="chaos"))
-    off = encode(Status(cluster=ctx.attacker, state="offline", agent="chaos", reason="flood"))
     # An even count ending "online": afterwards the box is what it really is, online.
-    return _flood(ctx, "status", lambda i: (t, off if i % 2 == 0 else on), STATUS_TOGGLES)
+    return _flood(ctx, "status", Kind.STATUS, status_toggles(ctx.attacker), STATUS_TOGGLES)
 
 
 def ack_flood(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """The stolen box sends 20,000 valid acks for commands that do not exist."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-
-    def ack(i: int) -> tuple[str, bytes]:
-        state = (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED)[i % 3]
-        msg = Ack(cluster=ctx.attacker, command=new_id(), state=state, ts=datetime.now(UTC))
-        return t, encode(msg)
-
-    return _flood(ctx, "ack", ack, ACK_FLOOD)
+    return _flood(ctx, "ack", Kind.ACK, bogus_acks(ctx.attacker), ACK_FLOOD)
 
 
 def deep_json(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """Nested arrays 30,000 deep on the stolen box's ack topic, 50 a second."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-    payload = b"[" * DEEP_JSON_DEPTH + b"]" * DEEP_JSON_DEPTH
-    return _flood(ctx, "deep_json", lambda i: (t, payload), None, per_s=50)
+    payload = deep_json_payload()
+    return _flood(ctx, "deep_json", Kind.ACK, lambda i: payload, None, per_s=50)
 
 
 def huge_json(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """4 MB well-formed JSON acks on the stolen box's ack topic, 5 a second."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-    filler = "x" * HUGE_JSON_BYTES
-    ack = {
-        "cluster": ctx.attacker,
-        "command": "c0000000000000000000",
-        "state": "played",
-        "ts": "2026-12-02T00:00:00Z",
-        "reason": filler,
-    }
-    payload = json.dumps(ack).encode()
-    return _flood(ctx, "huge_json", lambda i: (t, payload), None, per_s=5)
+    payload = huge_json_payload(ctx.attacker)
+    return _flood(ctx, "huge_json", Kind.ACK, lambda i: payload, None, per_s=5)
 
 
 # -- media port ----------------------------------------------------------------------------
@@ -254,43 +309,43 @@ def slow_media_connections(ctx: FaultContext) -> contextlib.AbstractContextManag
 
 
 @contextlib.contextmanager
-def database_locked(ctx: FaultContext) -> Iterator[None]:
-    """Another process's write transaction holds the SQLite database for 10 s."""
-    conn = sqlite3.connect(ctx.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+def hold_database(
+    db_path: Path, seconds: float, count: Callable[[str, int], None] | None = None
+) -> Iterator[None]:
+    """Another connection's write transaction holds the SQLite database ``seconds``.
+
+    Entered once the write lock is held; leaving releases it once ``seconds`` have passed
+    since it was taken (not before, however quickly the body ran). ``count``, if given,
+    receives ``("db_held_ms", n)``.
+    """
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN IMMEDIATE")  # the write lock (readers go on, under WAL)
     held_at = time.monotonic()
 
     def release() -> None:
-        # Held its 10 s whatever the caller does meanwhile, as a stuck process would.
-        time.sleep(DB_LOCK_S)
+        # Held its full time whatever the caller does meanwhile, as a stuck process would.
+        time.sleep(seconds)
         conn.execute("ROLLBACK")
-        ctx.count("db_held_ms", round((time.monotonic() - held_at) * 1000))
+        if count is not None:
+            count("db_held_ms", round((time.monotonic() - held_at) * 1000))
 
     th = threading.Thread(target=release, name="fault-db-lock", daemon=True)
     th.start()
     try:
         yield
     finally:
-        th.join(DB_LOCK_S + 5)
+        th.join(seconds + 5)
         conn.close()
+
+
+def database_locked(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
+    """Another process's write transaction holds the SQLite database for 10 s."""
+    return hold_database(ctx.db_path, DB_LOCK_S, ctx.count)
 
 
 # -- workers -------------------------------------------------------------------------------
 
 
-def _faulty_serve_missing() -> str | None:
-    if importlib.util.find_spec("bench.faulty_serve") is None:
-        return (
-            "needs bench/faulty_serve.py, the serve wrapper whose workers die on demand "
-            "(issue 14, helper P2's part): not on this branch"
-        )
-    return None
-
-
-# Faults this build cannot inject, and why (bench/chaos.py reports them as skipped).
-UNAVAILABLE = {
-    name: why for name, why in (("worker_raises", _faulty_serve_missing()),) if why is not None
-}
 # Faults whose controller must run under ``python -m bench.faulty_serve``.
 NEEDS_FAULTY_SERVE = {"worker_raises"}
 
@@ -301,9 +356,6 @@ def worker_raises(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     Uses bench/faulty_serve.py (the controller runs under it, ``ctx.fault_dir`` is its
     ``LOUDSPEAKER_TEST_FAULT_DIR``); the controller's supervisor must restart them.
     """
-    why = _faulty_serve_missing()
-    if why is not None:
-        raise FaultUnavailable(why)
     if ctx.fault_dir is None or ctx.poke is None:
         raise FaultUnavailable("the controller was not started under bench.faulty_serve")
     faulty = importlib.import_module("bench.faulty_serve")
