@@ -5,6 +5,11 @@ entry the fault is in effect (the flood is flowing, the sockets are open, the lo
 held), on exit it is gone and everything it opened is closed. They only attack: none needs
 the controller's defences, and none imports the controller's internals (only the wire
 format, to send valid messages from a stolen box's identity).
+
+The parts they are built from (:class:`Flood` and the payload makers, :func:`media_flood`,
+:func:`hold_database`) are the chaos tests' injectors too (tests/chaos/): one set of
+attacks, measured by bench/ and asserted by the tests. Importing this module starts
+nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import importlib
 import json
 import logging
 import resource
+import select
 import socket
 import sqlite3
 import threading
@@ -234,75 +240,109 @@ def _raise_nofile(need: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-_HALF_REQUEST = b"GET /media/"  # a request line never finished
+@dataclass
+class FloodStats:
+    """What a :func:`media_flood` did, and the server's answers to it."""
+
+    opened: int = 0
+    closed_by_server: int = 0
+    refused: int = 0
+    held: int = 0  # connections open after the latest refill
+    filled: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 @contextlib.contextmanager
-def _connections(ctx: FaultContext, name: str, trickle: bool) -> Iterator[None]:
-    """1,100 connections to the media port, kept open (and reopened when closed).
+def media_flood(
+    host: str, port: int, *, connections: int = MEDIA_CONNECTIONS, trickle: bool = False
+) -> Iterator[FloodStats]:
+    """Hold ``connections`` half-sent requests open on the media port until the block ends.
 
-    ``trickle``: each sends its request one byte a second and never finishes it (slow);
-    else each sends half a request line once and then nothing (idle).
+    ``trickle``: also send one more byte of the request head on every connection once a
+    second (a slow-loris client). Every second, the connections the server closed are
+    opened again, so the pressure never lets up. The connections are opened on the
+    flood's thread: ``filled`` is set once the first round is open. Needs ``connections``
+    + a few descriptors of its own.
     """
-    _raise_nofile(MEDIA_CONNECTIONS + 256)
-    socks: dict[socket.socket, int] = {}
+    stats = FloodStats()
     stop = threading.Event()
+    socks: list[socket.socket] = []
 
-    def open_one() -> None:
+    def open_one() -> socket.socket | None:
         try:
-            sock = socket.create_connection((ctx.media_host, ctx.media_port), timeout=2)
-            sock.settimeout(0.5)
-            if not trickle:
-                sock.sendall(_HALF_REQUEST)
-            socks[sock] = 0
-            ctx.count(f"{name}_opened")
+            s = socket.create_connection((host, port), 2)
+            s.sendall(b"GET /media/")
         except OSError:
-            ctx.count(f"{name}_refused")
+            stats.refused += 1
+            return None
+        stats.opened += 1
+        return s
 
-    def request_byte(i: int) -> bytes:
-        text = b"GET /media/" + b"a" * 64 + b".mp3 HTTP/1.1\r\nHost: x\r\n"
-        return text[i % len(text) : i % len(text) + 1]
+    poller = select.poll()  # select() stops at descriptor 1024
 
-    def keep() -> None:
-        while not stop.is_set():
-            for sock in list(socks):
-                try:
-                    if trickle:
-                        sock.sendall(request_byte(socks[sock]))
-                        socks[sock] += 1
-                except OSError:
-                    ctx.count(f"{name}_closed_by_server")
-                    sock.close()
-                    del socks[sock]
-            missing = MEDIA_CONNECTIONS - len(socks)
-            for _ in range(missing):
-                if stop.is_set():
-                    break
-                open_one()
-            stop.wait(1.0)
+    def drop(s: socket.socket) -> None:
+        poller.unregister(s)
+        socks.remove(s)
+        s.close()
+        stats.closed_by_server += 1
 
-    for _ in range(MEDIA_CONNECTIONS):
-        open_one()
-    ctx.stats[f"{name}_open_at_start"] = len(socks)
-    th = threading.Thread(target=keep, name=f"fault-{name}", daemon=True)
-    th.start()
+    def fill() -> None:
+        while not stop.is_set() and len(socks) < connections:
+            if (s := open_one()) is not None:
+                socks.append(s)
+                poller.register(s, select.POLLIN)
+        stats.held = len(socks)
+
+    def run() -> None:
+        fill()
+        stats.filled.set()
+        by_fd = {s.fileno(): s for s in socks}
+        while not stop.wait(1.0):
+            # An idle client's socket is readable only when the server closed it.
+            for fd, _ev in poller.poll(0):
+                if (s := by_fd.pop(fd, None)) is not None:
+                    drop(s)
+            fill()
+            if trickle:
+                for s in list(socks):
+                    try:
+                        s.send(b"0")
+                    except OSError:
+                        drop(s)
+            by_fd = {s.fileno(): s for s in socks}
+
+    t = threading.Thread(target=run, name="fault-media-flood", daemon=True)
+    t.start()
     try:
-        yield
+        yield stats
     finally:
         stop.set()
-        th.join(30)
-        for sock in list(socks):
-            sock.close()
+        t.join(30)
+        for s in socks:
+            s.close()
+
+
+@contextlib.contextmanager
+def _media_fault(ctx: FaultContext, name: str, trickle: bool) -> Iterator[None]:
+    _raise_nofile(MEDIA_CONNECTIONS + 256)
+    with media_flood(ctx.media_host, ctx.media_port, trickle=trickle) as stats:
+        stats.filled.wait(60)
+        ctx.stats[f"{name}_open_at_start"] = stats.held
+        try:
+            yield
+        finally:
+            ctx.count(f"{name}_opened", stats.opened)
+            ctx.count(f"{name}_closed_by_server", stats.closed_by_server)
+            ctx.count(f"{name}_refused", stats.refused)
 
 
 def idle_media_connections(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """1,100 connections to the media port, each half a request line and then silence."""
-    return _connections(ctx, "idle", trickle=False)
+    return _media_fault(ctx, "idle", trickle=False)
 
 
 def slow_media_connections(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """1,100 connections to the media port, each sending its request a byte a second."""
-    return _connections(ctx, "slow", trickle=True)
+    return _media_fault(ctx, "slow", trickle=True)
 
 
 # -- database ------------------------------------------------------------------------------
