@@ -387,13 +387,26 @@ def test_stop_mid_send_ends_every_request_and_thread(
     store = MediaStore(tmp_path / "media")
     sha, _ = store.add_file(src, "mp3")
     stored_path = str(store.path_for(sha))
+    # A second file whose "in use" check is slow (a busy database): stop() comes while
+    # that check runs on the server's I/O pool, and must wait for it.
+    (tmp_path / "other.mp3").write_bytes(b"ID3other")
+    slow_sha, _ = store.add_file(tmp_path / "other.mp3", "mp3")
+    checking = threading.Event()
+
+    def referenced(digest: str) -> bool:
+        if digest == slow_sha:
+            checking.set()
+            threading.Event().wait(0.5)
+        return True
+
     assert not _media_threads()
-    server = MediaServer(store, "127.0.0.1", 0, on_poke=lambda: None)
+    server = MediaServer(store, "127.0.0.1", 0, on_poke=lambda: None, referenced=referenced)
     server.start()
     stopped = False
     with (
         socket.create_connection(("127.0.0.1", server.port), 5) as reader,
         socket.create_connection(("127.0.0.1", server.port), 5) as idle,
+        socket.create_connection(("127.0.0.1", server.port), 5) as slow,
     ):
         try:
             reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -401,7 +414,9 @@ def test_stop_mid_send_ends_every_request_and_thread(
             reader.settimeout(5)
             assert reader.recv(64).startswith(b"HTTP/1.1 200")
             idle.sendall(b"GET /media/")
-            assert wait_until(lambda: server.connections == 2, 5)
+            slow.sendall(f"GET /media/{slow_sha}.mp3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: server.connections == 3, 5)
+            assert checking.wait(5)
             assert stored_path in _open_paths()  # the body is being sent
             assert _media_threads()
             server.stop()
