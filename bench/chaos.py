@@ -39,7 +39,6 @@ from bench.faults import (  # noqa: E402
     FAULTS,
     IMPERSONATES,
     NEEDS_FAULTY_SERVE,
-    UNAVAILABLE,
     FaultContext,
     FaultUnavailable,
 )
@@ -215,8 +214,6 @@ class Rig:
 def measure(fault: str, clusters: int, runs: int, timeout: float, nofile: int) -> dict[str, Any]:
     """Every run of one fault on a fresh rig."""
     inject = FAULTS[fault]
-    if fault in UNAVAILABLE:
-        return {"fault": fault, "skipped": UNAVAILABLE[fault]}
     values: list[float] = []
     errors: list[str] = []
     all_played = True

@@ -5,16 +5,21 @@ entry the fault is in effect (the flood is flowing, the sockets are open, the lo
 held), on exit it is gone and everything it opened is closed. They only attack: none needs
 the controller's defences, and none imports the controller's internals (only the wire
 format, to send valid messages from a stolen box's identity).
+
+The parts they are built from (:class:`Flood` and the payload makers, :func:`media_flood`,
+:func:`hold_database`) are the chaos tests' injectors too (tests/chaos/): one set of
+attacks, measured by bench/ and asserted by the tests. Importing this module starts
+nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import json
 import logging
 import resource
+import select
 import socket
 import sqlite3
 import threading
@@ -70,101 +75,157 @@ class FaultContext:
 # -- MQTT floods ---------------------------------------------------------------------------
 
 
-def _client(ctx: FaultContext, name: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chaos-{name}-{new_id()[:8]}")
-    client.max_queued_messages_set(0)
-    client.connect(ctx.broker_host, ctx.broker_port, keepalive=30)
-    client.loop_start()
-    return client
+class Flood:
+    """Publishes ``make(i)`` on ``topic_name``, ``count`` times (None: until exit).
+
+    A context manager: the flood starts on entry and runs on its own thread,
+    ``rate_per_s`` messages a second (None: as fast as the broker takes them); ``first``
+    is set once the first message is out, ``done`` once all ``count`` were handed to the
+    client; exit stops it and disconnects. QoS 0: nothing the broker does slows it down.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_name: str,
+        make: Callable[[int], bytes],
+        count: int | None,
+        *,
+        rate_per_s: float | None = None,
+        name: str = "flood",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.topic_name = topic_name
+        self.make = make
+        self.count = count
+        self.rate_per_s = rate_per_s
+        self.sent = 0
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"chaos-{name}-{new_id()[:8]}"
+        )
+        if username:
+            self._client.username_pw_set(username, password)
+        self._thread = threading.Thread(target=self._run, name=f"fault-{name}", daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._client.connect(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        i = 0
+        try:
+            while self.count is None or i < self.count:
+                if self.rate_per_s is not None:
+                    # Paced, as the issue's box was (20,000 in 6 s), not as fast as Python can.
+                    ahead = start + i / self.rate_per_s - time.monotonic()
+                    if ahead > 0 and self._stop.wait(ahead):
+                        return
+                if self._stop.is_set():
+                    return
+                info = self._client.publish(self.topic_name, self.make(i), qos=0)
+                i += 1
+                self.sent = i
+                self.first.set()
+                if i % 200 == 0:
+                    # QoS 0 queues in paho's memory: let the socket catch up now and then.
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        info.wait_for_publish(5)
+            self.done.set()
+        finally:
+            self.first.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def status_toggles(cluster: str) -> Callable[[int], bytes]:
+    """Valid offline/online toggles of ``cluster``; an even count ends online."""
+    off = encode(Status(cluster=cluster, state="offline", agent="chaos", reason="flood"))
+    on = encode(Status(cluster=cluster, state="online", agent="chaos"))
+    return lambda i: off if i % 2 == 0 else on
+
+
+def bogus_acks(cluster: str) -> Callable[[int], bytes]:
+    """Valid acks of ``cluster`` for commands nobody sent, a new command id each."""
+
+    def ack(i: int) -> bytes:
+        state = (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED)[i % 3]
+        return encode(Ack(cluster=cluster, command=new_id(), state=state, ts=datetime.now(UTC)))
+
+    return ack
+
+
+def deep_json_payload(depth: int = DEEP_JSON_DEPTH) -> bytes:
+    """Arrays nested ``depth`` deep: under the 64 KiB payload limit at 30,000."""
+    return b"[" * depth + b"]" * depth
+
+
+def huge_json_payload(cluster: str, size: int = HUGE_JSON_BYTES) -> bytes:
+    """A well-formed ack of ``cluster`` about ``size`` bytes long (a huge ``reason``)."""
+    ack = {
+        "cluster": cluster,
+        "command": "c0000000000000000000",
+        "state": "played",
+        "ts": "2026-12-02T00:00:00Z",
+        "reason": "x" * size,
+    }
+    return json.dumps(ack).encode()
 
 
 @contextlib.contextmanager
 def _flood(
     ctx: FaultContext,
     name: str,
-    payloads: Callable[[int], tuple[str, bytes]],
+    kind: Kind,
+    make: Callable[[int], bytes],
     total: int | None,
     per_s: float | None = None,
 ) -> Iterator[None]:
-    """Publish ``payloads(i)`` as fast as the broker takes them (or ``per_s``), in a thread.
-
-    ``total``: stop after that many (the issue's burst); None: until the context exits.
-    Entry returns once the first message is out, so the fault is in effect.
-    """
-    client = _client(ctx, name)
-    stop = threading.Event()
-    first = threading.Event()
-
-    def run() -> None:
-        i = 0
-        last: mqtt.MQTTMessageInfo | None = None
-        while not stop.is_set() and (total is None or i < total):
-            t, payload = payloads(i)
-            last = client.publish(t, payload, qos=0)
-            i += 1
-            ctx.count(f"{name}_sent")
-            first.set()
-            if i % 200 == 0 and last is not None:
-                # QoS 0 queues in paho's memory: let the socket catch up now and then.
-                with contextlib.suppress(RuntimeError, ValueError):
-                    last.wait_for_publish(5)
-            if per_s is not None:
-                stop.wait(1 / per_s)
-        first.set()
-
-    th = threading.Thread(target=run, name=f"fault-{name}", daemon=True)
-    th.start()
-    first.wait(10)
-    try:
-        yield
-    finally:
-        stop.set()
-        th.join(30)
-        client.loop_stop()
-        client.disconnect()
+    """A :class:`Flood` from the attacker's identity, in effect on entry (first message out)."""
+    t = topic(ctx.site, ctx.attacker, kind)
+    flood = Flood(ctx.broker_host, ctx.broker_port, t, make, total, rate_per_s=per_s, name=name)
+    with flood:
+        flood.first.wait(10)
+        try:
+            yield
+        finally:
+            ctx.count(f"{name}_sent", flood.sent)
 
 
 def status_flood(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """The stolen box toggles online/offline 20,000 times, as fast as it can (ends online)."""
-    t = topic(ctx.site, ctx.attacker, Kind.STATUS)
-    on = encode(Status(cluster=ctx.attacker, state="online", agent="chaos"))
-    off = encode(Status(cluster=ctx.attacker, state="offline", agent="chaos", reason="flood"))
     # An even count ending "online": afterwards the box is what it really is, online.
-    return _flood(ctx, "status", lambda i: (t, off if i % 2 == 0 else on), STATUS_TOGGLES)
+    return _flood(ctx, "status", Kind.STATUS, status_toggles(ctx.attacker), STATUS_TOGGLES)
 
 
 def ack_flood(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """The stolen box sends 20,000 valid acks for commands that do not exist."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-
-    def ack(i: int) -> tuple[str, bytes]:
-        state = (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED)[i % 3]
-        msg = Ack(cluster=ctx.attacker, command=new_id(), state=state, ts=datetime.now(UTC))
-        return t, encode(msg)
-
-    return _flood(ctx, "ack", ack, ACK_FLOOD)
+    return _flood(ctx, "ack", Kind.ACK, bogus_acks(ctx.attacker), ACK_FLOOD)
 
 
 def deep_json(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """Nested arrays 30,000 deep on the stolen box's ack topic, 50 a second."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-    payload = b"[" * DEEP_JSON_DEPTH + b"]" * DEEP_JSON_DEPTH
-    return _flood(ctx, "deep_json", lambda i: (t, payload), None, per_s=50)
+    payload = deep_json_payload()
+    return _flood(ctx, "deep_json", Kind.ACK, lambda i: payload, None, per_s=50)
 
 
 def huge_json(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """4 MB well-formed JSON acks on the stolen box's ack topic, 5 a second."""
-    t = topic(ctx.site, ctx.attacker, Kind.ACK)
-    filler = "x" * HUGE_JSON_BYTES
-    ack = {
-        "cluster": ctx.attacker,
-        "command": "c0000000000000000000",
-        "state": "played",
-        "ts": "2026-12-02T00:00:00Z",
-        "reason": filler,
-    }
-    payload = json.dumps(ack).encode()
-    return _flood(ctx, "huge_json", lambda i: (t, payload), None, per_s=5)
+    payload = huge_json_payload(ctx.attacker)
+    return _flood(ctx, "huge_json", Kind.ACK, lambda i: payload, None, per_s=5)
 
 
 # -- media port ----------------------------------------------------------------------------
@@ -179,118 +240,152 @@ def _raise_nofile(need: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-_HALF_REQUEST = b"GET /media/"  # a request line never finished
+@dataclass
+class FloodStats:
+    """What a :func:`media_flood` did, and the server's answers to it."""
+
+    opened: int = 0
+    closed_by_server: int = 0
+    refused: int = 0
+    held: int = 0  # connections open after the latest refill
+    filled: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 @contextlib.contextmanager
-def _connections(ctx: FaultContext, name: str, trickle: bool) -> Iterator[None]:
-    """1,100 connections to the media port, kept open (and reopened when closed).
+def media_flood(
+    host: str, port: int, *, connections: int = MEDIA_CONNECTIONS, trickle: bool = False
+) -> Iterator[FloodStats]:
+    """Hold ``connections`` half-sent requests open on the media port until the block ends.
 
-    ``trickle``: each sends its request one byte a second and never finishes it (slow);
-    else each sends half a request line once and then nothing (idle).
+    ``trickle``: also send one more byte of the request head on every connection once a
+    second (a slow-loris client). Every second, the connections the server closed are
+    opened again, so the pressure never lets up. The connections are opened on the
+    flood's thread: ``filled`` is set once the first round is open. Needs ``connections``
+    + a few descriptors of its own.
     """
-    _raise_nofile(MEDIA_CONNECTIONS + 256)
-    socks: dict[socket.socket, int] = {}
+    stats = FloodStats()
     stop = threading.Event()
+    socks: list[socket.socket] = []
 
-    def open_one() -> None:
+    def open_one() -> socket.socket | None:
         try:
-            sock = socket.create_connection((ctx.media_host, ctx.media_port), timeout=2)
-            sock.settimeout(0.5)
-            if not trickle:
-                sock.sendall(_HALF_REQUEST)
-            socks[sock] = 0
-            ctx.count(f"{name}_opened")
+            s = socket.create_connection((host, port), 2)
+            s.sendall(b"GET /media/")
         except OSError:
-            ctx.count(f"{name}_refused")
+            stats.refused += 1
+            return None
+        stats.opened += 1
+        return s
 
-    def request_byte(i: int) -> bytes:
-        text = b"GET /media/" + b"a" * 64 + b".mp3 HTTP/1.1\r\nHost: x\r\n"
-        return text[i % len(text) : i % len(text) + 1]
+    poller = select.poll()  # select() stops at descriptor 1024
 
-    def keep() -> None:
-        while not stop.is_set():
-            for sock in list(socks):
-                try:
-                    if trickle:
-                        sock.sendall(request_byte(socks[sock]))
-                        socks[sock] += 1
-                except OSError:
-                    ctx.count(f"{name}_closed_by_server")
-                    sock.close()
-                    del socks[sock]
-            missing = MEDIA_CONNECTIONS - len(socks)
-            for _ in range(missing):
-                if stop.is_set():
-                    break
-                open_one()
-            stop.wait(1.0)
+    def drop(s: socket.socket) -> None:
+        poller.unregister(s)
+        socks.remove(s)
+        s.close()
+        stats.closed_by_server += 1
 
-    for _ in range(MEDIA_CONNECTIONS):
-        open_one()
-    ctx.stats[f"{name}_open_at_start"] = len(socks)
-    th = threading.Thread(target=keep, name=f"fault-{name}", daemon=True)
-    th.start()
+    def fill() -> None:
+        while not stop.is_set() and len(socks) < connections:
+            if (s := open_one()) is not None:
+                socks.append(s)
+                poller.register(s, select.POLLIN)
+        stats.held = len(socks)
+
+    def run() -> None:
+        fill()
+        stats.filled.set()
+        by_fd = {s.fileno(): s for s in socks}
+        while not stop.wait(1.0):
+            # An idle client's socket is readable only when the server closed it.
+            for fd, _ev in poller.poll(0):
+                if (s := by_fd.pop(fd, None)) is not None:
+                    drop(s)
+            fill()
+            if trickle:
+                for s in list(socks):
+                    try:
+                        s.send(b"0")
+                    except OSError:
+                        drop(s)
+            by_fd = {s.fileno(): s for s in socks}
+
+    t = threading.Thread(target=run, name="fault-media-flood", daemon=True)
+    t.start()
     try:
-        yield
+        yield stats
     finally:
         stop.set()
-        th.join(30)
-        for sock in list(socks):
-            sock.close()
+        t.join(30)
+        for s in socks:
+            s.close()
+
+
+@contextlib.contextmanager
+def _media_fault(ctx: FaultContext, name: str, trickle: bool) -> Iterator[None]:
+    _raise_nofile(MEDIA_CONNECTIONS + 256)
+    with media_flood(ctx.media_host, ctx.media_port, trickle=trickle) as stats:
+        stats.filled.wait(60)
+        ctx.stats[f"{name}_open_at_start"] = stats.held
+        try:
+            yield
+        finally:
+            ctx.count(f"{name}_opened", stats.opened)
+            ctx.count(f"{name}_closed_by_server", stats.closed_by_server)
+            ctx.count(f"{name}_refused", stats.refused)
 
 
 def idle_media_connections(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """1,100 connections to the media port, each half a request line and then silence."""
-    return _connections(ctx, "idle", trickle=False)
+    return _media_fault(ctx, "idle", trickle=False)
 
 
 def slow_media_connections(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     """1,100 connections to the media port, each sending its request a byte a second."""
-    return _connections(ctx, "slow", trickle=True)
+    return _media_fault(ctx, "slow", trickle=True)
 
 
 # -- database ------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def database_locked(ctx: FaultContext) -> Iterator[None]:
-    """Another process's write transaction holds the SQLite database for 10 s."""
-    conn = sqlite3.connect(ctx.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+def hold_database(
+    db_path: Path, seconds: float, count: Callable[[str, int], None] | None = None
+) -> Iterator[None]:
+    """Another connection's write transaction holds the SQLite database ``seconds``.
+
+    Entered once the write lock is held; leaving releases it once ``seconds`` have passed
+    since it was taken (not before, however quickly the body ran). ``count``, if given,
+    receives ``("db_held_ms", n)``.
+    """
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN IMMEDIATE")  # the write lock (readers go on, under WAL)
     held_at = time.monotonic()
 
     def release() -> None:
-        # Held its 10 s whatever the caller does meanwhile, as a stuck process would.
-        time.sleep(DB_LOCK_S)
+        # Held its full time whatever the caller does meanwhile, as a stuck process would.
+        time.sleep(seconds)
         conn.execute("ROLLBACK")
-        ctx.count("db_held_ms", round((time.monotonic() - held_at) * 1000))
+        if count is not None:
+            count("db_held_ms", round((time.monotonic() - held_at) * 1000))
 
     th = threading.Thread(target=release, name="fault-db-lock", daemon=True)
     th.start()
     try:
         yield
     finally:
-        th.join(DB_LOCK_S + 5)
+        th.join(seconds + 5)
         conn.close()
+
+
+def database_locked(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
+    """Another process's write transaction holds the SQLite database for 10 s."""
+    return hold_database(ctx.db_path, DB_LOCK_S, ctx.count)
 
 
 # -- workers -------------------------------------------------------------------------------
 
 
-def _faulty_serve_missing() -> str | None:
-    if importlib.util.find_spec("bench.faulty_serve") is None:
-        return (
-            "needs bench/faulty_serve.py, the serve wrapper whose workers die on demand "
-            "(issue 14, helper P2's part): not on this branch"
-        )
-    return None
-
-
-# Faults this build cannot inject, and why (bench/chaos.py reports them as skipped).
-UNAVAILABLE = {
-    name: why for name, why in (("worker_raises", _faulty_serve_missing()),) if why is not None
-}
 # Faults whose controller must run under ``python -m bench.faulty_serve``.
 NEEDS_FAULTY_SERVE = {"worker_raises"}
 
@@ -301,9 +396,6 @@ def worker_raises(ctx: FaultContext) -> contextlib.AbstractContextManager[None]:
     Uses bench/faulty_serve.py (the controller runs under it, ``ctx.fault_dir`` is its
     ``LOUDSPEAKER_TEST_FAULT_DIR``); the controller's supervisor must restart them.
     """
-    why = _faulty_serve_missing()
-    if why is not None:
-        raise FaultUnavailable(why)
     if ctx.fault_dir is None or ctx.poke is None:
         raise FaultUnavailable("the controller was not started under bench.faulty_serve")
     faulty = importlib.import_module("bench.faulty_serve")

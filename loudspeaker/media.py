@@ -157,8 +157,11 @@ class _Http:
         self.limits = media.limits
         self.slots: SlotTable[_Conn] = SlotTable(media.limits.max_connections)
         self.server: asyncio.Server | None = None
-        # File look-ups and the database check leave the loop: a slow disk or a busy
-        # database delays that request, never the others.
+        # The request tasks, so stop() can cancel and await them: a task still running
+        # when the loop closes would be destroyed pending, mid-write.
+        self.tasks: set[asyncio.Task[None]] = set()
+        # File look-ups, opens and reads and the database check leave the loop: a slow
+        # disk or a busy database delays that request, never the others.
         self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="media-io")
         self._reported = (0, 0)
         self._pressure = Throttle()
@@ -181,11 +184,17 @@ class _Http:
         return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening, close every connection and wait for every request to end."""
         if self.server is not None:
             self.server.close()
         for conn in self.slots.handles():
             conn.abort()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
 
     def admit(self, conn: _Conn) -> Slot[_Conn] | None:
         """A slot for a just-accepted connection (evicting a waiting one), or None."""
@@ -201,15 +210,24 @@ class _Http:
     ) -> None:
         """Answer one request on an admitted connection, then close it."""
         conn.reader, conn.writer = reader, writer
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
         try:
             await self._serve(conn)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            conn.abort()
+        except asyncio.CancelledError:
+            # Only stop() cancels a request. Ending quietly rather than re-raising: asyncio's
+            # streams callback logs a cancelled connection task as an error.
             conn.abort()
         except Exception:
             # Nothing one client does may take the server down.
             logger.exception("media request from %s failed", conn.peer)
             conn.abort()
         finally:
+            if task is not None:
+                self.tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.transport.close()
 
@@ -307,16 +325,22 @@ class _Http:
         await self._write(conn, head if head_only else head + body)
 
     async def _send_file(self, conn: _Conn, path: Path, *, body: bool) -> None:
-        with path.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        # Open, stat, read and close run in the pool: a slow disk delays this request,
+        # never the loop and so never the other boxes.
+        loop = asyncio.get_running_loop()
+        fh = await loop.run_in_executor(self.pool, path.open, "rb")
+        try:
+            size = (await loop.run_in_executor(self.pool, os.fstat, fh.fileno())).st_size
             headers = {
                 "Content-Type": "audio/mpeg" if path.suffix == ".mp3" else "audio/ogg",
                 "Content-Length": str(size),
                 "Cache-Control": "public, max-age=31536000, immutable",
             }
             await self._write(conn, self._head(HTTPStatus.OK, headers))
-            while body and (chunk := fh.read(_CHUNK)):
+            while body and (chunk := await loop.run_in_executor(self.pool, fh.read, _CHUNK)):
                 await self._write(conn, chunk)
+        finally:
+            fh.close()
 
 
 class MediaServer:
@@ -402,5 +426,7 @@ class MediaServer:
             logger.warning("media server did not stop cleanly")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        # The requests are over, so no read is queued: the pool's threads end now.
+        http.pool.shutdown(wait=True, cancel_futures=True)
         if not thread.is_alive():
             loop.close()

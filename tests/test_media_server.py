@@ -7,6 +7,8 @@ with a real ``loudspeaker serve`` and real boxes are tests/chaos/test_chaos_medi
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import select
 import socket
 import threading
@@ -356,3 +358,72 @@ def test_the_cli_pokes_over_loopback_when_the_server_listens_everywhere() -> Non
     assert local_host("0.0.0.0") == "127.0.0.1"
     assert url_host(local_host("::")) == "[::1]"
     assert local_host("192.168.1.10") == "192.168.1.10"
+
+
+def _media_threads() -> list[str]:
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.name == "media-http" or t.name.startswith("media-io")
+    ]
+
+
+def _open_paths() -> set[str]:
+    fds = Path("/proc/self/fd")
+    paths = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            paths.add(os.readlink(fd))
+    return paths
+
+
+def test_stop_mid_send_ends_every_request_and_thread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A body far larger than the socket buffers: the server is stuck in a write when
+    # stop() comes, as it would be with a box on a slow link.
+    src = tmp_path / "big.mp3"
+    src.write_bytes(b"ID3" + os.urandom(1 << 16) * 256)
+    store = MediaStore(tmp_path / "media")
+    sha, _ = store.add_file(src, "mp3")
+    stored_path = str(store.path_for(sha))
+    # A second file whose "in use" check is slow (a busy database): stop() comes while
+    # that check runs on the server's I/O pool, and must wait for it.
+    (tmp_path / "other.mp3").write_bytes(b"ID3other")
+    slow_sha, _ = store.add_file(tmp_path / "other.mp3", "mp3")
+    checking = threading.Event()
+
+    def referenced(digest: str) -> bool:
+        if digest == slow_sha:
+            checking.set()
+            threading.Event().wait(0.5)
+        return True
+
+    assert not _media_threads()
+    server = MediaServer(store, "127.0.0.1", 0, on_poke=lambda: None, referenced=referenced)
+    server.start()
+    stopped = False
+    with (
+        socket.create_connection(("127.0.0.1", server.port), 5) as reader,
+        socket.create_connection(("127.0.0.1", server.port), 5) as idle,
+        socket.create_connection(("127.0.0.1", server.port), 5) as slow,
+    ):
+        try:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.sendall(f"GET /media/{sha}.mp3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            reader.settimeout(5)
+            assert reader.recv(64).startswith(b"HTTP/1.1 200")
+            idle.sendall(b"GET /media/")
+            slow.sendall(f"GET /media/{slow_sha}.mp3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert wait_until(lambda: server.connections == 3, 5)
+            assert checking.wait(5)
+            assert stored_path in _open_paths()  # the body is being sent
+            assert _media_threads()
+            server.stop()
+            stopped = True
+        finally:
+            if not stopped:
+                server.stop()
+    assert not _media_threads()
+    assert stored_path not in _open_paths()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

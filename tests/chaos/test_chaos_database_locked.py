@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
+from bench.faults import hold_database
 from firmware_bridge.protocol import Priority
 from loudspeaker.broker import EmbeddedBroker
 from loudspeaker.db import make_engine
@@ -27,47 +26,6 @@ from tests.conftest import load_site
 from tests.helpers import running_fleet, scaled, wait_until
 
 pytestmark = pytest.mark.integration
-
-_HOLDER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")  # SQLite's write lock, as a long transaction holds it
-start = time.monotonic()
-print("locked", flush=True)
-sys.stdin.readline()  # the parent says when it may go; then at least the full hold
-time.sleep(max(0.0, float(sys.argv[2]) - (time.monotonic() - start)))
-conn.execute("ROLLBACK")
-"""
-
-
-@contextmanager
-def database_locked(db_path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Another process holds the SQLite database's write lock for at least ``seconds``.
-
-    The fault injector (bench/chaos.py can take it as it is): entered once the lock is
-    held; leaving releases it once ``seconds`` have passed since it was taken (not
-    before, however quickly the body ran; later if the body ran longer).
-    """
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(db_path), str(seconds)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield holder
-        assert holder.stdin is not None
-        holder.stdin.write("release\n")
-        holder.stdin.close()
-        holder.wait(seconds + 10)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait(5)
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
 
 
 def test_an_emergency_given_while_the_database_is_locked_reaches_every_target(
@@ -81,7 +39,7 @@ def test_an_emergency_given_while_the_database_is_locked_reaches_every_target(
     with running_fleet(clusters, mosquitto.endpoint, tmp_path / "fleet", heartbeat_s=1.0):
         card = serve.start()
         try:
-            with database_locked(data / "loudspeaker.db", 10.0):
+            with hold_database(data / "loudspeaker.db", 10.0):
                 cli = subprocess.run(
                     [sys.executable, "-m", "cli", "--data-dir", str(data),
                      "--db-url", sqlite_url, "emergency", "Vỡ đê, sơ tán ngay",

@@ -8,36 +8,25 @@ scaled and generous: the 3 s budget is measured by bench/, not asserted here.
 The test broker has no ACL, so the flooder simply publishes on lb-01's topics; with the
 production broker (docs/security.md) only lb-01's own credentials could.
 
-The fault injectors (:class:`Flood` and the payload makers) are plain functions so that
-bench/chaos.py can reuse them.
+The fault injectors (:class:`Flood` and the payload makers) are bench/faults.py's, the
+ones bench/chaos.py measures with.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from firmware_bridge.mqtt import BrokerEndpoint
+from bench.faults import Flood, bogus_acks, deep_json_payload, huge_json_payload, status_toggles
 from firmware_bridge.protocol import (
-    Ack,
-    AckState,
     Kind,
     Priority,
-    Status,
-    encode,
-    new_id,
     topic,
-    utcnow,
 )
 from firmware_bridge.simulator import Fleet
 from loudspeaker.broadcasts import create_broadcast, register_media
@@ -61,98 +50,6 @@ pytestmark = pytest.mark.integration
 FLOODER = "lb-01"
 ON_AIR = ["playing", "played"]
 ANSWERED = ["received", "staged", *ON_AIR]
-
-
-# -- fault injectors (reusable by bench/chaos.py) -------------------------------------------
-
-
-class Flood:
-    """Publishes ``count`` payloads from ``make(i)`` on ``topic_name`` as fast as it can.
-
-    A context manager: the flood starts on entry and runs on its own thread, ``rate_per_s``
-    messages a second; ``done`` is set when every message was handed to the client; exit
-    stops it and disconnects. QoS 0: nothing the broker does slows it down.
-    """
-
-    def __init__(
-        self,
-        endpoint: BrokerEndpoint,
-        topic_name: str,
-        make: Callable[[int], bytes],
-        count: int,
-        *,
-        rate_per_s: float = 4_000.0,
-        client_id: str = "flood",
-    ) -> None:
-        self.endpoint = endpoint
-        self.topic_name = topic_name
-        self.make = make
-        self.count = count
-        self.rate_per_s = rate_per_s
-        self.sent = 0
-        self.done = threading.Event()
-        self._stop = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if endpoint.username:
-            self._client.username_pw_set(endpoint.username, endpoint.password)
-        self._thread = threading.Thread(target=self._run, name="flood", daemon=True)
-
-    def __enter__(self) -> Flood:
-        self._client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
-        self._client.loop_start()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        for i in range(self.count):
-            if i % 100 == 0:
-                # Paced, as the issue's box was (20,000 in 6 s), not as fast as Python can.
-                ahead = start + i / self.rate_per_s - time.monotonic()
-                if ahead > 0 and self._stop.wait(ahead):
-                    return
-            if self._stop.is_set():
-                return
-            self._client.publish(self.topic_name, self.make(i), qos=0)
-            self.sent += 1
-        self.done.set()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def status_toggles(cluster: str) -> Callable[[int], bytes]:
-    """Valid online/offline toggles of ``cluster``, ending online (an even count)."""
-    payloads = [
-        encode(Status(cluster=cluster, state="offline", agent="flood", reason="flood")),
-        encode(Status(cluster=cluster, state="online", agent="flood")),
-    ]
-    return lambda i: payloads[i % 2]
-
-
-def bogus_acks(cluster: str) -> Callable[[int], bytes]:
-    """Valid acks of commands nobody sent, one new command id each."""
-    return lambda _i: encode(
-        Ack(cluster=cluster, command=new_id(), state=AckState.RECEIVED, ts=utcnow())
-    )
-
-
-def deep_json(depth: int = 30_000) -> bytes:
-    """Arrays nested ``depth`` deep: under the 64 KiB payload limit at 30,000."""
-    return b"[" * depth + b"]" * depth
-
-
-def huge_json(size: int = 200_000) -> bytes:
-    """A JSON document of about ``size`` bytes, past the payload limit."""
-    return b'{"pad":"' + b"x" * size + b'"}'
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -217,6 +114,15 @@ def _still_works(engine: Engine, card: ControllerCard, sha256: str, freq: int) -
     assert wait_until(lambda: count_in(engine, bid, ANSWERED) == len(CLUSTERS), 30)
 
 
+def _flood(broker: EmbeddedBroker, topic_name: str, make: Callable[[int], bytes], n: int) -> Flood:
+    """``n`` messages at 4,000 a second: paced, as the issue's box was (20,000 in 6 s)."""
+    ep = broker.endpoint
+    return Flood(
+        ep.host, ep.port, topic_name, make, n, rate_per_s=4_000.0,
+        username=ep.username, password=ep.password,
+    )  # fmt: skip
+
+
 def _serve(tmp_path: Path, url: str, broker: EmbeddedBroker) -> tuple[ServeProcess, Engine]:
     load_site(url)
     return ServeProcess(tmp_path / "data", url, broker.endpoint.url), make_engine(url)
@@ -242,7 +148,7 @@ def test_a_flooding_box_cannot_delay_an_emergency(
         card = serve.start()
         sha = _tone(engine, tmp_path / "data" / "media", tmp_path, 700)
         kind = Kind.STATUS if fault == "status" else Kind.ACK
-        flood = Flood(mosquitto.endpoint, topic(SITE, FLOODER, kind), make, 20_000)
+        flood = _flood(mosquitto, topic(SITE, FLOODER, kind), make, 20_000)
         with flood:
             # The emergency is given while the box is still flooding.
             assert wait_until(lambda: flood.sent >= 2_000, 10)
@@ -272,9 +178,10 @@ def test_deep_and_huge_json_on_an_ack_topic_are_counted_drops(
     serve, engine = _serve(tmp_path, sqlite_url, mosquitto)
     try:
         card = serve.start()
-        deep, huge = deep_json(), huge_json()
+        # The huge one past the 64 KiB payload limit (the broker in the tests has no cap).
+        deep, huge = deep_json_payload(), huge_json_payload(FLOODER, 200_000)
         ack_topic = topic(SITE, FLOODER, Kind.ACK)
-        with Flood(mosquitto.endpoint, ack_topic, lambda i: deep if i % 2 else huge, 20) as flood:
+        with _flood(mosquitto, ack_topic, lambda i: deep if i % 2 else huge, 20) as flood:
             assert wait_event(flood.done, 10)
         assert wait_until(lambda: _dropped(card, "ack", "too-deep") == 10, 15), _metrics(card)
         assert wait_until(lambda: _dropped(card, "ack", "too-large") == 10, 15), _metrics(card)

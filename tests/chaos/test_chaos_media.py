@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import select
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, func
 from sqlmodel import select as sql_select
 
+from bench.faults import MEDIA_CONNECTIONS, media_flood
 from loudspeaker.db import make_engine
 from loudspeaker.models import Broadcast, ClusterStatus, DeliveryState
 from tests.chaos.chaos_support import (
@@ -40,83 +37,7 @@ from tests.helpers import stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
-CONNECTIONS = 1100
-
-
-@dataclass
-class FloodStats:
-    """What the flood did (the server's answers to it)."""
-
-    opened: int = 0
-    closed_by_server: int = 0
-    refused: int = 0
-
-
-@contextlib.contextmanager
-def media_flood(
-    host: str, port: int, *, connections: int = CONNECTIONS, trickle: bool = False
-) -> Iterator[FloodStats]:
-    """Hold ``connections`` half-sent requests open on the media port until the block ends.
-
-    ``trickle``: also send one more byte of the request head on every connection once a
-    second (a slow-loris client). Every second, the connections the server closed are
-    opened again, so the pressure never lets up. Needs ``connections`` + a few descriptors
-    of its own. (The fault injector for bench/chaos.py: it imports nothing from tests.)
-    """
-    stats = FloodStats()
-    stop = threading.Event()
-    socks: list[socket.socket] = []
-
-    def open_one() -> socket.socket | None:
-        try:
-            s = socket.create_connection((host, port), 2)
-            s.sendall(b"GET /media/")
-        except OSError:
-            stats.refused += 1
-            return None
-        stats.opened += 1
-        return s
-
-    poller = select.poll()  # select() stops at descriptor 1024
-
-    def drop(s: socket.socket) -> None:
-        poller.unregister(s)
-        socks.remove(s)
-        s.close()
-        stats.closed_by_server += 1
-
-    def fill() -> None:
-        while not stop.is_set() and len(socks) < connections:
-            if (s := open_one()) is not None:
-                socks.append(s)
-                poller.register(s, select.POLLIN)
-
-    def run() -> None:
-        fill()
-        by_fd = {s.fileno(): s for s in socks}
-        while not stop.wait(1.0):
-            # An idle client's socket is readable only when the server closed it.
-            for fd, _ev in poller.poll(0):
-                if (s := by_fd.pop(fd, None)) is not None:
-                    drop(s)
-            fill()
-            if trickle:
-                for s in list(socks):
-                    try:
-                        s.send(b"0")
-                    except OSError:
-                        drop(s)
-            by_fd = {s.fileno(): s for s in socks}
-
-    t = threading.Thread(target=run, name="media-flood", daemon=True)
-    t.start()
-    try:
-        yield stats
-    finally:
-        stop.set()
-        t.join(30)
-        for s in socks:
-            s.close()
+CONNECTIONS = MEDIA_CONNECTIONS
 
 
 @contextlib.contextmanager
