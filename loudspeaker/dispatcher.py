@@ -219,7 +219,7 @@ class Dispatcher(EventWorker[_Event]):
             return False
         except OSError as exc:
             # The spool directory unusable (its mode, a full disk): the spooled requests
-            # wait, but no other delivery may stop for them (the spool logs its own).
+            # wait, but no other delivery may stop for them.
             logger.error("emergency spool unusable (%s); spooled emergencies wait", exc)
         return True
 
