@@ -150,7 +150,8 @@ def secure_data_dir(settings: Settings) -> list[str]:
 
     Covered: the data directory; ``secrets/`` (the key store), ``media/``, ``run/``,
     ``spool/emergencies/``, ``tokens/`` and ``keys/`` (the files of the last two
-    owner-only: people's tokens and the boxes' key files); the SQLite database with its ``-wal`` and ``-shm``.
+    owner-only: people's tokens and the boxes' key files); the SQLite database with its
+    ``-wal`` and ``-shm``.
     SQLite gives ``-wal``/``-shm`` the mode of the database file, so the database is
     created here, empty, with the right mode before SQLite first opens it.
     """
