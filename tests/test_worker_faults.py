@@ -416,6 +416,23 @@ def test_an_emergency_on_a_locked_database_is_spooled_said_and_recorded_later(
 
 
 @pytest.mark.integration  # the siren is rendered with ffmpeg
+def test_an_emergency_neither_recorded_nor_spooled_says_so(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    spool_dir = EmergencySpool(ctx.settings.data_dir).dir
+    spool_dir.rmdir()
+    spool_dir.write_text("")  # in the way: the spool cannot be written
+    request = EmergencyRequest(text="Lũ về", everywhere=True, siren=True)
+    with (
+        write_lock_held(tmp_path / "data" / "loudspeaker.db"),
+        pytest.raises(LoudspeakerError) as refused,
+    ):
+        emergencies.trigger(ctx, OFFICER, request)
+    message = str(refused.value)
+    assert "NOT recorded, NOT sent and NOT kept" in message and "give it again" in message
+
+
+@pytest.mark.integration  # the siren is rendered with ffmpeg
 def test_an_emergency_waits_out_a_short_lock_within_its_budget(
     ctx: ServiceContext, tmp_path: Path
 ) -> None:
