@@ -65,7 +65,7 @@ from tests.core_support import (
     link,
     make_dispatcher,
 )
-from tests.helpers import scaled
+from tests.helpers import scaled, wait_until
 from tests.test_core_workers import RecordingDispatcher, _heartbeat, _schedule
 
 __all__ = ["engine", "link"]  # fixtures, used by name
@@ -294,7 +294,7 @@ def test_schedule_runner_recovers_from_database_errors(engine: Engine) -> None:
     with failing_statements(engine, "INSERT INTO schedule_slot", 2, _errors()[0]) as failed:
         runner.start()
         try:
-            _until(lambda: runner.syncs >= 1)
+            assert wait_until(lambda: runner.syncs >= 1, 10)
         finally:
             runner.stop()
     assert len(failed) == 2 and runner.faults.total == 2
@@ -327,12 +327,12 @@ def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
     threading.excepthook, hook = (lambda _a: None), threading.excepthook
     try:
         d.start()
-        _until(lambda: bool(deaths))
+        assert wait_until(lambda: bool(deaths), 10)
         sup.start()
-        _until(lambda: sup.restarts.get("dispatcher") == 1)
+        assert wait_until(lambda: sup.restarts.get("dispatcher") == 1, 10)
         bid = _emergency(engine)
         d.poke()
-        _until(lambda: any(decode_command(p).broadcast == bid for _, p in link.sent))
+        assert wait_until(lambda: any(decode_command(p).broadcast == bid for _, p in link.sent), 10)
     finally:
         sup.stop()
         d.stop()
