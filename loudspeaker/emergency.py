@@ -243,8 +243,14 @@ def record(
         broadcast_id=p.broadcast_id,
         commit=False,
     )
-    logger.warning("EMERGENCY %s by %s to %s: %s", b.id, created_by or "?", p.target, p.text[:80])
     return b
+
+
+def log_recorded(p: PreparedEmergency, created_by: str) -> None:
+    """Say in the log that an emergency is recorded (once it is committed)."""
+    logger.warning(
+        "EMERGENCY %s by %s to %s: %s", p.broadcast_id, created_by or "?", p.target, p.text[:80]
+    )
 
 
 def trigger(
@@ -256,10 +262,12 @@ def trigger(
     commit: bool = True,
 ) -> Broadcast:
     """Record an emergency with one delivery per target cluster, valid for its validity."""
-    b = record(session, data_dir, prepare(session, data_dir, req), created_by=created_by)
+    p = prepare(session, data_dir, req)
+    b = record(session, data_dir, p, created_by=created_by)
     if commit:
         session.commit()
         session.refresh(b)
+        log_recorded(p, created_by)
     return b
 
 

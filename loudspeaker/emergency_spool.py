@@ -120,6 +120,7 @@ class EmergencySpool:
                     else:
                         record(s, self.data_dir, p, actor=actor, role=role, via=spooled_at)
                         s.commit()
+                        em.log_recorded(p, actor)
                         ids.append(p.broadcast_id)
                         logger.warning(
                             "spooled emergency %s recorded as %s", path.name, p.broadcast_id

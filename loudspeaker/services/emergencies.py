@@ -138,6 +138,7 @@ def _record_within_budget(ctx: ServiceContext, actor: Actor, request: EmergencyR
             if s.get(Broadcast, prepared.broadcast_id) is None:
                 spool.record(s, ctx.settings.data_dir, prepared, actor=actor.name, role=actor.role)
                 s.commit()
+                em.log_recorded(prepared, actor.name)
         return prepared.broadcast_id
 
     try:
