@@ -197,10 +197,13 @@ def measure(n: int, runs: int) -> dict[str, object]:
                 rig, [f"Nước sông dâng cao lần {i}, di dời ngay."]
             ),
             "siren_inprocess": lambda i: run_inprocess(
-                rig, em.EmergencyRequest(text="Còi", siren=True)
+                rig, em.EmergencyRequest(text="Còi", everywhere=True, siren=True)
             ),
             "tts_offline_inprocess": lambda i: run_inprocess(
-                rig, em.EmergencyRequest(text=f"Sạt lở đất lần {i}, tránh xa sườn đồi.")
+                rig,
+                em.EmergencyRequest(
+                    text=f"Sạt lở đất lần {i}, tránh xa sườn đồi.", everywhere=True
+                ),
             ),
         }
         for name, fire in cases.items():

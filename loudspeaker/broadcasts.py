@@ -74,6 +74,7 @@ def create_broadcast(
     reason: str = "",
     start_at: datetime | None = None,
     expires_at: datetime | None = None,
+    broadcast_id: str | None = None,
     commit: bool = True,
 ) -> Broadcast:
     """Insert a broadcast and one delivery per cluster (records or ids), in one transaction.
@@ -82,12 +83,13 @@ def create_broadcast(
     and the schedule runner. The deliveries start ``queued`` (the runner may record them
     ``missed`` instead, with a ``reason``); they expire at ``expires_at``, else ``validity_s``
     after ``created_at`` (now by default), else never. ``engine`` defaults to the media's.
+    ``broadcast_id`` is given when it was fixed earlier (an emergency retried or spooled).
     With ``commit=False`` the caller commits (with its audit row or slot).
     """
     check_repeats(repeat, gap_s)
     t = created_at or now()
     b = Broadcast(
-        id=new_id()[:12],
+        id=broadcast_id or new_id()[:12],
         title=title[:200],
         priority=priority.value,
         target=target,

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from firmware_bridge.backoff import Backoff, Retrier
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # sqlite3.Error too: a raw driver error can escape where SQLAlchemy does not wrap it.
 DB_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
@@ -57,3 +62,29 @@ class DbFaults:
     def failing(self) -> int:
         """Consecutive failures since the last success."""
         return self._retrier.attempts
+
+
+def retry_within(attempt: Callable[[], T], budget_s: float, policy: Backoff, what: str) -> T:
+    """``attempt()``, retried after a database error until ``budget_s`` seconds have passed.
+
+    Past the budget the last database error propagates: the caller decides what then.
+    """
+    deadline = time.monotonic() + budget_s
+    retrier = Retrier(policy)
+    while True:
+        try:
+            return attempt()
+        except DB_ERRORS as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            delay = min(retrier.next_delay(), left)
+            logger.warning("%s not done yet (%s); retrying in %.2f s", what, first_line(exc), delay)
+            time.sleep(delay)
+
+
+def first_line(exc: BaseException) -> str:
+    """What a database error says, on one line (the driver's own message when wrapped)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc)
+    return text.splitlines()[0] if text else type(exc).__name__

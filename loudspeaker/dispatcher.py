@@ -220,6 +220,10 @@ class Dispatcher(EventWorker[_Event]):
         except DB_ERRORS as exc:
             self._backoff(self.faults.failed(exc, 0, "emergencies (lane retried)"))
             return False
+        except OSError as exc:
+            # The spool directory unusable (its mode, a full disk): the spooled requests
+            # wait, but no other delivery may stop for them.
+            logger.error("emergency spool unusable (%s); spooled emergencies wait", exc)
         return True
 
     def _emergency_lane(self) -> None:

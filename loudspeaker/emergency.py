@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlmodel import Session, col, select
@@ -37,12 +37,7 @@ from firmware_bridge.protocol import (
 )
 from loudspeaker import cluster_commands, delivery
 from loudspeaker.audio_source import SourceRequest, resolve_source
-from loudspeaker.broadcasts import (
-    BroadcastView,
-    broadcast_status,
-    create_broadcast,
-    register_media,
-)
+from loudspeaker.broadcasts import BroadcastView, broadcast_status, create_broadcast
 from loudspeaker.exceptions import (
     InvalidRequest,
     KeystoreError,
@@ -75,7 +70,8 @@ class EmergencyRequest:
     """What a hamlet head asked for (checked by :meth:`check` before anything is written)."""
 
     text: str
-    hamlets: tuple[str, ...] = ()  # empty: every hamlet (--all)
+    hamlets: tuple[str, ...] = ()
+    everywhere: bool = False  # every hamlet (--all); some hamlets or all, never both
     recording: Path | None = None
     siren: bool = False
     announcement: str | None = None  # a prepared warning: plays with no rendering at all
@@ -88,6 +84,8 @@ class EmergencyRequest:
         """Refuse a request that cannot be carried out, saying what to change."""
         if not self.text.strip():
             raise InvalidRequest("say what the emergency is: the text is its title or message")
+        if bool(self.hamlets) == self.everywhere:
+            raise InvalidRequest("say where: --hamlet NAME (repeatable) or --all")
         _ = self.source  # refuses two sources at once
         check_repeats(self.repeat, self.gap_s)
         if not MIN_VALIDITY_S <= self.validity_s <= MAX_VALIDITY_S:
@@ -112,6 +110,149 @@ class EmergencyRequest:
         return ",".join(f"hamlet:{h}" for h in self.hamlets) if self.hamlets else "all"
 
 
+@dataclass(frozen=True)
+class PreparedEmergency:
+    """An emergency ready to record: its audio already in the media store, its id and its
+    time fixed. Plain values only, so it can be spooled as JSON (emergency_spool.py) and
+    recorded by another process: it never names the caller's own files."""
+
+    broadcast_id: str
+    created_at: datetime  # when it was given: its validity counts from here
+    text: str
+    hamlets: tuple[str, ...]
+    target: str
+    source_kind: str
+    source: str
+    announcement_id: str | None
+    repeat: int
+    gap_s: float
+    validity_s: float
+    # The stored audio (MediaStore, under its sha256) and what its media row says.
+    sha256: str
+    size: int
+    duration_s: float
+    format: str
+    mime: str
+    engine: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            **{f: getattr(self, f) for f in self.__dataclass_fields__},
+            "created_at": self.created_at.isoformat(),
+            "hamlets": list(self.hamlets),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> PreparedEmergency:
+        """Read :meth:`to_json`'s form back; ``ValueError``/``TypeError`` if it is not."""
+        created = data.get("created_at")
+        hamlets = data.get("hamlets")
+        if not isinstance(created, str) or not isinstance(hamlets, list):
+            raise ValueError("created_at or hamlets missing")
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("created_at has no time zone")
+        return cls(**{**data, "created_at": at, "hamlets": tuple(str(h) for h in hamlets)})  # type: ignore[arg-type]
+
+    @property
+    def expires_at(self) -> datetime:
+        """When it stops being worth playing."""
+        return self.created_at + timedelta(seconds=self.validity_s)
+
+
+def prepare(
+    session: Session,
+    data_dir: Path,
+    req: EmergencyRequest,
+    *,
+    broadcast_id: str | None = None,
+    created_at: datetime | None = None,
+) -> PreparedEmergency:
+    """Check ``req``, render (or look up) its audio and store it in the media store.
+
+    Writes no row: this works while another program holds the database's write lock
+    (an announcement is only read).
+    """
+    req.check()
+    src = resolve_source(session, data_dir, req.source)
+    a = src.audio
+    sha, size = MediaStore(data_dir / "media").add_file(a.path, a.format)
+    if sha != a.sha256 or size != a.size:
+        raise LoudspeakerError(f"audio {a.path} changed while being stored; give it again")
+    return PreparedEmergency(
+        broadcast_id=broadcast_id or new_id()[:12],
+        created_at=created_at or now(),
+        text=req.text,
+        hamlets=req.hamlets,
+        target=req.target,
+        source_kind=src.kind,
+        source=src.source,
+        announcement_id=src.announcement_id,
+        repeat=req.repeat,
+        gap_s=req.gap_s,
+        validity_s=req.validity_s,
+        sha256=sha,
+        size=size,
+        duration_s=a.duration_s,
+        format=a.format,
+        mime=a.mime,
+        engine=a.engine,
+    )
+
+
+def record(
+    session: Session, data_dir: Path, p: PreparedEmergency, *, created_by: str = ""
+) -> Broadcast:
+    """Insert a prepared emergency (media row, broadcast, one delivery per target cluster)
+    in ``session``; the caller commits. Renders nothing."""
+    clusters = hamlet_clusters(session, p.hamlets)
+    site = current_site(session)
+    media = session.get(MediaRecord, p.sha256)
+    if media is None:
+        if MediaStore(data_dir / "media").path_for(p.sha256) is None:
+            raise LoudspeakerError(
+                f"the audio of emergency {p.broadcast_id} is gone from the media directory"
+            )
+        media = MediaRecord(
+            sha256=p.sha256,
+            size=p.size,
+            duration_s=p.duration_s,
+            format=p.format,
+            mime=p.mime,
+            engine=p.engine,
+            created_at=p.created_at,
+        )
+        session.add(media)
+    b = create_broadcast(
+        session,
+        media=media,
+        title=p.text[:200],
+        target=p.target,
+        clusters=clusters,
+        priority=Priority.EMERGENCY,
+        source_kind=p.source_kind,
+        source=p.source,
+        announcement_id=p.announcement_id,
+        repeat=p.repeat,
+        gap_s=p.gap_s,
+        created_by=created_by,
+        volume=site.site.emergency_volume,
+        validity_s=p.validity_s,
+        created_at=p.created_at,
+        broadcast_id=p.broadcast_id,
+        commit=False,
+    )
+    return b
+
+
+def log_recorded(p: PreparedEmergency, created_by: str) -> None:
+    """Say in the log that an emergency is recorded (once it is committed)."""
+    logger.warning(
+        "EMERGENCY %s by %s to %s: %s", p.broadcast_id, created_by or "?", p.target, p.text[:80]
+    )
+
+
 def trigger(
     session: Session,
     data_dir: Path,
@@ -121,31 +262,12 @@ def trigger(
     commit: bool = True,
 ) -> Broadcast:
     """Record an emergency with one delivery per target cluster, valid for its validity."""
-    req.check()
-    clusters = hamlet_clusters(session, req.hamlets)
-    site = current_site(session)
-    src = resolve_source(session, data_dir, req.source)
-    media = register_media(session, MediaStore(data_dir / "media"), src.audio)
-    b = create_broadcast(
-        session,
-        media=media,
-        title=req.text[:200],
-        target=req.target,
-        clusters=clusters,
-        priority=Priority.EMERGENCY,
-        source_kind=src.kind,
-        source=src.source,
-        announcement_id=src.announcement_id,
-        repeat=req.repeat,
-        gap_s=req.gap_s,
-        created_by=created_by,
-        volume=site.site.emergency_volume,
-        validity_s=req.validity_s,
-        commit=commit,
-    )
-    logger.warning(
-        "EMERGENCY %s by %s to %s: %s", b.id, created_by or "?", req.target, req.text[:80]
-    )
+    p = prepare(session, data_dir, req)
+    b = record(session, data_dir, p, created_by=created_by)
+    if commit:
+        session.commit()
+        session.refresh(b)
+        log_recorded(p, created_by)
     return b
 
 

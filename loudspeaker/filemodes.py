@@ -149,16 +149,18 @@ def secure_data_dir(settings: Settings) -> list[str]:
     """Create the data directory and tighten what is loose in it; returns what was fixed.
 
     Covered: the data directory; ``secrets/`` (the key store), ``media/``, ``run/``,
-    ``tokens/`` and ``keys/`` (the files of the last two owner-only: people's tokens and
-    the boxes' key files); the SQLite database with its ``-wal`` and ``-shm``.
+    ``spool/emergencies/``, ``tokens/`` and ``keys/`` (the files of the last two
+    owner-only: people's tokens and the boxes' key files); the SQLite database with its
+    ``-wal`` and ``-shm``.
     SQLite gives ``-wal``/``-shm`` the mode of the database file, so the database is
     created here, empty, with the right mode before SQLite first opens it.
     """
     modes = FileModes.for_group(settings.group)
     data_dir = settings.data_dir
     try:
-        # media/ and run/ too: in group mode operators' CLI writes audio there (emergencies).
-        subdirs = ("", "secrets", "media", "run", "tokens", "keys")
+        # media/, run/ and the emergency spool too: in group mode operators' CLI writes
+        # there (an emergency's audio; an emergency the busy database could not take).
+        subdirs = ("", "secrets", "media", "run", "tokens", "keys", "spool", "spool/emergencies")
         fixed = [ensure_dir(data_dir / name, modes) for name in subdirs]
         fixed.append(_fix(settings.keystore_path, modes.file_mode, modes.gid, exact=True))
         for name in ("tokens", "keys"):

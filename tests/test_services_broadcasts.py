@@ -121,7 +121,9 @@ def test_invalid_repeat_or_gap_is_refused_before_anything_is_written(
         broadcasts.send(ctx, OFFICER, request)
     with pytest.raises(InvalidRequest, match=says):
         emergencies.trigger(
-            ctx, OFFICER, EmergencyRequest("Lũ", siren=True, repeat=repeat, gap_s=gap)
+            ctx,
+            OFFICER,
+            EmergencyRequest("Lũ", everywhere=True, siren=True, repeat=repeat, gap_s=gap),
         )
     assert _broadcasts(ctx) == []
     assert _audit(ctx, "broadcast.create") == []
@@ -145,9 +147,9 @@ def test_an_emergency_goes_to_some_hamlets_or_all(
     hamlets: tuple[str, ...], everywhere: bool
 ) -> None:
     with pytest.raises(InvalidRequest, match=r"say where: --hamlet NAME \(repeatable\) or --all"):
-        emergencies.where(hamlets, everywhere)
-    assert emergencies.where(["na-lang", "ban-cau"], False) == ("na-lang", "ban-cau")
-    assert emergencies.where([], True) == ()
+        EmergencyRequest("Lũ", hamlets, everywhere=everywhere).check()
+    EmergencyRequest("Lũ", ("na-lang", "ban-cau")).check()
+    EmergencyRequest("Lũ", everywhere=True).check()
 
 
 @pytest.mark.integration  # renders audio with ffmpeg

@@ -9,12 +9,12 @@ failing database raises, before the statement reaches SQLite).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,31 @@ from sqlalchemy.exc import OperationalError, PendingRollbackError
 from sqlalchemy.orm.exc import DetachedInstanceError
 from sqlmodel import Session, col, select
 
-from firmware_bridge.protocol import Ack, AckState, Priority, decode_command, utcnow
+import audio as audio_module
+from firmware_bridge.protocol import Ack, AckState, Priority, decode_command, new_id, utcnow
 from loudspeaker import dispatcher as dispatcher_module
+from loudspeaker import emergency as em
 from loudspeaker.alarms import CONTROLLER, AlarmKind
 from loudspeaker.auth import Actor, Role
 from loudspeaker.config import Settings
 from loudspeaker.db import make_engine
 from loudspeaker.dispatcher import Dispatcher
-from loudspeaker.emergency import EmergencyRequest
+from loudspeaker.emergency import EmergencyRequest, PreparedEmergency
 from loudspeaker.emergency_spool import EmergencySpool
 from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.health import HealthMonitor
 from loudspeaker.inbound import AckIn
 from loudspeaker.keystore import Keystore
+from loudspeaker.media import MediaStore
 from loudspeaker.metrics import ControllerStats, collect
-from loudspeaker.models import AlarmRecord, Broadcast, ClusterHealth, Delivery, ScheduleSlot
+from loudspeaker.models import (
+    AlarmRecord,
+    Broadcast,
+    ClusterHealth,
+    Delivery,
+    ScheduleSlot,
+    now,
+)
 from loudspeaker.schedule_runner import ScheduleRunner
 from loudspeaker.services import emergencies, site
 from loudspeaker.services.context import ServiceContext
@@ -55,7 +65,7 @@ from tests.core_support import (
     link,
     make_dispatcher,
 )
-from tests.helpers import scaled
+from tests.helpers import wait_until
 from tests.test_core_workers import RecordingDispatcher, _heartbeat, _schedule
 
 __all__ = ["engine", "link"]  # fixtures, used by name
@@ -100,13 +110,6 @@ def write_lock_held(db_path: Path) -> Iterator[None]:
     finally:
         conn.execute("ROLLBACK")
         conn.close()
-
-
-def _until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + scaled(timeout)
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 # -- the dispatcher ------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def test_an_emergency_queued_during_a_backlog_goes_out_at_the_next_iteration(
         if len(commits) == 2 and not given:  # the first iteration's events, then dispatch
             # As the CLI does: a new row from another connection, then a poke.
             threading.Thread(target=lambda: given.append(_emergency(engine))).start()
-            _until(lambda: bool(given))
+            assert wait_until(lambda: bool(given), 10)
             d.poke()
 
     event.listen(Session, "after_commit", after_commit)
@@ -315,7 +318,7 @@ def test_dispatch_sends_an_emergency_queued_after_the_lane_before_normal_rows(
         if not started:  # the events' commit: the lane has run, dispatch has not
             started.append(True)
             threading.Thread(target=lambda: given.append(_emergency(engine))).start()
-            _until(lambda: bool(given))
+            assert wait_until(lambda: bool(given), 10)
 
     event.listen(Session, "after_commit", after_commit)
     try:
@@ -399,7 +402,7 @@ def test_schedule_runner_recovers_from_database_errors(engine: Engine) -> None:
     with failing_statements(engine, "INSERT INTO schedule_slot", 2, _errors()[0]) as failed:
         runner.start()
         try:
-            _until(lambda: runner.syncs >= 1)
+            assert wait_until(lambda: runner.syncs >= 1, 10)
         finally:
             runner.stop()
     assert len(failed) == 2 and runner.faults.total == 2
@@ -432,12 +435,12 @@ def test_supervisor_restarts_a_dead_dispatcher_and_raises_an_alarm(
     threading.excepthook, hook = (lambda _a: None), threading.excepthook
     try:
         d.start()
-        _until(lambda: bool(deaths))
+        assert wait_until(lambda: bool(deaths), 10)
         sup.start()
-        _until(lambda: sup.restarts.get("dispatcher") == 1)
+        assert wait_until(lambda: sup.restarts.get("dispatcher") == 1, 10)
         bid = _emergency(engine)
         d.poke()
-        _until(lambda: any(decode_command(p).broadcast == bid for _, p in link.sent))
+        assert wait_until(lambda: any(decode_command(p).broadcast == bid for _, p in link.sent), 10)
     finally:
         sup.stop()
         d.stop()
@@ -478,55 +481,193 @@ def ctx(tmp_path: Path, sqlite_url: str) -> ServiceContext:
 def test_an_emergency_on_a_locked_database_is_spooled_said_and_recorded_later(
     ctx: ServiceContext, tmp_path: Path
 ) -> None:
-    request = EmergencyRequest(text="Lũ về, sơ tán ngay", siren=True)
+    recording = tmp_path / "home" / "canh-bao.wav"
+    recording.parent.mkdir()
+    audio_module.render_tone("siren", cache_dir=tmp_path / "cache", seconds=1.0).path.replace(
+        recording
+    )
+    request = EmergencyRequest(text="Lũ về, sơ tán ngay", everywhere=True, recording=recording)
     db = tmp_path / "data" / "loudspeaker.db"
     with write_lock_held(db), pytest.raises(LoudspeakerError) as refused:
         emergencies.trigger(ctx, OFFICER, request)
     message = str(refused.value)
     assert "NOT recorded and NOT sent" in message and "\n" not in message
     spool = EmergencySpool(ctx.settings.data_dir)
-    assert [str(p) in message for p in spool.pending()] == [True]
+    [spooled] = spool.pending()
+    assert str(spooled) in message
     with Session(ctx.engine) as s:
         assert s.exec(select(Broadcast)).all() == []
+    # The controller may not read the caller's files (ProtectHome): what is spooled is the
+    # stored audio's sha256, never the path; the file may go before the controller records.
+    kept = json.loads(spooled.read_text())["emergency"]
+    assert str(recording.parent) not in spooled.read_text()
+    assert (ctx.settings.media_dir / f"{kept['sha256']}.{kept['format']}").is_file()
+    recording.unlink()
 
     # A request that can no longer be carried out is set aside, not blocking the lane.
-    gone = EmergencyRequest(text="Bão", siren=True, hamlets=("no-such-hamlet",))
+    with ctx.session() as s:
+        gone = em.prepare(
+            s,
+            ctx.settings.data_dir,
+            EmergencyRequest(text="Bão", hamlets=("no-such-hamlet",), siren=True),
+        )
     bad = spool.put(gone, actor="oanh", role=Role.OFFICER.value)
-    stale = spool.put(request, actor="oanh", role=Role.OFFICER.value)
-    old = json.loads(stale.read_text())
-    old["spooled_at"] = "2020-01-01T00:00:00+00:00"  # long past its validity
-    stale.write_text(json.dumps(old))
     ids = spool.record_all(ctx.engine)  # what the controller's emergency lane does
-    assert len(ids) == 1 and spool.pending() == []
-    assert bad.with_suffix(".refused").exists() and stale.with_suffix(".expired").exists()
+    assert ids == [kept["broadcast_id"]] and spool.pending() == []
+    assert bad.with_suffix(".refused").exists()
     with Session(ctx.engine) as s:
         b = s.get(Broadcast, ids[0])
         assert b is not None and b.priority == "emergency" and b.created_by == "oanh"
+        assert b.media_sha256 == kept["sha256"] and b.source == "canh-bao.wav"
         n = len(s.exec(select(Delivery).where(col(Delivery.broadcast_id) == b.id)).all())
         assert n > 0
+
+
+@pytest.mark.integration  # the siren is rendered with ffmpeg
+def test_an_emergency_neither_recorded_nor_spooled_says_so(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    spool_dir = EmergencySpool(ctx.settings.data_dir).dir
+    spool_dir.rmdir()
+    spool_dir.write_text("")  # in the way: the spool cannot be written
+    request = EmergencyRequest(text="Lũ về", everywhere=True, siren=True)
+    with (
+        write_lock_held(tmp_path / "data" / "loudspeaker.db"),
+        pytest.raises(LoudspeakerError) as refused,
+    ):
+        emergencies.trigger(ctx, OFFICER, request)
+    message = str(refused.value)
+    assert "NOT recorded, NOT sent and NOT kept" in message and "give it again" in message
 
 
 @pytest.mark.integration  # the siren is rendered with ffmpeg
 def test_an_emergency_waits_out_a_short_lock_within_its_budget(
     ctx: ServiceContext, tmp_path: Path
 ) -> None:
-    request = EmergencyRequest(text="Cháy rừng", siren=True)
+    request = EmergencyRequest(text="Cháy rừng", everywhere=True, siren=True)
     db = tmp_path / "data" / "loudspeaker.db"
     lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     lock.execute("BEGIN IMMEDIATE")
-    released = threading.Timer(0.5, lambda: lock.execute("ROLLBACK"))
-    released.start()
+    retried: list[str] = []
+
+    class ReleaseOnRetry(logging.Handler):
+        # The lock goes once the service has met it and said it retries: the test then
+        # proves the retry, whatever the render took.
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage() and not retried:
+                retried.append(record.getMessage())
+                lock.execute("ROLLBACK")
+
+    handler = ReleaseOnRetry()
+    db_faults_logger = logging.getLogger("loudspeaker.db_faults")
+    db_faults_logger.addHandler(handler)
     try:
         result = emergencies.trigger(ctx, OFFICER, request, direct_wait_s=0.1)
     except LoudspeakerError as exc:
         # No controller or broker here: the direct path says so after recording it.
-        assert "recorded" in str(exc)
+        assert "recorded" in str(exc) and "NOT recorded" not in str(exc)
         result = None
     finally:
-        released.join()
+        db_faults_logger.removeHandler(handler)
+        if not retried:
+            lock.execute("ROLLBACK")
         lock.close()
+    assert retried and "database is locked" in retried[0]
     assert EmergencySpool(ctx.settings.data_dir).pending() == []
     with Session(ctx.engine) as s:
         rows = s.exec(select(Broadcast)).all()
         assert len(rows) == 1
         assert result is None or result.broadcast_id == rows[0].id
+
+
+# -- the spool alone: nothing rendered -------------------------------------------------------
+
+
+def _prepared(
+    ctx: ServiceContext, tmp_path: Path, *, given_s_ago: float = 0.0
+) -> PreparedEmergency:
+    """An emergency as the service spools it, its audio (any bytes) in the media store."""
+    sound = tmp_path / "sound.mp3"
+    sound.write_bytes(b"ID3 not really audio, never decoded here")
+    sha, size = MediaStore(ctx.settings.media_dir).add_file(sound, "mp3")
+    return PreparedEmergency(
+        broadcast_id=new_id()[:12],
+        created_at=now() - timedelta(seconds=given_s_ago),
+        text="Lũ về",
+        hamlets=(),
+        target="all",
+        source_kind="tone",
+        source="siren",
+        announcement_id=None,
+        repeat=1,
+        gap_s=0.0,
+        validity_s=600.0,
+        sha256=sha,
+        size=size,
+        duration_s=8.0,
+        format="mp3",
+        mime="audio/mpeg",
+        engine="tone",
+    )
+
+
+def test_a_spooled_emergency_is_recorded_once_under_its_own_id(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    spool = EmergencySpool(ctx.settings.data_dir)
+    p = _prepared(ctx, tmp_path)
+    spool.put(p, actor="oanh", role=Role.OFFICER.value)
+    assert spool.record_all(ctx.engine) == [p.broadcast_id] and spool.pending() == []
+    # A crash between the commit and the unlink leaves the file: it is not played twice.
+    spool.put(p, actor="oanh", role=Role.OFFICER.value)
+    assert spool.record_all(ctx.engine) == [] and spool.pending() == []
+    with Session(ctx.engine) as s:
+        assert [b.id for b in s.exec(select(Broadcast)).all()] == [p.broadcast_id]
+
+
+def test_a_spooled_emergency_is_valid_from_when_it_was_given(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    spool = EmergencySpool(ctx.settings.data_dir)
+    p = _prepared(ctx, tmp_path, given_s_ago=300.0)
+    spool.put(p, actor="oanh", role=Role.OFFICER.value)
+    [bid] = spool.record_all(ctx.engine)
+    with Session(ctx.engine) as s:
+        b = s.get(Broadcast, bid)
+        assert b is not None and b.created_at is not None
+        assert _utc(b.created_at) == p.created_at
+        rows = s.exec(select(Delivery).where(col(Delivery.broadcast_id) == bid)).all()
+        assert rows and {_utc(d.expires_at) for d in rows} == {p.expires_at}
+
+
+def test_a_spooled_emergency_past_its_validity_is_set_aside_unplayed(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    spool = EmergencySpool(ctx.settings.data_dir)
+    stale = spool.put(_prepared(ctx, tmp_path, given_s_ago=601.0), actor="oanh", role="officer")
+    assert spool.record_all(ctx.engine) == [] and spool.pending() == []
+    assert stale.with_suffix(".expired").exists()
+    with Session(ctx.engine) as s:
+        assert s.exec(select(Broadcast)).all() == []
+
+
+class _UnreadableSpool(EmergencySpool):
+    """A spool directory the controller may not read (a mode left wrong by hand)."""
+
+    def pending(self) -> list[Path]:
+        raise PermissionError(13, "Permission denied", str(self.dir))
+
+
+def test_an_unreadable_spool_does_not_stop_the_deliveries(
+    engine: Engine, link: RecordingLink, tmp_path: Path
+) -> None:
+    d = make_dispatcher(engine, link, tmp_path, spool=_UnreadableSpool(tmp_path / "data"))
+    urgent, bulletin = _emergency(engine), _broadcast(engine, "lb-02")
+    d.step()
+    sent = {decode_command(p).broadcast for _, p in link.sent}
+    assert sent == {urgent, bulletin}
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    # SQLite gives times back naive; they are stored in UTC.
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t

@@ -72,7 +72,8 @@ def emergency(
         raise LoudspeakerError("give the emergency text as one quoted argument")
     request = EmergencyRequest(
         text,
-        emergencies.where(hamlet or (), all_hamlets),
+        tuple(hamlet or ()),
+        everywhere=all_hamlets,
         recording=recording,
         siren=siren,
         announcement=announcement,

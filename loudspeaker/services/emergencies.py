@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlmodel import Session
 
-from firmware_bridge.backoff import Backoff, Retrier
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.credentials import OPERATOR_USER
 from firmware_bridge.exceptions import KeyFileError
 from firmware_bridge.mqtt import BrokerEndpoint
@@ -23,8 +20,10 @@ from loudspeaker.auth import Actor, Permission, authorize, hamlets_of
 from loudspeaker.broker import running_broker
 from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
 from loudspeaker.db import make_engine
-from loudspeaker.exceptions import InvalidRequest, LoudspeakerError
+from loudspeaker.db_faults import DB_ERRORS, first_line, retry_within
+from loudspeaker.exceptions import LoudspeakerError
 from loudspeaker.keys import CommandSigner
+from loudspeaker.models import Broadcast
 from loudspeaker.runtime import (
     ControllersAccountRefused,
     Endpoints,
@@ -47,13 +46,6 @@ RECORD_BUDGET_S = 2.0
 RECORD_BACKOFF = Backoff(initial=0.05, factor=2.0, cap=0.4, jitter=0.2)
 # How long one attempt waits on SQLite's write lock before it is retried.
 ATTEMPT_LOCK_WAIT_MS = 400
-
-
-def where(hamlets: Sequence[str], everywhere: bool) -> tuple[str, ...]:
-    """An emergency's ``hamlets`` (empty: every hamlet); some hamlets or all, never both."""
-    if bool(hamlets) == everywhere:
-        raise InvalidRequest("say where: --hamlet NAME (repeatable) or --all")
-    return tuple(hamlets)
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,8 @@ def trigger(
     Raises ``LoudspeakerError`` if neither way is open; the emergency stays recorded and
     goes out when the controller starts.
     """
-    everywhere = not request.hamlets
+    request.check()  # a refusal is the user's to fix, not the database's
+    everywhere = request.everywhere
     with ctx.session() as s:
         hamlets = hamlets_of(hamlet_clusters(s, request.hamlets))
     authorize(
@@ -127,45 +120,52 @@ def trigger(
 def _record_within_budget(ctx: ServiceContext, actor: Actor, request: EmergencyRequest) -> str:
     """Record the emergency, retrying a locked or slow database within the budget.
 
-    Past the budget the request is spooled on disk (loudspeaker/emergency_spool.py) for the
-    controller to record and send once the database frees, and a ``LoudspeakerError`` says
-    exactly that: what was done, what was not, and what happens next.
+    The audio is rendered and stored first (no database write needed), and the broadcast
+    id fixed then: every retry, and the spool, carry the same id, so it is never recorded
+    twice. Past the budget the prepared request is spooled on disk
+    (loudspeaker/emergency_spool.py) for the controller to record and send once the
+    database frees, and a ``LoudspeakerError`` says exactly that: what was done, what was
+    not, and what happens next.
     """
-    request.check()  # a refusal is the user's to fix, not the database's
-    deadline = time.monotonic() + RECORD_BUDGET_S
-    retrier = Retrier(RECORD_BACKOFF)
+    with ctx.session() as s:
+        prepared = em.prepare(s, ctx.settings.data_dir, request)
     # Its own engine with a short lock wait: the shared one waits 30 s for a lock.
     engine = make_engine(ctx.settings.database_url, busy_timeout_ms=ATTEMPT_LOCK_WAIT_MS)
+
+    def attempt() -> str:
+        with Session(engine, expire_on_commit=False) as s:
+            # An attempt whose commit went through but whose answer was lost: done already.
+            if s.get(Broadcast, prepared.broadcast_id) is None:
+                spool.record(s, ctx.settings.data_dir, prepared, actor=actor.name, role=actor.role)
+                s.commit()
+                em.log_recorded(prepared, actor.name)
+        return prepared.broadcast_id
+
     try:
-        while True:
-            try:
-                with Session(engine, expire_on_commit=False) as s:
-                    b = spool.record(
-                        s, ctx.settings.data_dir, request, actor=actor.name, role=actor.role
-                    )
-                    s.commit()
-                    return b.id
-            except (OperationalError, SATimeoutError) as exc:
-                why = str(exc.orig if isinstance(exc, OperationalError) else exc)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                delay = min(retrier.next_delay(), left)
-                logger.warning("emergency not recorded yet (%s); retrying in %.2f s", why, delay)
-                time.sleep(delay)
+        return retry_within(attempt, RECORD_BUDGET_S, RECORD_BACKOFF, "emergency record")
+    except DB_ERRORS as exc:
+        why = first_line(exc)
     finally:
         engine.dispose()
-    path = spool.EmergencySpool(ctx.settings.data_dir).put(
-        request, actor=actor.name, role=actor.role
-    )
+    busy = f"the database stayed busy for {RECORD_BUDGET_S:.0f} s ({why})"
+    try:
+        path = spool.EmergencySpool(ctx.settings.data_dir).put(
+            prepared, actor=actor.name, role=actor.role
+        )
+    except OSError as exc:
+        raise LoudspeakerError(
+            f"{busy} and the emergency could not be kept for later either ({exc}): it is NOT "
+            "recorded, NOT sent and NOT kept; give it again, or free the database (stop the "
+            "program holding it) and check that this account may write the data directory's "
+            "spool/emergencies (`loudspeaker serve` makes it, group-writable in group mode)"
+        ) from None
     if ctx.notify_controller():
         then = "the controller records and sends it as soon as the database is free"
     else:
         then = "`loudspeaker serve` records and sends it when it starts and the database is free"
     raise LoudspeakerError(
-        f"the database stayed busy for {RECORD_BUDGET_S:.0f} s ({why}): the emergency is NOT "
-        f"recorded and NOT sent yet; it is kept in {path} and {then} (check with "
-        "`loudspeaker emergency status`); do not give it again"
+        f"{busy}: the emergency is NOT recorded and NOT sent yet; it is kept in {path} and "
+        f"{then} (check with `loudspeaker emergency status`); do not give it again"
     )
 
 

@@ -174,6 +174,9 @@ def test_another_account_reads_no_secret(open_dir: Path, group: str | None) -> N
 
         want_dir, want_file = (0o2770, 0o660) if group else (0o700, 0o600)
         assert _mode(data) == _mode(data / "secrets") == want_dir
+        # Operators' CLI spools an emergency the busy database could not take: the
+        # controller must read it, nobody else.
+        assert _mode(data / "spool" / "emergencies") == want_dir
         for f in (db, wal, shm, keystore):
             assert _mode(f) == want_file, f
             assert not group or f.stat().st_gid == OPERATORS_GID, f
