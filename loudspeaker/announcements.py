@@ -199,8 +199,10 @@ def needed_media(session: Session) -> set[str]:
 def prune_media(session: Session, data_dir: Path, budget: int = DEFAULT_MEDIA_BUDGET) -> int:
     """Evict least recently used media nobody needs, down to ``budget`` bytes."""
     from audio.cache import MediaCache
+    from loudspeaker.emergency_spool import EmergencySpool
 
-    result = MediaCache(data_dir / "media", budget).prune(needed_media(session))
+    needed = needed_media(session) | EmergencySpool(data_dir).media_held()
+    result = MediaCache(data_dir / "media", budget).prune(needed)
     if result.evicted:
         logger.info(
             "media cache: evicted %d files (%d bytes)", len(result.evicted), result.freed_bytes

@@ -81,6 +81,17 @@ class EmergencySpool:
             return []
         return sorted(self.dir.glob(f"*{_SUFFIX}"))
 
+    def media_held(self) -> set[str]:
+        """The audio (sha256) of spooled emergencies: it has no media row yet, and the
+        cache must not evict it before the controller records them."""
+        held: set[str] = set()
+        for path in self.pending():
+            try:
+                held.add(str(json.loads(path.read_text(encoding="utf-8"))["emergency"]["sha256"]))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # record_all sets an unreadable file aside
+        return held
+
     def record_all(self, engine: Engine) -> list[str]:
         """Record every spooled emergency (one short transaction each); the broadcast ids
         recorded now.

@@ -625,6 +625,21 @@ def test_a_spooled_emergency_is_recorded_once_under_its_own_id(
         assert [b.id for b in s.exec(select(Broadcast)).all()] == [p.broadcast_id]
 
 
+def test_the_media_cache_keeps_the_audio_of_a_spooled_emergency(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    from loudspeaker.announcements import prune_media
+
+    spool = EmergencySpool(ctx.settings.data_dir)
+    p = _prepared(ctx, tmp_path)
+    spool.put(p, actor="oanh", role=Role.OFFICER.value)
+    store = MediaStore(ctx.settings.media_dir)
+    with Session(ctx.engine) as s:
+        prune_media(s, ctx.settings.data_dir, budget=0)  # evict all that nobody needs
+    assert store.path_for(p.sha256) is not None
+    assert spool.record_all(ctx.engine) == [p.broadcast_id]
+
+
 def test_a_spooled_emergency_is_valid_from_when_it_was_given(
     ctx: ServiceContext, tmp_path: Path
 ) -> None:
