@@ -78,12 +78,6 @@ class Controller:
         st = self.settings
         # Before anything is opened: a limit that cannot hold the budget refuses here.
         budget = ensure_descriptors(st.http_max_connections)
-        logger.info(
-            "open-file limit %d (hard %d): up to %d media connections",
-            budget.soft,
-            budget.hard,
-            budget.max_connections,
-        )
         secure_data_dir(st)
         keystore = Keystore.of(st)
         engine = make_engine(st.database_url, busy_timeout_ms=int(st.db_busy_timeout_s * 1000))
@@ -94,6 +88,13 @@ class Controller:
         except KeystoreError as exc:
             engine.dispose()
             raise KeystoreError(f"serve cannot sign commands, not starting: {exc}") from None
+        # Said once it is sure to start: a refusal above stays the one line it prints.
+        logger.info(
+            "open-file limit %d (hard %d): up to %d media connections",
+            budget.soft,
+            budget.hard,
+            budget.max_connections,
+        )
         with Session(engine) as s:
             self.site_id = current_site(s).site.id
         external = broker_endpoint(st.broker_url, st.broker_credentials)
