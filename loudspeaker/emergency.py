@@ -48,6 +48,7 @@ from loudspeaker.inbound import AckIn, InboundRouter
 from loudspeaker.media import MediaServer, MediaStore
 from loudspeaker.models import (
     Broadcast,
+    ClusterRecord,
     Delivery,
     DeliveryState,
     MediaRecord,
@@ -288,22 +289,36 @@ def active(session: Session) -> list[Broadcast]:
     )
 
 
-def request_stop(session: Session, broadcast_id: str | None, actor: str) -> list[Broadcast]:
-    """Ask the controller to stop one emergency (or, with None, every active one).
-
-    The caller commits (with its audit row) and then tells the controller.
-    """
+def stop_targets(session: Session, broadcast_id: str | None) -> list[Broadcast]:
+    """The emergency ``broadcast_id``, or (None) every active one; NotFoundError if none."""
     if broadcast_id is None:
         targets = active(session)
         if not targets:
             raise NotFoundError("no emergency is active")
-    else:
-        b = session.get(Broadcast, broadcast_id)
-        if b is None or b.priority != Priority.EMERGENCY.value:
-            raise NotFoundError(
-                f"no emergency {broadcast_id!r} (see `loudspeaker emergency status`)"
-            )
-        targets = [b]
+        return targets
+    b = session.get(Broadcast, broadcast_id)
+    if b is None or b.priority != Priority.EMERGENCY.value:
+        raise NotFoundError(f"no emergency {broadcast_id!r} (see `loudspeaker emergency status`)")
+    return [b]
+
+
+def hamlets_reached(session: Session, b: Broadcast) -> set[str]:
+    """The hamlets whose clusters ``b`` was sent to."""
+    return set(
+        session.exec(
+            select(ClusterRecord.hamlet_id)
+            .join(Delivery, col(Delivery.cluster_id) == col(ClusterRecord.id))
+            .where(Delivery.broadcast_id == b.id)
+            .distinct()
+        ).all()
+    )
+
+
+def request_stop(session: Session, targets: list[Broadcast], actor: str) -> list[Broadcast]:
+    """Ask the controller to stop ``targets`` (emergencies).
+
+    The caller commits (with its audit row) and then tells the controller.
+    """
     t = now()
     for b in targets:
         b.stopped_at = t

@@ -230,6 +230,59 @@ def test_an_announcement_an_emergency_still_plays_cannot_be_removed(ctx: Service
         announcements.remove(ctx, OFFICER, ann.id)
 
 
+def _recorded_emergency(ctx: ServiceContext, tmp_path: Path, hamlet: str) -> str:
+    """An emergency to ``hamlet`` as the controller records it (no render: any bytes)."""
+    from datetime import timedelta
+
+    from firmware_bridge.protocol import new_id
+    from loudspeaker import emergency as em
+    from loudspeaker.media import MediaStore
+    from loudspeaker.models import now
+
+    sound = tmp_path / f"{hamlet}.mp3"
+    sound.write_bytes(b"ID3 not really audio, never decoded here " + hamlet.encode())
+    sha, size = MediaStore(ctx.settings.media_dir).add_file(sound, "mp3")
+    prepared = em.PreparedEmergency(
+        broadcast_id=new_id()[:12],
+        created_at=now() - timedelta(seconds=1),
+        text="Lũ về",
+        hamlets=(hamlet,),
+        target=f"hamlet:{hamlet}",
+        source_kind="tone",
+        source="siren",
+        announcement_id=None,
+        repeat=1,
+        gap_s=0.0,
+        validity_s=600.0,
+        sha256=sha,
+        size=size,
+        duration_s=8.0,
+        format="mp3",
+        mime="audio/mpeg",
+        engine="tone",
+    )
+    with ctx.session() as s:
+        b = em.record(s, ctx.settings.data_dir, prepared, created_by="someone")
+        s.commit()
+        return b.id
+
+
+def test_a_hamlet_head_stops_the_emergencies_of_her_hamlet_and_no_other(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    hers = _recorded_emergency(ctx, tmp_path, "ban-cau")
+    other = _recorded_emergency(ctx, tmp_path, "pac-cap")
+    with pytest.raises(PermissionDenied, match="for hamlet pac-cap"):
+        emergencies.stop(ctx, HEAD, other)
+    [denied] = _audit(ctx, "emergency.stop")
+    assert (denied.outcome, denied.actor) == ("denied", "head1")
+    # A bare stop from her means the active ones of her hamlet.
+    assert emergencies.stop(ctx, HEAD, None).broadcast_ids == (hers,)
+    assert [b.id for b in _broadcasts(ctx) if b.stopped_at is not None] == [hers]
+    # Commune-wide roles stop any.
+    assert emergencies.stop(ctx, OFFICER, other).broadcast_ids == (other,)
+
+
 def test_hamlet_lookup_is_shared_by_targets_and_emergencies(ctx: ServiceContext) -> None:
     with ctx.session() as s:
         by_name = resolve_targets(s, "hamlet:thôn bản cầu")

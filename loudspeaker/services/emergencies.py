@@ -16,7 +16,7 @@ from firmware_bridge.mqtt import BrokerEndpoint
 from loudspeaker import audit
 from loudspeaker import emergency as em
 from loudspeaker import emergency_spool as spool
-from loudspeaker.auth import Actor, Permission, authorize, hamlets_of
+from loudspeaker.auth import Actor, Permission, Role, authorize, hamlets_of
 from loudspeaker.broker import running_broker
 from loudspeaker.config import ENV_OPERATOR_CREDENTIALS
 from loudspeaker.db import make_engine
@@ -250,12 +250,29 @@ def active(ctx: ServiceContext, actor: Actor) -> list[EmergencyView]:
 
 
 def stop(ctx: ServiceContext, actor: Actor, broadcast_id: str | None) -> EmergencyStopped:
-    """Stop one emergency, or (``None``) every active one."""
+    """Stop one emergency, or (``None``) every active one the actor may stop.
+
+    The same rule as giving one: a hamlet head may stop an emergency that reaches only
+    her hamlet; commune-wide roles may stop any.
+    """
+    with ctx.session() as s:
+        targets = em.stop_targets(s, broadcast_id)
+        reached = {b.id: em.hamlets_reached(s, b) for b in targets}
+    if broadcast_id is None and actor.role == Role.HAMLET_HEAD.value:
+        # "Stop" from a hamlet head means the active ones of her hamlet.
+        targets = [b for b in targets if reached[b.id] <= {actor.hamlet}] or targets
+    hamlets = set().union(*(reached[b.id] for b in targets))
     authorize(
-        ctx, actor, Permission.EMERGENCY, action="emergency.stop", target=broadcast_id or "all"
+        ctx,
+        actor,
+        Permission.EMERGENCY,
+        hamlets or None,
+        action="emergency.stop",
+        target=broadcast_id or "all",
     )
     with ctx.session() as s:
-        ids = tuple(b.id for b in em.request_stop(s, broadcast_id, actor.name))
+        mine = [b for b in em.stop_targets(s, broadcast_id) if b.id in {t.id for t in targets}]
+        ids = tuple(b.id for b in em.request_stop(s, mine, actor.name))
         audit.record(s, actor.name, "emergency.stop", ",".join(ids), role=actor.role)
         s.commit()
     return EmergencyStopped(ids, ctx.notify_controller())
