@@ -331,9 +331,8 @@ def _load(payload: bytes) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
-    depth = json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise PayloadTooDeep(f"JSON nested {depth} deep exceeds the limit of {MAX_JSON_DEPTH}")
+    if json_depth(text, stop_past=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise PayloadTooDeep(f"JSON nested deeper than the limit of {MAX_JSON_DEPTH}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -346,11 +345,13 @@ def _load(payload: bytes) -> Any:
 _JSON_TOKENS = re.compile(r'\\.|"|[\[\]{}]', re.DOTALL)
 
 
-def json_depth(text: str) -> int:
+def json_depth(text: str, stop_past: int | None = None) -> int:
     """How deep ``text``'s arrays and objects nest (brackets inside strings not counted).
 
     Linear and iterative: it never recurses, whatever the input. Cheap for ordinary
-    messages: with no more brackets than the limit it returns their count at once.
+    messages: with no more brackets than the limit it returns their count at once. With
+    ``stop_past`` it returns as soon as the depth exceeds it (a value above it, not the
+    full depth): a flood of deep messages then costs a few tokens each, not a full scan.
     """
     opened = text.count("[") + text.count("{")
     if opened <= MAX_JSON_DEPTH:
@@ -366,6 +367,8 @@ def json_depth(text: str) -> int:
         elif token in "[{":
             depth += 1
             deepest = max(deepest, depth)
+            if stop_past is not None and deepest > stop_past:
+                return deepest
         else:
             depth -= 1
     return deepest

@@ -361,7 +361,9 @@ def coalesce_key(event: object) -> Hashable | None:
         return (Kind.HEALTH, event.heartbeat.cluster)
     if isinstance(event, AckIn):
         ack = event.ack
-        return (Kind.ACK, ack.cluster, ack.command, ack.state)
+        # Only true repeats collapse: an ack naming another broadcast (forged, or a bug)
+        # must never stand in for the genuine one queued before it.
+        return (Kind.ACK, ack.cluster, ack.command, ack.broadcast, ack.state)
     if isinstance(event, ResultIn):
         return (Kind.RESULT, event.result.cluster, event.result.command)
     return None

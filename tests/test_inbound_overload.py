@@ -143,6 +143,21 @@ def test_repeated_acks_collapse_and_distinct_states_do_not(
     assert _deliveries(engine, bid)["lb-01"].state == "playing"
 
 
+def test_an_ack_naming_another_broadcast_never_replaces_the_genuine_one(
+    engine: Engine, link: RecordingLink, dispatcher: Dispatcher
+) -> None:
+    bid = _broadcast(engine, "lb-01")
+    dispatcher.step()
+    link.puback()
+    dispatcher.step()
+    d = _deliveries(engine, bid)["lb-01"]
+    dispatcher.accept(_ack(d, AckState.PLAYED))  # genuine
+    dispatcher.accept(_ack(d, AckState.PLAYED, broadcast="b-someone-else"))  # forged after it
+    assert dispatcher.backlog == 2
+    dispatcher.step()
+    assert _deliveries(engine, bid)["lb-01"].state == "played"
+
+
 # -- bounded inbox ------------------------------------------------------------------------
 
 
@@ -324,6 +339,10 @@ def test_json_depth_counts_brackets_outside_strings_only() -> None:
     inside = "[" * (MAX_JSON_DEPTH * 2)
     assert json_depth('{"a":"' + inside + '\\"' + inside + '","b":[[1]]}') == 3
     assert json_depth("[" * 100_000 + "]" * 100_000) == 100_000
+    # Told where to stop, a flood of deep messages costs a few tokens each.
+    assert json_depth("[" * 100_000 + "]" * 100_000, stop_past=MAX_JSON_DEPTH) == (
+        MAX_JSON_DEPTH + 1
+    )
     # Within the size limit, far past the depth limit (json.loads recursed into it before).
     with pytest.raises(PayloadTooDeep):
         decode_ack(DEEP)
