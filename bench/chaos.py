@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -175,7 +176,13 @@ class Rig:
         except subprocess.TimeoutExpired:
             return None, t0, f"the CLI did not return within {timeout:g} s"
         if res.returncode != 0:
-            return None, t0, (res.stderr or res.stdout).strip()[-300:]
+            said = (res.stderr or res.stdout).strip()
+            # Spooled (the database was locked): the CLI names the file, whose name ends
+            # with the broadcast id the controller records it under; keep timing it.
+            spooled = re.search(r"spool/emergencies/\S+-([0-9a-f]+)\.json", said)
+            if spooled:
+                return spooled.group(1), t0, ""
+            return None, t0, said[-300:]
         return json.loads(res.stdout)["id"], t0, ""
 
     def last_playing(self, bid: str, targets: set[str], timeout: float) -> float | None:
