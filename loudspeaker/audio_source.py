@@ -8,6 +8,7 @@ abbreviations.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,10 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+# What an announcement id looks like (announcements._new_id): 8 lower-case hex digits.
+_ANNOUNCEMENT_ID = re.compile(r"[0-9a-f]{8}")
+
+
 def request_from_argument(session: Session, what: str, engine: str) -> SourceRequest:
     """Read one free-form argument: an existing recording, an announcement id, or text.
 
@@ -133,4 +138,10 @@ def request_from_argument(session: Session, what: str, engine: str) -> SourceReq
         raise InvalidRequest(f"audio file {what} does not exist")
     if current_announcement(session, what) is not None:
         return SourceRequest(announcement=what, engine=engine)
+    if _ANNOUNCEMENT_ID.fullmatch(what):
+        # A mistyped or removed id must not be read out to the whole commune as a word.
+        raise NotFoundError(
+            f"no announcement {what!r} (see `loudspeaker announce list`); to speak these "
+            "characters, write them as a sentence"
+        )
     return SourceRequest(text=what, engine=engine)

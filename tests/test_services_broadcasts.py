@@ -164,6 +164,9 @@ def test_audio_source_resolution_picks_the_right_kind(ctx: ServiceContext, recor
         as_text = request_from_argument(s, "Xin chào bà con.", "offline")
         # Text too long to be a file name is text, not an error from the file system.
         assert request_from_argument(s, "Thông báo " * 40, "offline").text
+        # A mistyped announcement id is refused, never spoken to the whole commune.
+        with pytest.raises(NotFoundError, match="no announcement 'deadbeef'"):
+            request_from_argument(s, "deadbeef", "offline")
         with pytest.raises(InvalidRequest, match=r"audio file missing\.mp3 does not exist"):
             request_from_argument(s, "missing.mp3", "offline")
         file_src = resolve_source(s, data_dir, as_file)

@@ -124,3 +124,15 @@ def test_an_error_message_is_printed_as_written(tmp_path: Path) -> None:
     res = runner.invoke(app, [*data, "clusters", "bogus"])
     assert res.exit_code == 1
     assert "usage: loudspeaker clusters [show ID] [--json]" in res.output
+
+
+def test_a_negative_wait_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    assert runner.invoke(app, [*data, "site", "load", str(SITE_FILE)]).exit_code == 0
+    res = runner.invoke(
+        app, [*data, "broadcast", "Họp thôn", "--to", "all", "--wait", "--timeout", "-3"]
+    )
+    assert res.exit_code == 2 and "--timeout" in res.output
+    res = runner.invoke(app, [*data, "broadcast", "list", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == []

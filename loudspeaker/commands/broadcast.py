@@ -37,7 +37,7 @@ def broadcast(
     engine: Annotated[str, typer.Option(help="TTS engine: auto, gtts, offline")] = "auto",
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every cluster is done")] = False,
     timeout: Annotated[
-        float, typer.Option(help="With --wait: give up after this many seconds")
+        float, typer.Option(min=0, help="With --wait: give up after this many seconds")
     ] = 300.0,
     as_json: JsonOpt = False,
 ) -> None:

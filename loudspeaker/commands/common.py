@@ -31,7 +31,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
 RepeatOpt = Annotated[int, typer.Option(min=1, max=10, help="Times to play (1-10)")]
 GapOpt = Annotated[float, typer.Option(min=0, max=7200, help="Seconds between repeats")]
-TimeoutOpt = Annotated[float, typer.Option(help="Give up waiting after this many seconds")]
+TimeoutOpt = Annotated[float, typer.Option(min=0, help="Give up waiting after this many seconds")]
 DAY_MINUTE = "%Y-%m-%d %H:%M"
 DAY_SECOND = "%d/%m %H:%M:%S"
 
