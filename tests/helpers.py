@@ -112,3 +112,39 @@ def running_fleet(
         yield fleet
     finally:
         fleet.stop()
+
+
+def prepared_emergency(
+    media_dir: Path, scratch: Path, *, hamlet: str | None = None, given_s_ago: float = 0.0
+) -> Any:
+    """An emergency as the service prepares it (``emergency.PreparedEmergency``): its audio
+    (any bytes, never decoded) in the media store, to ``hamlet`` or every hamlet."""
+    from datetime import timedelta
+
+    from firmware_bridge.protocol import new_id
+    from loudspeaker.emergency import PreparedEmergency
+    from loudspeaker.media import MediaStore
+    from loudspeaker.models import now
+
+    sound = scratch / f"sound-{hamlet or 'all'}.mp3"
+    sound.write_bytes(b"ID3 not really audio, never decoded here " + (hamlet or "").encode())
+    sha, size = MediaStore(media_dir).add_file(sound, "mp3")
+    return PreparedEmergency(
+        broadcast_id=new_id()[:12],
+        created_at=now() - timedelta(seconds=given_s_ago),
+        text="Lũ về",
+        hamlets=(hamlet,) if hamlet else (),
+        target=f"hamlet:{hamlet}" if hamlet else "all",
+        source_kind="tone",
+        source="siren",
+        announcement_id=None,
+        repeat=1,
+        gap_s=0.0,
+        validity_s=600.0,
+        sha256=sha,
+        size=size,
+        duration_s=8.0,
+        format="mp3",
+        mime="audio/mpeg",
+        engine="tone",
+    )

@@ -31,7 +31,7 @@ from loudspeaker.services.context import ServiceContext
 from loudspeaker.services.emergencies import EmergencyRequest
 from loudspeaker.targets import hamlet_clusters, resolve_targets
 from tests.conftest import load_site
-from tests.helpers import make_tone_mp3
+from tests.helpers import make_tone_mp3, prepared_emergency
 
 OFFICER = Actor(name="officer1", role="officer")
 HEAD = Actor(name="head1", role="hamlet-head", hamlet="ban-cau")
@@ -234,36 +234,10 @@ def test_an_announcement_an_emergency_still_plays_cannot_be_removed(ctx: Service
 
 
 def _recorded_emergency(ctx: ServiceContext, tmp_path: Path, hamlet: str) -> str:
-    """An emergency to ``hamlet`` as the controller records it (no render: any bytes)."""
-    from datetime import timedelta
-
-    from firmware_bridge.protocol import new_id
+    """An emergency to ``hamlet`` as the controller records it (no render)."""
     from loudspeaker import emergency as em
-    from loudspeaker.media import MediaStore
-    from loudspeaker.models import now
 
-    sound = tmp_path / f"{hamlet}.mp3"
-    sound.write_bytes(b"ID3 not really audio, never decoded here " + hamlet.encode())
-    sha, size = MediaStore(ctx.settings.media_dir).add_file(sound, "mp3")
-    prepared = em.PreparedEmergency(
-        broadcast_id=new_id()[:12],
-        created_at=now() - timedelta(seconds=1),
-        text="Lũ về",
-        hamlets=(hamlet,),
-        target=f"hamlet:{hamlet}",
-        source_kind="tone",
-        source="siren",
-        announcement_id=None,
-        repeat=1,
-        gap_s=0.0,
-        validity_s=600.0,
-        sha256=sha,
-        size=size,
-        duration_s=8.0,
-        format="mp3",
-        mime="audio/mpeg",
-        engine="tone",
-    )
+    prepared = prepared_emergency(ctx.settings.media_dir, tmp_path, hamlet=hamlet)
     with ctx.session() as s:
         b = em.record(s, ctx.settings.data_dir, prepared, created_by="someone")
         s.commit()

@@ -25,7 +25,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 from sqlmodel import Session, col, select
 
 import audio as audio_module
-from firmware_bridge.protocol import Ack, AckState, Priority, decode_command, new_id, utcnow
+from firmware_bridge.protocol import Ack, AckState, Priority, decode_command, utcnow
 from loudspeaker import dispatcher as dispatcher_module
 from loudspeaker import emergency as em
 from loudspeaker.alarms import CONTROLLER, AlarmKind
@@ -47,7 +47,6 @@ from loudspeaker.models import (
     ClusterHealth,
     Delivery,
     ScheduleSlot,
-    now,
 )
 from loudspeaker.schedule_runner import ScheduleRunner
 from loudspeaker.services import emergencies, site
@@ -65,7 +64,7 @@ from tests.core_support import (
     link,
     make_dispatcher,
 )
-from tests.helpers import wait_until
+from tests.helpers import prepared_emergency, wait_until
 from tests.test_core_workers import RecordingDispatcher, _heartbeat, _schedule
 
 __all__ = ["engine", "link"]  # fixtures, used by name
@@ -587,28 +586,10 @@ def _prepared(
     ctx: ServiceContext, tmp_path: Path, *, given_s_ago: float = 0.0
 ) -> PreparedEmergency:
     """An emergency as the service spools it, its audio (any bytes) in the media store."""
-    sound = tmp_path / "sound.mp3"
-    sound.write_bytes(b"ID3 not really audio, never decoded here")
-    sha, size = MediaStore(ctx.settings.media_dir).add_file(sound, "mp3")
-    return PreparedEmergency(
-        broadcast_id=new_id()[:12],
-        created_at=now() - timedelta(seconds=given_s_ago),
-        text="Lũ về",
-        hamlets=(),
-        target="all",
-        source_kind="tone",
-        source="siren",
-        announcement_id=None,
-        repeat=1,
-        gap_s=0.0,
-        validity_s=600.0,
-        sha256=sha,
-        size=size,
-        duration_s=8.0,
-        format="mp3",
-        mime="audio/mpeg",
-        engine="tone",
+    prepared: PreparedEmergency = prepared_emergency(
+        ctx.settings.media_dir, tmp_path, given_s_ago=given_s_ago
     )
+    return prepared
 
 
 def test_a_spooled_emergency_is_recorded_once_under_its_own_id(
