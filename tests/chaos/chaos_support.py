@@ -20,12 +20,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, text
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from loudspeaker.broadcasts import create_broadcast, register_media
 from loudspeaker.broker import free_port
 from loudspeaker.media import MediaStore
-from loudspeaker.models import Broadcast, Delivery, DeliveryEvent, DeliveryState, now
+from loudspeaker.models import (
+    Broadcast,
+    ClusterStatus,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    now,
+)
 from loudspeaker.runtime import ControllerCard
 from loudspeaker.targets import resolve_targets
 from tests.helpers import make_tone_mp3, wait_until
@@ -235,6 +242,13 @@ def states(engine: Engine, broadcast_id: str) -> dict[str, Delivery]:
     with Session(engine) as s:
         rows = s.exec(select(Delivery).where(Delivery.broadcast_id == broadcast_id)).all()
         return {d.cluster_id: d for d in rows}
+
+
+def online_count(engine: Engine) -> int:
+    """How many clusters the controller holds online."""
+    with Session(engine) as s:
+        q = select(func.count()).select_from(ClusterStatus).where(ClusterStatus.online)
+        return int(s.exec(q).one())
 
 
 def count_in(engine: Engine, broadcast_id: str, wanted: Sequence[str]) -> int:

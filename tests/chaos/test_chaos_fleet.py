@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, func, select
 
 from loudspeaker.db import make_engine
 from loudspeaker.exceptions import SiteError
-from loudspeaker.models import ClusterStatus
 from loudspeaker.site import parse_site
 from loudspeaker.sitegen import cluster_ids, generate_site_text
 from tests.chaos.chaos_support import (
@@ -20,6 +18,7 @@ from tests.chaos.chaos_support import (
     ServeProcess,
     assert_correct,
     finished,
+    online_count,
     queue_broadcast,
 )
 from tests.helpers import stop_process, wait_until
@@ -92,12 +91,9 @@ def test_simulate_a_generated_site_in_several_processes(tmp_path: Path) -> None:
         )
         log.close()
 
-        def online() -> int:
-            with Session(engine) as s:
-                q = select(func.count()).select_from(ClusterStatus).where(ClusterStatus.online)
-                return int(s.exec(q).one())
-
-        assert wait_until(lambda: online() == 30, 30), (tmp_path / "simulate.log").read_text()
+        assert wait_until(lambda: online_count(engine) == 30, 30), (
+            tmp_path / "simulate.log"
+        ).read_text()
         children = [
             int(x)
             for task in Path(f"/proc/{sim.pid}/task").iterdir()
@@ -113,7 +109,7 @@ def test_simulate_a_generated_site_in_several_processes(tmp_path: Path) -> None:
         assert sim.returncode == 0
         # Every child went away with it, and said so: all clusters offline.
         assert wait_until(lambda: not any(_alive(p) for p in children), 10)
-        assert wait_until(lambda: online() == 0, 10)
+        assert wait_until(lambda: online_count(engine) == 0, 10)
     finally:
         stop_process(sim)
         serve.stop()

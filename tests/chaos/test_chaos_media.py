@@ -17,18 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, func
+from sqlmodel import Session
 from sqlmodel import select as sql_select
 
 from bench.faults import MEDIA_CONNECTIONS, media_flood
 from loudspeaker.db import make_engine
-from loudspeaker.models import Broadcast, ClusterStatus, DeliveryState
+from loudspeaker.models import Broadcast, DeliveryState
 from tests.chaos.chaos_support import (
     CLUSTERS,
     ROOT,
     ServeProcess,
     assert_correct,
     finished,
+    online_count,
     queue_broadcast,
     states,
 )
@@ -96,12 +97,7 @@ def _flood_during_an_emergency(tmp_path: Path, *, trickle: bool) -> None:
         )
         sim_log.close()
 
-        def online() -> int:
-            with Session(engine) as s:
-                q = sql_select(func.count()).select_from(ClusterStatus).where(ClusterStatus.online)
-                return int(s.exec(q).one())
-
-        assert wait_until(lambda: online() == len(CLUSTERS), 30), (
+        assert wait_until(lambda: online_count(engine) == len(CLUSTERS), 30), (
             tmp_path / "simulate.log"
         ).read_text()
         with (
